@@ -1,0 +1,38 @@
+# hookscope: every target does its own set-up on a fresh machine.
+#   make demo   - run the main job on the embedded nats-server
+#   make test   - run every test tier (CI=true: no tier may be skipped)
+#   make bench  - benchmarks, apart from the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench sysdeps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m emitter.launcher install $(VENV) 2>/dev/null || true
+	touch $@
+
+venv: $(STAMP)
+
+# Debian's slurm, munge and chromium for the integration tiers (root only;
+# a developer without root gets those tiers skipped, with the reason).
+sysdeps:
+	@if [ "$$(id -u)" = 0 ]; then bash deploy/install-sysdeps.sh; \
+	else echo "sysdeps: not root, so the Slurm and browser tiers will be skipped (CI requires them)"; fi
+
+test: $(STAMP) sysdeps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m emitter.demo
+
+bench: $(STAMP)
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) artifacts demo-out .pytest_cache

@@ -1,0 +1,1 @@
+"""hookscope collector: JetStream into DuckDB and a Parquet archive."""
