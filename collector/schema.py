@@ -1,0 +1,153 @@
+"""The store's tables: one definition shared by the collector (writer),
+``rebuild``, the queries library and the dashboard (readers).
+
+Times are ``TIMESTAMPTZ`` in UTC, as the node's clock saw them (``skew_ms``
+says how far that clock was from the collector's when the message arrived).
+Each table has an idempotency key so redelivery and replays insert nothing
+twice (``INSERT OR IGNORE``).  Documented in docs/store.md.
+"""
+
+STORE_VERSION = 1
+
+TABLES = {
+    # One row per hook invocation (a Prolog run on a node, an EpilogSlurmctld...).
+    "hook_runs": """
+        hook_id        VARCHAR PRIMARY KEY,   -- 16 hex, the hook span's span ID
+        trace_id       VARCHAR NOT NULL,      -- one trace per job
+        cluster        VARCHAR NOT NULL,
+        node           VARCHAR NOT NULL,
+        context        VARCHAR NOT NULL,      -- prolog_slurmd, epilog_slurmctld, ...
+        layout         VARCHAR,
+        job_id         VARCHAR,
+        restart_count  INTEGER,
+        user_name      VARCHAR,
+        uid            INTEGER,
+        partition      VARCHAR,
+        nodelist       VARCHAR,
+        account        VARCHAR,
+        job_name       VARCHAR,
+        array_job_id   VARCHAR,
+        array_task_id  VARCHAR,
+        gpus           VARCHAR,               -- SLURM_JOB_GPUS / *_VISIBLE_DEVICES as recorded
+        start_ts       TIMESTAMPTZ NOT NULL,
+        end_ts         TIMESTAMPTZ,
+        duration_ms    DOUBLE,
+        status         INTEGER,               -- exit status the runner returned to Slurm
+        n_scripts      INTEGER,
+        failed_index   INTEGER,
+        runner_killed  BOOLEAN DEFAULT FALSE, -- runner died (slurmd SIGKILL) mid-hook
+        warnings       VARCHAR[],
+        schema_version INTEGER,
+        received_ts    TIMESTAMPTZ,
+        skew_ms        DOUBLE,
+        stream_seq     UBIGINT
+    """,
+    # One row per script of a hook (including refused ones).
+    "script_runs": """
+        span_id        VARCHAR PRIMARY KEY,
+        hook_id        VARCHAR NOT NULL,
+        trace_id       VARCHAR NOT NULL,
+        cluster        VARCHAR NOT NULL,
+        node           VARCHAR NOT NULL,
+        context        VARCHAR NOT NULL,
+        job_id         VARCHAR,
+        user_name      VARCHAR,
+        idx            INTEGER,
+        path           VARCHAR NOT NULL,
+        sha256         VARCHAR,
+        size           BIGINT,
+        mode           INTEGER,
+        owner_uid      INTEGER,
+        mtime          TIMESTAMPTZ,
+        start_ts       TIMESTAMPTZ NOT NULL,
+        end_ts         TIMESTAMPTZ,
+        duration_ms    DOUBLE,
+        exit_code      INTEGER,
+        signal         INTEGER,
+        timed_out      BOOLEAN,
+        refused        VARCHAR,               -- reason, NULL when it ran
+        runner_killed  BOOLEAN DEFAULT FALSE,
+        output         VARCHAR,               -- redacted tail, on failure
+        output_truncated BOOLEAN,
+        exported       VARCHAR[],
+        stream_seq     UBIGINT
+    """,
+    "span_events": """
+        span_id        VARCHAR NOT NULL,
+        hook_id        VARCHAR,
+        node           VARCHAR,
+        ts             TIMESTAMPTZ NOT NULL,
+        name           VARCHAR NOT NULL,
+        attributes     JSON,
+        PRIMARY KEY (span_id, name, ts)
+    """,
+    "gpu_samples": """
+        cluster        VARCHAR NOT NULL,
+        node           VARCHAR NOT NULL,
+        ts             TIMESTAMPTZ NOT NULL,
+        gpu_index      INTEGER NOT NULL,
+        uuid           VARCHAR,
+        model          VARCHAR,
+        job_id         VARCHAR,
+        utilization    DOUBLE,                -- 0..1
+        memory_used    BIGINT,                -- bytes
+        memory_total   BIGINT,
+        power_w        DOUBLE,
+        temperature_c  DOUBLE,
+        sm_clock_mhz   DOUBLE,
+        ecc_sbe        BIGINT,
+        ecc_dbe        BIGINT,
+        xid            BIGINT,
+        retired_pages  BIGINT,
+        throttle_reasons BIGINT,
+        source         VARCHAR,
+        PRIMARY KEY (cluster, node, gpu_index, ts)
+    """,
+    "node_events": """
+        event_id       VARCHAR PRIMARY KEY,
+        cluster        VARCHAR NOT NULL,
+        node           VARCHAR NOT NULL,
+        ts             TIMESTAMPTZ NOT NULL,
+        state          VARCHAR,
+        reason         VARCHAR,
+        source         VARCHAR
+    """,
+    # Every journal record, as the node wrote it: the per-node hash chain.
+    "journal": """
+        cluster        VARCHAR NOT NULL,
+        node           VARCHAR NOT NULL,
+        seq            UBIGINT NOT NULL,
+        kind           VARCHAR NOT NULL,
+        hook_id        VARCHAR,
+        hash           VARCHAR NOT NULL,
+        prev           VARCHAR NOT NULL,
+        record         VARCHAR NOT NULL,      -- canonical JSON, hashed
+        PRIMARY KEY (cluster, node, seq)
+    """,
+    "dead_letters": """
+        stream_seq     UBIGINT PRIMARY KEY,
+        subject        VARCHAR,
+        reason         VARCHAR NOT NULL,
+        detail         VARCHAR,
+        received_ts    TIMESTAMPTZ NOT NULL,
+        size           BIGINT,
+        payload        BLOB
+    """,
+    # Highest stream sequence whose rows are committed, per consumer.
+    "ingest_state": """
+        consumer       VARCHAR PRIMARY KEY,
+        last_seq       UBIGINT NOT NULL,
+        updated_ts     TIMESTAMPTZ NOT NULL
+    """,
+}
+
+
+def ddl() -> list[str]:
+    """CREATE TABLE IF NOT EXISTS statements for every table."""
+    return [f"CREATE TABLE IF NOT EXISTS {name} ({body})" for name, body in TABLES.items()]
+
+
+def create_all(con) -> None:
+    """Create the tables on a DuckDB connection (idempotent)."""
+    for stmt in ddl():
+        con.execute(stmt)
