@@ -151,3 +151,42 @@ def create_all(con) -> None:
     """Create the tables on a DuckDB connection (idempotent)."""
     for stmt in ddl():
         con.execute(stmt)
+
+
+#: Parquet archive layout (see docs/store.md):
+#:   <archive>/<table>/cluster=<c>/date=<YYYY-MM-DD>/<consumer>-<first_seq:012d>-<last_seq:012d>.parquet
+#: for every table above except ingest_state, plus the table "raw" (every
+#: message as received).  Files are immutable; a redelivery after a crash can
+#: write a second file with the same rows, so archive readers dedupe on the
+#: table's key (KEYS below).
+ARCHIVE_TABLES = ("hook_runs", "script_runs", "span_events", "gpu_samples", "node_events",
+                  "journal", "dead_letters", "raw")
+RAW_COLUMNS = """
+        stream_seq     UBIGINT NOT NULL,
+        subject        VARCHAR NOT NULL,
+        msg_id         VARCHAR,
+        received_ts    TIMESTAMPTZ NOT NULL,
+        schema_version INTEGER,
+        payload        BLOB NOT NULL
+"""
+KEYS = {
+    "hook_runs": ("hook_id",),
+    "script_runs": ("span_id",),
+    "span_events": ("span_id", "name", "ts"),
+    "gpu_samples": ("cluster", "node", "gpu_index", "ts"),
+    "node_events": ("event_id",),
+    "journal": ("cluster", "node", "seq"),
+    "dead_letters": ("stream_seq",),
+    "raw": ("stream_seq",),
+}
+
+
+def snapshot_path(db_path: str) -> str:
+    """Read-only snapshot the collector publishes next to its live DuckDB file.
+
+    DuckDB allows one writing process per file and no readers beside it, so
+    readers (queries, dashboard) open this copy when the live file is locked.
+    ``/var/lib/hookscope/hookscope.duckdb`` -> ``.../hookscope.snapshot.duckdb``.
+    """
+    base = db_path[:-len(".duckdb")] if db_path.endswith(".duckdb") else db_path
+    return base + ".snapshot.duckdb"
