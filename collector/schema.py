@@ -79,7 +79,9 @@ TABLES = {
         ts             TIMESTAMPTZ NOT NULL,
         name           VARCHAR NOT NULL,
         attributes     JSON,
-        PRIMARY KEY (span_id, name, ts)
+        idx            INTEGER NOT NULL DEFAULT 0, -- position among the span's events
+                                              -- (8 GPU snapshots can share one ts)
+        PRIMARY KEY (span_id, name, ts, idx)
     """,
     "gpu_samples": """
         cluster        VARCHAR NOT NULL,
@@ -172,7 +174,7 @@ RAW_COLUMNS = """
 KEYS = {
     "hook_runs": ("hook_id",),
     "script_runs": ("span_id",),
-    "span_events": ("span_id", "name", "ts"),
+    "span_events": ("span_id", "name", "ts", "idx"),
     "gpu_samples": ("cluster", "node", "gpu_index", "ts"),
     "node_events": ("event_id",),
     "journal": ("cluster", "node", "seq"),

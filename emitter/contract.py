@@ -5,12 +5,11 @@ and fields, OpenTelemetry attribute names, NATS subjects, stream settings and
 the schema version.  The runner, agent, collector, queries and dashboard import
 it; nothing else spells these strings.  Documented in docs/contract.md.
 
-This module is on the runner's hot path: stdlib only, and only what the
-functions below need (hashlib and json are needed by the runner anyway).
+This module is on the runner's hot path: stdlib only, and it imports json and
+hashlib lazily inside the helpers (together ~7 ms at start-up, more than a
+no-op hook script costs; the runner writes records with its own encoder,
+proven byte-identical to canonical_json by tests/runner).
 """
-
-import hashlib
-import json
 
 #: Bumped when a journal record or a span's meaning changes incompatibly.
 #: Older versions are upgraded on read by the collector; newer ones are
@@ -289,11 +288,15 @@ def canonical_json(obj):
     Records hold no floats (times are integer ns), so the form is stable across
     Python versions and JSON libraries.
     """
+    import json
+
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def record_hash(record):
     """sha256 hex of the canonical JSON of ``record`` without its ``hash`` field."""
+    import hashlib
+
     body = {k: v for k, v in record.items() if k != R_HASH}
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
@@ -304,15 +307,29 @@ def trace_id(cluster, job_id, restart_count=0):
     Deterministic, so the controller and every node of a job land in one trace.
     Hooks with no job (job_id None) get a trace of their own via hook_trace_id.
     """
+    import hashlib
+
     key = f"{cluster}:{job_id}:{int(restart_count or 0)}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
 def script_span_id(hook_id, index):
     """Span ID (16 hex) of the index-th script of a hook; hook_id is the hook's span ID."""
+    import hashlib
+
     return hashlib.sha256(f"{hook_id}:{index}".encode("ascii")).hexdigest()[:16]
 
 
 def message_id(cluster, node, signal, key):
     """Nats-Msg-Id: stable across retries so JetStream drops the duplicates."""
     return f"{subject_token(cluster)}.{subject_token(node)}.{signal}.{key}"
+
+
+def inbox_prefix(node):
+    """Reply-inbox prefix of a node's NATS connection (nats-py ``inbox_prefix``).
+
+    Per-node so the server can let node X receive only its own PubAcks
+    (subscribe ``_INBOX_<node>.>``) and never the collector's deliveries on
+    ``_INBOX.>``; see deploy/nats/gen_auth.py and docs/security.md.
+    """
+    return f"_INBOX_{subject_token(node)}"

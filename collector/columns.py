@@ -1,0 +1,173 @@
+"""Arrow side of the store schema, and the per-batch accumulator.
+
+Column names and types come from ``schema.TABLES`` (one definition); rows
+arrive from ``decode`` as tuples in that column order and are turned into
+Arrow once per batch (``zip(*rows)`` then one ``pa.array`` per column), the
+same table feeding the Parquet archive and the DuckDB insert.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pyarrow as pa
+
+from collector import schema
+from collector.decode import DeadLetter, Decoded
+
+_TYPES = {
+    "VARCHAR": pa.string(),
+    "JSON": pa.string(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "UBIGINT": pa.uint64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "BLOB": pa.binary(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    "VARCHAR[]": pa.list_(pa.string()),
+}
+_COL_RE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s+([A-Z]+(?:\[\])?)(.*)$")
+
+
+def _parse(body: str):
+    cols = []
+    for line in body.splitlines():
+        line = line.split("--", 1)[0].strip().rstrip(",")
+        if not line or line.upper().startswith("PRIMARY KEY"):
+            continue
+        m = _COL_RE.match(line)
+        if not m:
+            raise ValueError(f"cannot parse column definition {line!r}")
+        name, typ, rest = m.groups()
+        cols.append((name, typ, "NOT NULL" in rest or "PRIMARY KEY" in rest))
+    return cols
+
+
+#: table -> [(column, duckdb type, not null)]
+COLUMNS = {name: _parse(body) for name, body in schema.TABLES.items()}
+COLUMNS["raw"] = _parse(schema.RAW_COLUMNS)
+#: table -> pa.schema
+ARROW_SCHEMAS = {t: pa.schema([pa.field(c, _TYPES[ty]) for c, ty, _ in cols])
+                 for t, cols in COLUMNS.items()}
+NAMES = {t: [c for c, _, _ in cols] for t, cols in COLUMNS.items()}
+_NS_TS = pa.timestamp("ns", tz="UTC")
+
+
+def to_arrow(table: str, rows: list) -> pa.Table:
+    """Tuples in schema column order -> a typed Arrow table (raises on bad types)."""
+    sch = ARROW_SCHEMAS[table]
+    if not rows:
+        return sch.empty_table()
+    arrays = []
+    for f, col in zip(sch, zip(*rows)):
+        if pa.types.is_timestamp(f.type):
+            # rows carry integer ns as the node wrote them; DuckDB and Parquet
+            # readers (Spark) want microseconds: truncate once, here.
+            arr = pa.array(col, type=pa.int64()).cast(_NS_TS).cast(f.type, safe=False)
+        else:
+            arr = pa.array(col, type=f.type)
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=sch)
+
+
+def partition_value(cluster) -> str:
+    """The archive's ``cluster=`` directory: the name itself when path-safe."""
+    from emitter.contract import subject_token
+    return subject_token(cluster) if cluster else "_unknown"
+
+
+_DATE_CACHE: dict = {}
+
+
+def date_of(ns: int) -> str:
+    day = ns // 86_400_000_000_000
+    d = _DATE_CACHE.get(day)
+    if d is None:
+        d = _DATE_CACHE[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+    return d
+
+
+class Batch:
+    """Everything one fetch produced: rows per (partition, table) incl. dead letters and raw."""
+
+    def __init__(self, consumer: str, keep_raw: bool = True):
+        self.consumer = consumer
+        self.keep_raw = keep_raw
+        self.parts: dict = {}     # (cluster_dir, date) -> table -> list of rows
+        self.first_seq = None
+        self.last_seq = 0
+        self.n_messages = 0
+        self.n_spans = 0
+        self.n_gpu = 0
+        self.dead: list = []      # (reason, subject, seq) for counting and DLQ publish
+        self.skews_ms: list = []
+
+    def add(self, result, seq: int, subject: str, received_ns: int, payload: bytes,
+            msg_id: str | None = None, subject_cluster: str | None = None):
+        if self.first_seq is None or seq < self.first_seq:
+            self.first_seq = seq
+        if seq > self.last_seq:
+            self.last_seq = seq
+        self.n_messages += 1
+        date = date_of(received_ns)
+        if type(result) is DeadLetter:
+            part = (partition_value(subject_cluster), date)
+            dst = self.parts.setdefault(part, {})
+            dst.setdefault("dead_letters", []).append(
+                (seq, subject, result.reason, result.detail, received_ns, len(payload), payload))
+            self.dead.append((result.reason, subject, seq))
+            version = None
+        else:
+            part = (partition_value(result.cluster or subject_cluster), date)
+            self.n_spans += result.n_spans
+            self.n_gpu += len(result.rows.get("gpu_samples", ()))
+            if result.max_end_ns is not None:
+                self.skews_ms.append((received_ns - result.max_end_ns) / 1e6)
+            dst = self.parts.get(part)
+            if dst is None:
+                dst = self.parts[part] = {}
+            for t, rows in result.rows.items():
+                lst = dst.get(t)
+                if lst is None:
+                    dst[t] = list(rows)
+                else:
+                    lst.extend(rows)
+            version = result.schema_version
+        if self.keep_raw:
+            self.parts[part].setdefault("raw", []).append((seq, subject, msg_id, received_ns, version, payload))
+
+    def arrow_by_partition(self):
+        """{(cluster_dir, date): {table: pa.Table}} for the archive."""
+        return {part: {t: to_arrow(t, rows) for t, rows in tables.items() if rows}
+                for part, tables in self.parts.items()}
+
+    def arrow(self):
+        """(per-partition tables for the archive, merged tables for the store).
+
+        Converted once; the store's tables are zero-copy concatenations.
+        """
+        parts = self.arrow_by_partition()
+        merged: dict = {}
+        for tables in parts.values():
+            for t, tb in tables.items():
+                if t != "raw":
+                    merged.setdefault(t, []).append(tb)
+        store = {t: (tbs[0] if len(tbs) == 1 else pa.concat_tables(tbs)) for t, tbs in merged.items()}
+        return parts, store
+
+
+def check_rows(result) -> str | None:
+    """None when every row of one decoded message converts to Arrow, else why not."""
+    if type(result) is DeadLetter:
+        return None
+    for t, rows in result.rows.items():
+        try:
+            to_arrow(t, rows)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+            return f"{t}: {type(exc).__name__}: {exc}"[:500]
+    return None
+
+
+__all__ = ["COLUMNS", "ARROW_SCHEMAS", "NAMES", "to_arrow", "Batch", "Decoded", "DeadLetter"]

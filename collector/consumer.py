@@ -1,0 +1,368 @@
+"""The collector loop: durable JetStream pull consumer -> archive -> DuckDB -> ack.
+
+Per batch (up to ``batch`` messages from one fetch):
+
+1. decode every message (pure, ``collector.decode``) into one columnar batch;
+   bad input becomes a dead letter, never an exception;
+2. write the batch's Parquet files (fsync), then commit the rows and the
+   stream sequence to DuckDB in one transaction (in a writer thread, so the
+   next batch is fetched and decoded meanwhile: DuckDB and Parquet release the
+   GIL);
+3. publish each dead letter to ``contract.deadletter_subject(reason)``;
+4. ack every message of the batch.
+
+Nothing is acked before it is committed, so a crash anywhere means
+redelivery, and redelivery inserts nothing twice (INSERT OR IGNORE on
+``schema.KEYS``).  Several collectors may share the durable consumer (a work
+queue): each needs its own DuckDB file and instance name; the Parquet
+archive may be shared (file names carry the instance name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from collector.archive import Archive
+from collector.columns import Batch, check_rows
+from collector.decode import DL_BAD_RECORD, DeadLetter, decode_message, subject_parts
+from collector.errors import CollectorError
+from collector.metrics import Metrics
+from collector.store import Store
+from emitter import contract as C
+
+log = logging.getLogger("hookscope.collector")
+
+HDR_REASON = "Hookscope-Deadletter-Reason"
+HDR_DETAIL = "Hookscope-Deadletter-Detail"
+HDR_ORIG_SUBJECT = "Hookscope-Original-Subject"
+HDR_ORIG_SEQ = "Hookscope-Original-Seq"
+
+
+class ConsumerError(CollectorError):
+    """The JetStream consumer could not be set up."""
+
+
+def default_instance() -> str:
+    return C.subject_token(socket.gethostname().split(".")[0]) or "collector"
+
+
+@dataclass
+class CollectorConfig:
+    nats_url: str
+    db: str
+    archive: str | None
+    instance: str = field(default_factory=default_instance)
+    durable: str = C.DURABLE_CONSUMER
+    batch: int = 1024
+    fetch_timeout: float = 0.5
+    max_message_bytes: int = C.MAX_MESSAGE_BYTES
+    replicas: int = 1
+    ack_wait: float = 60.0
+    max_ack_pending: int = 20000
+    snapshot_interval: float = 1.0
+    keep_raw: bool = True
+    fsync: bool = True
+    creds: str | None = None
+    request_timeout: float = 5.0
+
+    def __post_init__(self):
+        if not 1 <= self.batch <= 10000:
+            raise CollectorError(f"batch size {self.batch} must be within 1..10000")
+        if self.fetch_timeout <= 0:
+            raise CollectorError("fetch timeout must be > 0 seconds")
+        if self.max_ack_pending < 2 * self.batch:
+            # two batches are in flight (one committing, one decoding)
+            self.max_ack_pending = 2 * self.batch
+
+
+def parse_reply(reply: str):
+    """(stream_seq, received_ns, num_pending, num_delivered) from a JetStream ack subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or
+    the v2 form with domain and account hash in front.
+    """
+    t = reply.split(".")
+    n = len(t)
+    if n == 9:
+        return int(t[5]), int(t[7]), int(t[8]), int(t[4])
+    if n >= 11:
+        return int(t[7]), int(t[9]), int(t[10]), int(t[6])
+    raise ValueError(f"not a JetStream ack subject: {reply!r}")
+
+
+def build_batch(msgs, instance: str, keep_raw: bool, max_bytes: int):
+    """Decode fetched messages into a :class:`Batch` (+ per-message info).
+
+    A message whose rows the Arrow conversion refuses (wrong field types) is
+    isolated and dead-lettered; the rest of the batch goes on.
+    """
+    items = []
+    for m in msgs:
+        seq, rns, pending, delivered = parse_reply(m.reply)
+        hdrs = m.headers or {}
+        res = decode_message(m.data, m.subject, seq, rns, hdrs.get(C.HDR_SCHEMA), max_bytes)
+        items.append((res, seq, m.subject, rns, m.data, hdrs.get(C.HDR_MSG_ID), pending))
+    batch = _fill(items, instance, keep_raw)
+    try:
+        arrow = batch.arrow()
+    except Exception:
+        for i, it in enumerate(items):
+            why = check_rows(it[0])
+            if why is not None:
+                items[i] = (DeadLetter(DL_BAD_RECORD, why),) + it[1:]
+        batch = _fill(items, instance, keep_raw)
+        arrow = batch.arrow()
+    batch.pending = items[-1][6] if items else 0
+    return batch, arrow
+
+
+def _fill(items, instance, keep_raw):
+    b = Batch(instance, keep_raw)
+    for res, seq, subj, rns, data, mid, _ in items:
+        parts = subject_parts(subj)
+        b.add(res, seq, subj, rns, data, mid, parts[1] if parts else None)
+    return b
+
+
+class Collector:
+    """One collector instance.  ``run()`` until ``stop()`` (or idle, with ``once``)."""
+
+    def __init__(self, cfg: CollectorConfig, metrics: Metrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.store = Store(cfg.db, consumer=cfg.instance, snapshot_interval=cfg.snapshot_interval)
+        self.archive = Archive(cfg.archive, consumer=cfg.instance, fsync=cfg.fsync) if cfg.archive else None
+        self.metrics.store_size_fn = self.store.size_bytes
+        self._stop = asyncio.Event()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookscope-writer")
+        self._archiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookscope-archiver")
+        self.nc = None
+        self.js = None
+        self.psub = None
+
+    def stop(self):
+        self._stop.set()
+
+    # ------------------------------------------------------------ NATS
+    async def connect(self):
+        from emitter.natsio import NatsOptions, connect, ensure_streams
+        opts = NatsOptions(servers=self.cfg.nats_url, creds=self.cfg.creds, name=f"hookscope-collector-"
+                           f"{self.cfg.instance}", max_reconnect_attempts=20, reconnect_time_wait=0.5,
+                           request_timeout=self.cfg.request_timeout)
+        self.nc = await connect(opts)
+        self.js = self.nc.jetstream(timeout=self.cfg.request_timeout)
+        await ensure_streams(self.js, replicas=self.cfg.replicas, timeout=self.cfg.request_timeout)
+        await self._ensure_consumer()
+
+    async def _ensure_consumer(self):
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        cfg = ConsumerConfig(durable_name=self.cfg.durable, ack_policy=AckPolicy.EXPLICIT,
+                             deliver_policy=DeliverPolicy.ALL, ack_wait=self.cfg.ack_wait,
+                             max_ack_pending=self.cfg.max_ack_pending, max_deliver=-1,
+                             num_replicas=self.cfg.replicas if self.cfg.replicas > 1 else None)
+        try:
+            await asyncio.wait_for(self.js.add_consumer(C.STREAM_NAME, cfg), self.cfg.request_timeout)
+        except Exception as exc:  # exists with other settings: bind to it as it is
+            log.info("consumer %s not (re)created: %s", self.cfg.durable, exc)
+        self.psub = await self.js.pull_subscribe_bind(self.cfg.durable, stream=C.STREAM_NAME)
+
+    async def close_nats(self):
+        from emitter.natsio import close
+        nc, self.nc = self.nc, None
+        await close(nc)
+
+    # ------------------------------------------------------------ loop
+    async def run(self, once: bool = False, idle_exit: float = 1.0) -> dict:
+        """Consume until stopped; with ``once``, until nothing arrived for ``idle_exit`` s."""
+        loop = asyncio.get_running_loop()
+        pending = None  # (future, msgs, batch) being committed
+        last_msg = time.monotonic()
+        backoff = 0.2
+        try:
+            while not self._stop.is_set():
+                if self.nc is None or self.nc.is_closed:
+                    try:
+                        await self.connect()
+                        backoff = 0.2
+                    except Exception as exc:
+                        log.warning("NATS not ready (%s); retrying in %.1fs", exc, backoff)
+                        self.metrics.inc("nats_errors")
+                        if once and time.monotonic() - last_msg > max(idle_exit, 10.0):
+                            raise
+                        await self._sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                try:
+                    msgs = await self.psub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    msgs = []
+                    if not _is_timeout(exc):
+                        log.warning("fetch failed: %s", exc)
+                        self.metrics.inc("nats_errors")
+                        await self._sleep(0.2)
+                if not msgs:
+                    if pending is not None:
+                        await self._finish(pending)
+                        pending = None
+                    await loop.run_in_executor(self._writer, self.store.maybe_snapshot, True)
+                    if once and time.monotonic() - last_msg > idle_exit:
+                        break
+                    continue
+                last_msg = time.monotonic()
+                gc_was = gc.isenabled()
+                gc.disable()  # the batch allocates millions of acyclic objects
+                t0 = time.perf_counter()
+                try:
+                    batch, arrow = build_batch(msgs, self.cfg.instance, self.cfg.keep_raw,
+                                               self.cfg.max_message_bytes)
+                finally:
+                    if gc_was:
+                        gc.enable()
+                self.metrics.add_time("decode", time.perf_counter() - t0)
+                if pending is not None:
+                    t0 = time.perf_counter()
+                    await self._finish(pending)
+                    self.metrics.add_time("wait_finish", time.perf_counter() - t0)
+                fut = loop.run_in_executor(self._writer, self._write, batch, arrow)
+                pending = (fut, msgs, batch)
+            if pending is not None:
+                await self._finish(pending)
+                pending = None
+        finally:
+            if pending is not None:  # cancelled mid-commit: let the commit end, ack nothing
+                try:
+                    await asyncio.shield(pending[0])
+                except BaseException:
+                    pass
+        return self.metrics.snapshot()
+
+    async def _sleep(self, s):
+        try:
+            await asyncio.wait_for(self._stop.wait(), s)
+        except asyncio.TimeoutError:
+            pass
+
+    def _write(self, batch: Batch, arrow):
+        parts, store_tables = arrow
+        # The archive files and the DuckDB commit are written side by side:
+        # the ack waits for both, and redelivery redoes both idempotently, so
+        # their order does not matter for "nothing lost, nothing twice".
+        t0 = time.perf_counter()
+        fut = None
+        if self.archive is not None:
+            fut = self._archiver.submit(self.archive.write, parts, batch.first_seq, batch.last_seq)
+        try:
+            self.store.commit(store_tables, batch.last_seq)
+        finally:
+            t1 = time.perf_counter()
+            if fut is not None:
+                fut.result()
+        t2 = time.perf_counter()
+        self.store.maybe_snapshot()
+        self.metrics.add_time("commit", t1 - t0)
+        self.metrics.add_time("archive_wait", t2 - t1)
+        self.metrics.add_time("snapshot", time.perf_counter() - t2)
+        return t2 - t0
+
+    async def _finish(self, pending):
+        fut, msgs, batch = pending
+        try:
+            took = await fut
+        except Exception as exc:
+            # Nothing committed: ack nothing; JetStream redelivers after ack_wait.
+            # Nak now so it comes back sooner.
+            log.error("batch %s-%s not stored (%s); it will be redelivered", batch.first_seq,
+                      batch.last_seq, exc)
+            self.metrics.inc("store_errors")
+            for m in msgs:
+                try:
+                    await m.nak(delay=1.0)
+                except Exception:
+                    pass
+            return
+        if batch.dead:
+            await self._publish_dead(batch, msgs)
+        for m in msgs:
+            await m.ack()
+        self.metrics.batch_done(batch, took)
+
+    async def _publish_dead(self, batch, msgs):
+        by_seq = {}
+        for m in msgs:
+            by_seq[parse_reply(m.reply)[0]] = m
+        for reason, subj, seq in batch.dead:
+            detail = ""
+            for tables in batch.parts.values():
+                for row in tables.get("dead_letters", ()):
+                    if row[0] == seq:
+                        detail = row[3]
+            m = by_seq.get(seq)
+            hdrs = {C.HDR_MSG_ID: f"deadletter.{seq}", HDR_REASON: reason,
+                    HDR_DETAIL: detail.replace("\r", " ").replace("\n", " ")[:400],
+                    HDR_ORIG_SUBJECT: subj, HDR_ORIG_SEQ: str(seq)}
+            try:
+                await self.js.publish(C.deadletter_subject(reason), m.data if m else b"", headers=hdrs,
+                                      timeout=self.cfg.request_timeout)
+            except Exception as exc:
+                # Stored in dead_letters already; the DLQ stream copy is best effort
+                # (e.g. the payload is over the server's limit).
+                log.warning("dead letter %s (%s) not published to %s: %s", seq, reason,
+                            C.deadletter_subject(reason), exc)
+                self.metrics.inc("deadletter_publish_errors")
+
+    def close(self):
+        self._writer.shutdown(wait=True)
+        self._archiver.shutdown(wait=True)
+        if self.archive is not None:
+            self.archive.close()
+        self.store.close()
+
+
+def _is_timeout(exc) -> bool:
+    import nats.errors
+    return isinstance(exc, (asyncio.TimeoutError, nats.errors.TimeoutError))
+
+
+def run_collector(cfg: CollectorConfig, once: bool = False, metrics: Metrics | None = None,
+                  metrics_addr: str | None = None, install_signals: bool = True) -> dict:
+    """Blocking entry point used by the CLI: SIGTERM/SIGINT finish the batch, ack, close."""
+    import signal
+
+    col = Collector(cfg, metrics)
+    http = None
+    if metrics_addr:
+        from collector.metrics import serve_metrics
+        http = serve_metrics(col.metrics, metrics_addr)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, col.stop)
+        try:
+            return await col.run(once=once)
+        finally:
+            await col.close_nats()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        col.close()
+        if http is not None:
+            http.shutdown()
+        sys.stderr.flush()
+
+
+def env_default(name: str, default=None):
+    v = os.environ.get(name)
+    return v if v not in (None, "") else default

@@ -1,0 +1,482 @@
+"""PURE decoding: one JetStream message (OTLP protobuf bytes) -> store rows.
+
+No I/O here.  ``decode_message`` returns either a :class:`Decoded` (row tuples
+per store table, in ``schema.TABLES`` column order) or a :class:`DeadLetter`
+(reason + detail).  It never raises on bad input: anything unexpected in a
+payload becomes a dead letter, so one bad message can never block the stream.
+
+Speed matters (the collector's budget is a few microseconds per span): the
+store tables are loaded from the raw journal lines every span carries in
+``contract.A_RECORDS`` (``json.loads`` is C-fast), rows are plain tuples that
+the batch turns into Arrow columns once (``columns.to_arrow``), and span
+attributes are not walked one by one unless the records attribute is not
+where the agent puts it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from emitter import contract as C
+
+# Dead-letter reasons (also the last token of the dead-letter subject).
+DL_MALFORMED = "malformed"              # not a protobuf of the expected message type
+DL_NOT_OURS = "not_ours"                # valid OTLP, but not from hookscope
+DL_MISSING = "missing_attributes"       # ours, but records/attributes are missing
+DL_BAD_RECORD = "bad_record"            # a record is not valid JSON / has wrong field types
+DL_OVERSIZED = "oversized"              # larger than the configured limit
+DL_BAD_TIMESTAMP = "bad_timestamp"      # before 2000-01-01 or more than a day in the future
+DL_TOO_NEW = "schema_too_new"           # written by a newer hookscope: never guessed at
+DL_BAD_IDS = "inconsistent_ids"         # span ID does not match the records' hook/script
+DL_BAD_SUBJECT = "unknown_subject"      # not hookscope.spans.* / hookscope.metrics.*
+DL_STORE_REJECTED = "store_rejected"    # the store refused the rows (type/constraint)
+DL_REASONS = (DL_MALFORMED, DL_NOT_OURS, DL_MISSING, DL_BAD_RECORD, DL_OVERSIZED,
+              DL_BAD_TIMESTAMP, DL_TOO_NEW, DL_BAD_IDS, DL_BAD_SUBJECT, DL_STORE_REJECTED)
+
+#: Earliest believable node timestamp (2000-01-01T00:00:00Z).
+MIN_TS_NS = 946_684_800 * 10**9
+#: How far ahead of the stream's receive time a node clock may be.
+MAX_FUTURE_NS = 86_400 * 10**9
+
+_SPANS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_SPANS}."
+_METRICS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_METRICS}."
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    detail: str
+
+
+@dataclass
+class Decoded:
+    """Rows of one message, per table, as tuples in schema column order."""
+    rows: dict = field(default_factory=dict)
+    n_spans: int = 0
+    cluster: str | None = None
+    schema_version: int | None = None
+    max_end_ns: int | None = None  # latest hook end seen (for skew metrics)
+
+
+class _Bad(Exception):
+    def __init__(self, reason, detail):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- upgrades
+def _upgrade_v0(rec: dict) -> dict:
+    """v0 (pre-release) records spelled the hook ID ``hook_id`` and stored
+    ``ts`` in microseconds as ``ts_us``.  Kept as the template for real upgrades."""
+    rec = dict(rec)
+    if "hook_id" in rec and C.R_HOOK_ID not in rec:
+        rec[C.R_HOOK_ID] = rec.pop("hook_id")
+    if "ts_us" in rec and C.R_TS not in rec:
+        rec[C.R_TS] = rec.pop("ts_us") * 1000
+    rec[C.R_VERSION] = 1
+    return rec
+
+
+#: from-version -> function returning the record at from-version + 1.
+UPGRADES = {0: _upgrade_v0}
+
+
+def upgrade_record(rec: dict) -> dict:
+    """Bring an older record up to ``contract.SCHEMA_VERSION`` (hash untouched:
+    the store keeps the original line, which is what was hashed)."""
+    v = rec.get(C.R_VERSION)
+    while v != C.SCHEMA_VERSION:
+        if type(v) is not int:
+            raise _Bad(DL_BAD_RECORD, f"record schema version {v!r} is not an integer")
+        if v > C.SCHEMA_VERSION:
+            raise _Bad(DL_TOO_NEW, f"record schema version {v} > supported {C.SCHEMA_VERSION}; "
+                       "upgrade the collector")
+        fn = UPGRADES.get(v)
+        if fn is None:
+            raise _Bad(DL_BAD_RECORD, f"no upgrade from record schema version {v}")
+        rec = fn(rec)
+        v = rec.get(C.R_VERSION)
+    return rec
+
+
+# ---------------------------------------------------------------- helpers
+def _int_or_none(x):
+    if x is None or type(x) is int:
+        return x
+    if type(x) is str:
+        try:
+            return int(x)
+        except ValueError:
+            return None
+    return None
+
+
+def _any_value(v):
+    """OTLP AnyValue -> plain Python (for span event attributes, rare)."""
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_any_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in v.kvlist_value.values}
+    if kind == "bytes_value":
+        return v.bytes_value.hex()
+    return getattr(v, kind)
+
+
+def _find_attr(attrs, key):
+    """The value of attribute ``key``: the agent puts the records last, so look
+    there (and first) before walking the list."""
+    n = len(attrs)
+    if n:
+        kv = attrs[n - 1]
+        if kv.key == key:
+            return kv.value
+        kv = attrs[0]
+        if kv.key == key:
+            return kv.value
+        for kv in attrs:
+            if kv.key == key:
+                return kv.value
+    return None
+
+
+def _check_ts(ts, lo, hi, what):
+    if type(ts) is not int:
+        raise _Bad(DL_BAD_RECORD, f"{what}: ts {ts!r} is not integer ns")
+    if ts < lo or ts > hi:
+        raise _Bad(DL_BAD_TIMESTAMP, f"{what}: ts {ts} is outside [2000-01-01, receive time + 1 day]")
+
+
+def subject_parts(subject: str):
+    """(signal, cluster_token, node_token) or None when it is not one of ours."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != C.SUBJECT_PREFIX:
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+# ---------------------------------------------------------------- entry point
+def decode_message(payload: bytes, subject: str, stream_seq: int, received_ns: int,
+                   schema_header: str | None = None,
+                   max_bytes: int = C.MAX_MESSAGE_BYTES) -> Decoded | DeadLetter:
+    """Decode one message; ``received_ns`` is the stream's timestamp of it
+    (deterministic across redeliveries, so replays give identical rows)."""
+    try:
+        if len(payload) > max_bytes:
+            raise _Bad(DL_OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+        if schema_header is not None:
+            try:
+                hv = int(schema_header)
+            except ValueError:
+                raise _Bad(DL_BAD_RECORD, f"header {C.HDR_SCHEMA}={schema_header!r} is not an integer")
+            if hv > C.SCHEMA_VERSION:
+                raise _Bad(DL_TOO_NEW, f"header {C.HDR_SCHEMA}={hv} > supported {C.SCHEMA_VERSION}; "
+                           "upgrade the collector")
+        if subject.startswith(_SPANS_PREFIX):
+            return _decode_traces(payload, stream_seq, received_ns)
+        if subject.startswith(_METRICS_PREFIX):
+            return _decode_metrics(payload, received_ns)
+        raise _Bad(DL_BAD_SUBJECT, f"subject {subject!r} is neither {_SPANS_PREFIX}* nor {_METRICS_PREFIX}*")
+    except _Bad as exc:
+        return DeadLetter(exc.reason, exc.detail)
+    except Exception as exc:  # a decoder bug must not block the stream either
+        return DeadLetter(DL_BAD_RECORD, f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _resource_attrs(resource, what):
+    ra = {kv.key: kv.value for kv in resource.attributes}
+    svc = ra.get(C.A_SERVICE_NAME)
+    if svc is None or svc.string_value != C.SERVICE_NAME:
+        raise _Bad(DL_NOT_OURS, f"{what}: resource {C.A_SERVICE_NAME} is not {C.SERVICE_NAME!r}")
+    return ra
+
+
+def _decode_traces(payload, stream_seq, received_ns):
+    req = ExportTraceServiceRequest()
+    try:
+        req.ParseFromString(payload)
+    except DecodeError as exc:
+        raise _Bad(DL_MALFORMED, f"not an OTLP ExportTraceServiceRequest: {exc}")
+    if not req.resource_spans:
+        raise _Bad(DL_NOT_OURS, "OTLP request with no resource spans")
+    lo, hi = MIN_TS_NS, received_ns + MAX_FUTURE_NS
+    loads = json.loads
+    hooks = {}      # hook_id -> [started, ended, trace_id, killed]
+    scripts = {}    # span_id -> [started, ended, trace_id, killed, hook_id]
+    node_events = []
+    journal = []
+    events = []
+    n_spans = 0
+    version = None
+    cluster = None
+    for rs in req.resource_spans:
+        _resource_attrs(rs.resource, "spans")
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                n_spans += 1
+                val = _find_attr(sp.attributes, C.A_RECORDS)
+                if val is None or not val.string_value:
+                    raise _Bad(DL_MISSING, f"span {sp.name!r} has no {C.A_RECORDS} attribute")
+                sid = sp.span_id.hex()
+                tid = sp.trace_id.hex()
+                if len(sid) != 16 or len(tid) != 32:
+                    raise _Bad(DL_BAD_IDS, f"span {sp.name!r}: span/trace ID of wrong length")
+                text = val.string_value
+                lines = text.split("\n")
+                try:
+                    # one parse per span: raw newlines only separate records
+                    # (canonical JSON escapes them inside strings)
+                    recs = loads("[" + text.replace("\n", ",") + "]")
+                except ValueError as exc:
+                    raise _Bad(DL_BAD_RECORD, f"span {sid}: records are not JSON lines: {exc}")
+                if len(recs) != len(lines):
+                    raise _Bad(DL_BAD_RECORD, f"span {sid}: records are not one JSON object per line")
+                span_hook = None
+                script_sid_ok = None
+                for line, rec in zip(lines, recs):
+                    if type(rec) is not dict:
+                        raise _Bad(DL_BAD_RECORD, f"span {sid}: record is not a JSON object")
+                    v = rec.get(C.R_VERSION)
+                    if v != C.SCHEMA_VERSION:
+                        rec = upgrade_record(rec)
+                        if version is None or v < version:
+                            version = v
+                    try:
+                        kind = rec[C.R_KIND]
+                        ts = rec[C.R_TS]
+                        rcluster = rec[C.R_CLUSTER]
+                        node = rec[C.R_NODE]
+                        jrow = (rcluster, node, rec[C.R_SEQ], kind, rec.get(C.R_HOOK_ID),
+                                rec[C.R_HASH], rec[C.R_PREV], line)
+                    except KeyError as exc:
+                        raise _Bad(DL_MISSING, f"span {sid}: record lacks field {exc}")
+                    try:
+                        if not lo <= ts <= hi:
+                            raise _Bad(DL_BAD_TIMESTAMP, f"span {sid} {kind} record: ts {ts} is outside "
+                                       "[2000-01-01, receive time + 1 day]")
+                    except TypeError:
+                        raise _Bad(DL_BAD_RECORD, f"span {sid} {kind} record: ts {ts!r} is not integer ns")
+                    if type(ts) is bool or type(ts) is float:
+                        raise _Bad(DL_BAD_RECORD, f"span {sid} {kind} record: ts {ts!r} is not integer ns")
+                    journal.append(jrow)
+                    hook = jrow[4]
+                    if kind == C.K_SCRIPT_STARTED or kind == C.K_SCRIPT_ENDED:
+                        idx = rec.get(C.R_INDEX)
+                        if type(hook) is not str or type(idx) is not int:
+                            raise _Bad(DL_MISSING, f"span {sid}: {kind} record lacks hook/index")
+                        if script_sid_ok != (hook, idx):
+                            if C.script_span_id(hook, idx) != sid:
+                                raise _Bad(DL_BAD_IDS, f"span {sid} carries records of script {idx} "
+                                           f"of hook {hook}")
+                            script_sid_ok = (hook, idx)
+                        ent = scripts.get(sid)
+                        if ent is None:
+                            ent = scripts[sid] = [None, None, tid, False, hook]
+                        ent[0 if kind == C.K_SCRIPT_STARTED else 1] = rec
+                    elif kind == C.K_HOOK_STARTED or kind == C.K_HOOK_ENDED:
+                        if hook != sid:
+                            raise _Bad(DL_BAD_IDS, f"span {sid} carries {kind} of hook {hook!r}")
+                        ent = hooks.get(sid)
+                        if ent is None:
+                            ent = hooks[sid] = [None, None, tid, False]
+                        ent[0 if kind == C.K_HOOK_STARTED else 1] = rec
+                    elif kind == C.K_NODE_EVENT:
+                        node_events.append((jrow[5], rcluster, node, ts, rec.get(C.R_STATE),
+                                            rec.get(C.R_REASON), rec.get(C.R_SOURCE)))
+                    if span_hook is None:
+                        span_hook = hook
+                    cluster = rcluster
+                if sp.events:
+                    killed = False
+                    span_node = journal[-1][1]
+                    for eidx, ev in enumerate(sp.events):
+                        ets = ev.time_unix_nano
+                        if ets < lo or ets > hi:
+                            raise _Bad(DL_BAD_TIMESTAMP, f"span {sid}: event {ev.name!r} time {ets} out of range")
+                        if ev.name == C.E_KILLED:
+                            killed = True
+                        attrs = {kv.key: _any_value(kv.value) for kv in ev.attributes}
+                        events.append((sid, span_hook, span_node, ets, ev.name,
+                                       json.dumps(attrs, sort_keys=True, ensure_ascii=False), eidx))
+                    if killed:
+                        ent = scripts.get(sid) or hooks.get(sid)
+                        if ent is not None:
+                            ent[3] = True
+    if not journal:
+        raise _Bad(DL_MISSING, "no journal records in any span")
+    if version is None:
+        version = C.SCHEMA_VERSION
+    dec = Decoded(n_spans=n_spans, cluster=cluster, schema_version=version)
+    dec.rows["journal"] = journal
+    if node_events:
+        dec.rows["node_events"] = node_events
+    if events:
+        dec.rows["span_events"] = events
+    hook_rows = []
+    ctx = {}
+    max_end = None
+    for hid, (s, e, tid, killed) in hooks.items():
+        if s is None:
+            continue  # only the ending: its journal rows are stored, no run row
+        job = s.get(C.R_JOB) or {}
+        if type(job) is not dict:
+            raise _Bad(DL_BAD_RECORD, f"hook {hid}: job is not an object")
+        context = s.get(C.R_CONTEXT)
+        if type(context) is not str:
+            raise _Bad(DL_MISSING, f"hook {hid}: hook_started lacks context")
+        ctx[hid] = (context, job.get("job_id"), job.get("user"))
+        start = s[C.R_TS]
+        warnings = list(s.get(C.R_WARNINGS) or [])
+        if e is not None:
+            end = e[C.R_TS]
+            dur = e.get(C.R_DURATION_NS)
+            warnings += e.get(C.R_WARNINGS) or []
+            status, n_scripts, failed = e.get(C.R_STATUS), e.get(C.R_N_SCRIPTS), e.get(C.R_FAILED_INDEX)
+        else:
+            end = dur = status = n_scripts = failed = None
+            killed = True
+        ref = end if end is not None else start
+        if max_end is None or ref > max_end:
+            max_end = ref
+        hook_rows.append((
+            hid, tid, s[C.R_CLUSTER], s[C.R_NODE], context, s.get(C.R_LAYOUT),
+            job.get("job_id"), _int_or_none(job.get("restart_count")), job.get("user"),
+            _int_or_none(job.get("uid")), job.get("partition"), job.get("nodelist"),
+            job.get("account"), job.get("job_name"), job.get("array_job_id"),
+            job.get("array_task_id"),
+            job.get("gpus") or job.get("cuda_visible_devices") or job.get("rocr_visible_devices"),
+            start, end, dur / 1e6 if type(dur) is int else None, status, n_scripts, failed,
+            killed, warnings, version,
+            received_ns, (received_ns - ref) / 1e6, stream_seq))
+    if hook_rows:
+        dec.rows["hook_runs"] = hook_rows
+    dec.max_end_ns = max_end
+    script_rows = []
+    for sid, (s, x, tid, killed, hid) in scripts.items():
+        base = s if s is not None else x
+        context, job_id, user = ctx.get(hid, ("unknown", None, None))
+        start = s[C.R_TS] if s is not None else None
+        if x is not None:
+            end = x[C.R_TS]
+            dur = x.get(C.R_DURATION_NS)
+            if start is None:
+                start = end - dur if type(dur) is int else end
+            exit_code, sig, tmo = x.get(C.R_EXIT), x.get(C.R_SIGNAL), x.get(C.R_TIMED_OUT)
+            refused, output, trunc = x.get(C.R_REFUSED), x.get(C.R_OUTPUT), x.get(C.R_OUTPUT_TRUNCATED)
+            exported = x.get(C.R_EXPORTED)
+        else:
+            end = dur = exit_code = sig = tmo = refused = output = trunc = exported = None
+            killed = True
+        path = base.get(C.R_PATH)
+        if type(path) is not str:
+            raise _Bad(DL_MISSING, f"script span {sid}: record lacks path")
+        sv = s or {}
+        script_rows.append((
+            sid, hid, tid, base[C.R_CLUSTER], base[C.R_NODE], context, job_id, user,
+            base[C.R_INDEX], path, sv.get(C.R_SHA256), sv.get(C.R_SIZE), sv.get(C.R_MODE),
+            sv.get(C.R_UID), sv.get(C.R_MTIME), start, end,
+            dur / 1e6 if type(dur) is int else None, exit_code, sig, tmo, refused, killed,
+            output, trunc, exported or None, stream_seq))
+    if script_rows:
+        dec.rows["script_runs"] = script_rows
+    return dec
+
+
+# ---------------------------------------------------------------- GPU metrics
+#: gauge name -> gpu_samples column
+GPU_COLUMNS = {
+    C.M_GPU_UTILIZATION: "utilization",
+    C.M_GPU_MEMORY_USAGE: "memory_used",
+    C.M_GPU_MEMORY_LIMIT: "memory_total",
+    C.M_GPU_POWER: "power_w",
+    C.M_GPU_TEMPERATURE: "temperature_c",
+    C.M_GPU_CLOCK_SM: "sm_clock_mhz",
+    C.M_GPU_ECC_SBE: "ecc_sbe",
+    C.M_GPU_ECC_DBE: "ecc_dbe",
+    C.M_GPU_XID: "xid",
+    C.M_GPU_RETIRED_PAGES: "retired_pages",
+    C.M_GPU_THROTTLE: "throttle_reasons",
+}
+_GPU_VALUE_COLS = ("utilization", "memory_used", "memory_total", "power_w", "temperature_c",
+                   "sm_clock_mhz", "ecc_sbe", "ecc_dbe", "xid", "retired_pages", "throttle_reasons")
+_GPU_INT_COLS = frozenset(("memory_used", "memory_total", "ecc_sbe", "ecc_dbe", "xid",
+                           "retired_pages", "throttle_reasons"))
+
+
+def _decode_metrics(payload, received_ns):
+    req = ExportMetricsServiceRequest()
+    try:
+        req.ParseFromString(payload)
+    except DecodeError as exc:
+        raise _Bad(DL_MALFORMED, f"not an OTLP ExportMetricsServiceRequest: {exc}")
+    if not req.resource_metrics:
+        raise _Bad(DL_NOT_OURS, "OTLP metrics request with no resource metrics")
+    lo, hi = MIN_TS_NS, received_ns + MAX_FUTURE_NS
+    samples = {}
+    cluster = None
+    for rm in req.resource_metrics:
+        ra = _resource_attrs(rm.resource, "metrics")
+        host, cl = ra.get(C.A_HOST_NAME), ra.get(C.A_CLUSTER)
+        if host is None or cl is None or not host.string_value or not cl.string_value:
+            raise _Bad(DL_MISSING, f"metrics resource lacks {C.A_HOST_NAME} or {C.A_CLUSTER}")
+        sv = ra.get(C.A_SCHEMA_VERSION)
+        if sv is not None:
+            v = sv.int_value if sv.WhichOneof("value") == "int_value" else _int_or_none(sv.string_value)
+            if v is not None and v > C.SCHEMA_VERSION:
+                raise _Bad(DL_TOO_NEW, f"metrics schema version {v} > supported {C.SCHEMA_VERSION}")
+        node, cluster = host.string_value, cl.string_value
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                col = GPU_COLUMNS.get(m.name)
+                if col is None:
+                    continue  # other metrics are not ours to store
+                which = m.WhichOneof("data")
+                if which not in ("gauge", "sum"):
+                    raise _Bad(DL_BAD_RECORD, f"metric {m.name}: expected a gauge, got {which}")
+                for dp in getattr(m, which).data_points:
+                    a = {kv.key: _any_value(kv.value) for kv in dp.attributes}
+                    idx = a.get(C.A_GPU_INDEX)
+                    if type(idx) is str:
+                        idx = _int_or_none(idx)
+                    if type(idx) is not int:
+                        raise _Bad(DL_MISSING, f"metric {m.name}: data point lacks {C.A_GPU_INDEX}")
+                    ts = dp.time_unix_nano
+                    if ts < lo or ts > hi:
+                        raise _Bad(DL_BAD_TIMESTAMP, f"metric {m.name}: time {ts} out of range")
+                    key = (cluster, node, idx, ts)
+                    row = samples.get(key)
+                    if row is None:
+                        job = a.get(C.A_JOB_ID)
+                        row = samples[key] = {
+                            "uuid": a.get(C.A_GPU_ID), "model": a.get(C.A_GPU_MODEL),
+                            "job_id": None if job is None else str(job),
+                            "source": a.get(C.A_GPU_SOURCE)}
+                    kind = dp.WhichOneof("value")
+                    val = dp.as_int if kind == "as_int" else dp.as_double if kind == "as_double" else None
+                    if val is not None and col in _GPU_INT_COLS:
+                        val = int(val)
+                    elif val is not None:
+                        val = float(val)
+                    row[col] = val
+    if not samples:
+        raise _Bad(DL_NOT_OURS, "metrics request has no hookscope GPU gauges")
+    rows = []
+    for (cl, node, idx, ts), r in samples.items():
+        rows.append((cl, node, ts, idx, r["uuid"], r["model"], r["job_id"],
+                     *(r.get(c) for c in _GPU_VALUE_COLS), r["source"]))
+    dec = Decoded(n_spans=0, cluster=cluster)
+    dec.rows["gpu_samples"] = rows
+    return dec
+
+
+def now_ns() -> int:
+    return time.time_ns()

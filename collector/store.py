@@ -1,0 +1,189 @@
+"""The DuckDB writer: one connection, Arrow batches, one transaction per batch.
+
+Rows are loaded with ``INSERT OR IGNORE INTO t SELECT ... FROM <arrow>``, so a
+redelivered or replayed message inserts nothing twice (keys: ``schema.KEYS``),
+and ``ingest_state`` moves in the SAME transaction as the rows: after a crash
+the file holds either the whole batch and its sequence, or neither.
+
+Readers: DuckDB lets one process open a file for writing and nobody else at
+the same time, so the store publishes a read-only copy next to it
+(``schema.snapshot_path``) after a CHECKPOINT, renamed into place atomically,
+at most every ``snapshot_interval`` seconds and when ingest goes idle.  See
+docs/store.md for the freshness bound.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import duckdb
+
+from collector import schema
+from collector.columns import NAMES
+from collector.errors import CollectorError
+
+
+class StoreError(CollectorError):
+    """The DuckDB store could not be opened or written."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the DuckDB file for writing."""
+
+
+def _insert_sql(table: str) -> str:
+    cols = ", ".join(NAMES[table])
+    return f"INSERT OR IGNORE INTO {table} ({cols}) SELECT {cols} FROM _hs_batch"
+
+
+class Store:
+    """The live DuckDB file, written by exactly one collector process."""
+
+    def __init__(self, path: str | os.PathLike, consumer: str = "collector",
+                 snapshot_interval: float = 2.0, threads: int | None = None):
+        self.path = os.fspath(path)
+        self.consumer = consumer
+        self.snapshot_interval = float(snapshot_interval)
+        if self.snapshot_interval < 0:
+            raise StoreError(f"snapshot interval must be >= 0 seconds, got {snapshot_interval}")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store directory {parent}: {exc}; "
+                             "choose another --db path") from exc
+        try:
+            self.con = duckdb.connect(self.path)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreLocked(f"{self.path} is open for writing by another process ({exc}); "
+                                  "run one collector per DuckDB file (give each its own --db)") from exc
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path} is not a usable DuckDB file ({exc}); move it away and "
+                             "run 'hookscope rebuild' to recreate it from the archive") from exc
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        # Checkpoint when we publish the snapshot (every few seconds), not every
+        # 16 MB of WAL in the middle of a batch commit.
+        self.con.execute("SET checkpoint_threshold = '1GB'")
+        schema.create_all(self.con)
+        self._sql = {t: _insert_sql(t) for t in NAMES if t != "raw"}
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._last_snapshot = 0.0
+        self.last_commit_s = 0.0
+
+    # ------------------------------------------------------------ writing
+    def last_seq(self, consumer: str | None = None) -> int:
+        row = self.con.execute("SELECT last_seq FROM ingest_state WHERE consumer = ?",
+                               [consumer or self.consumer]).fetchone()
+        return int(row[0]) if row else 0
+
+    def commit(self, tables: dict, last_seq: int | None) -> None:
+        """Insert Arrow tables {table: pa.Table} and move ingest_state, atomically."""
+        t0 = time.perf_counter()
+        with self._lock:
+            con = self.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table, tb in tables.items():
+                    if tb.num_rows == 0:
+                        continue
+                    con.register("_hs_batch", tb)
+                    try:
+                        con.execute(self._sql[table])
+                    finally:
+                        con.unregister("_hs_batch")
+                if last_seq is not None:
+                    con.execute(
+                        "INSERT INTO ingest_state VALUES (?, ?, now()) ON CONFLICT (consumer) DO UPDATE "
+                        "SET last_seq = greatest(ingest_state.last_seq, excluded.last_seq), "
+                        "updated_ts = excluded.updated_ts", [self.consumer, int(last_seq)])
+                con.execute("COMMIT")
+            except BaseException:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise
+            self._dirty = True
+        self.last_commit_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------ reading
+    def counts(self) -> dict:
+        with self._lock:
+            return {t: self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in schema.TABLES}
+
+    def size_bytes(self) -> int:
+        total = 0
+        for p in (self.path, self.path + ".wal"):
+            try:
+                total += os.path.getsize(p)
+            except OSError:
+                pass
+        return total
+
+    # ------------------------------------------------------------ snapshot
+    def maybe_snapshot(self, idle: bool = False, force: bool = False) -> bool:
+        """Publish the read-only snapshot if due (debounced); True when written."""
+        if not (self._dirty or force):
+            return False
+        now = time.monotonic()
+        if not force and now - self._last_snapshot < self.snapshot_interval:
+            return False
+        self.snapshot()
+        return True
+
+    def snapshot(self) -> str:
+        """CHECKPOINT, copy the file, fsync, rename over the previous snapshot.
+
+        Readers that still have the old snapshot open keep reading it (the
+        rename replaces the name, not the file).
+        """
+        dst = schema.snapshot_path(self.path)
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        t0 = time.monotonic()
+        with self._lock:
+            self.con.execute("CHECKPOINT")
+            try:
+                shutil.copyfile(self.path, tmp)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, dst)
+            except OSError as exc:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise StoreError(f"cannot publish the snapshot {dst}: {exc}") from exc
+            self._dirty = False
+        # A big store makes copies expensive: space them out in proportion.
+        took = time.monotonic() - t0
+        self._last_snapshot = time.monotonic()
+        self.snapshot_interval = max(self.snapshot_interval, 5 * took)
+        return dst
+
+    def close(self, snapshot: bool = True) -> None:
+        if self.con is None:
+            return
+        try:
+            if snapshot and self._dirty:
+                self.snapshot()
+            else:
+                self.con.execute("CHECKPOINT")
+        finally:
+            self.con.close()
+            self.con = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

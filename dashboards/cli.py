@@ -1,0 +1,115 @@
+"""``hookscope dashboard`` and ``hookscope report``: thin click commands over
+dashboards.server and dashboards.report."""
+
+import os
+import sys
+
+import click
+
+from dashboards import DashboardError
+
+ENV_DB = "HOOKSCOPE_DB"
+ENV_ARCHIVE = "HOOKSCOPE_ARCHIVE"
+DEFAULT_PORT = 8765
+
+
+def _source(db, archive):
+    if db and archive:
+        # An environment variable must not silently win over an explicit flag.
+        if os.environ.get(ENV_ARCHIVE) == archive:
+            archive = None
+        elif os.environ.get(ENV_DB) == db:
+            db = None
+        else:
+            raise click.UsageError("give one store: --db FILE or --archive DIR, not both")
+    if not db and not archive:
+        raise click.UsageError(f"give the store with --db FILE or --archive DIR (or set {ENV_DB} / {ENV_ARCHIVE})")
+    return db, archive
+
+
+def _source_options(fn):
+    fn = click.option("--archive", type=click.Path(file_okay=False), envvar=ENV_ARCHIVE, show_envvar=True,
+                      help="The Parquet archive root instead of --db.")(fn)
+    fn = click.option("--db", type=click.Path(dir_okay=False), envvar=ENV_DB, show_envvar=True,
+                      help="The collector's DuckDB store, opened read-only (its snapshot while the "
+                           "collector runs).")(fn)
+    return fn
+
+
+@click.command(epilog="Example:\n\n  hookscope dashboard --db /var/lib/hookscope/hookscope.duckdb --port 8765")
+@_source_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token (or --no-auth).")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: pick a free one).")
+@click.option("--token", envvar="HOOKSCOPE_DASHBOARD_TOKEN", show_envvar=True,
+              help="Bearer token every request must carry (header, ?token= once, then a cookie).")
+@click.option("--no-auth", is_flag=True, help="Serve a non-loopback address without a token, on purpose.")
+@click.option("--verbose", is_flag=True, help="Log every request on stderr.")
+def dashboard(db, archive, host, port, token, no_auth, verbose):
+    """Serve the read-only web dashboard: overview, job, node and script pages,
+    each with a JSON twin (append .json or ?format=json).
+
+    \b
+    Example:
+      hookscope dashboard --db /var/lib/hookscope/hookscope.duckdb
+      ssh -L 8765:localhost:8765 collector-host   # then open http://localhost:8765/
+    """
+    from dashboards.server import make_server
+
+    db, archive = _source(db, archive)
+    try:
+        srv = make_server(db=db, archive=archive, host=host, port=port, token=token,
+                          allow_no_token=no_auth, quiet=not verbose)
+    except DashboardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"hookscope dashboard on {srv.url}" + (" (token required)" if srv.token else ""), err=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+
+
+@click.group(epilog="Example:\n\n  hookscope report job 123456 -o job-123456.html --db hookscope.duckdb")
+def report():
+    """Write a self-contained HTML report (assets inlined, no network needed to view it)."""
+
+
+def _report_cmd(kind, argname, example):
+    @report.command(kind, epilog=f"Example:\n\n  {example}")
+    @click.argument(argname)
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+    @_source_options
+    @click.option("--base-url", help="Dashboard URL to make the report's links point to (default: no links).")
+    @click.option("--since", help="Node report window start: ISO-8601 or an age (7d); default: 7 days "
+                                  "before the node's newest hook run.")
+    @click.option("--until", help="Node report window end.")
+    def cmd(output, db, archive, base_url, since, until, **kw):
+        from dashboards.report import write_report
+
+        db, archive = _source(db, archive)
+        try:
+            path = write_report(kind, kw[argname], output, db=db, archive=archive, base_url=base_url,
+                                since=since, until=until)
+        except DashboardError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"wrote {path}", err=True)
+
+    cmd.__doc__ = f"The {kind} page as one HTML file an auditor can attach to a ticket.\n\n" \
+                  f"\b\nExample:\n  {example}"
+    cmd.help = cmd.__doc__
+    return cmd
+
+
+report_job = _report_cmd("job", "job_id", "hookscope report job 123456 -o report.html --db hookscope.duckdb")
+report_node = _report_cmd("node", "node", "hookscope report node gpu042 -o gpu042.html --db hookscope.duckdb")
+
+
+def main(argv=None):  # python -m dashboards.cli
+    return dashboard.main(args=argv, prog_name="hookscope dashboard")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,490 @@
+"""Page data: one function per dashboard page, each returning a plain JSON-able
+dict.  The HTML page and its JSON twin are both rendered from that dict, so
+they cannot disagree.
+
+Audit rows, ``why`` verdicts and drains come from the queries library (it owns
+that analysis); charts use bound-parameter SQL over the store tables here.
+Every user-supplied value reaches DuckDB as a bound parameter; the only
+strings formatted into SQL are the constant metric column names below.
+"""
+
+import math
+import os
+import re
+from datetime import date, datetime, timedelta, timezone
+
+from dashboards import DashboardError
+
+
+class NotFound(DashboardError):
+    """The job, node or script is not in the store (HTTP 404)."""
+
+
+class BadRequest(DashboardError):
+    """A parameter the user gave cannot be used (HTTP 400)."""
+
+
+class StoreUnavailable(DashboardError):
+    """The store cannot be opened; the message says which file and what to do."""
+
+
+#: gpu_samples column -> (label, unit, scale applied for display)
+GPU_METRICS = {
+    "utilization": ("GPU utilization", "%", 100.0),
+    "memory_used": ("Memory used", "GiB", 1.0 / 2**30),
+    "power_w": ("Power", "W", 1.0),
+    "temperature_c": ("Temperature", "°C", 1.0),
+    "sm_clock_mhz": ("SM clock", "MHz", 1.0),
+}
+#: A script run failed when any of these hold (refused runs count as failures).
+FAILED_SQL = "(coalesce(exit_code, 0) <> 0 OR coalesce(timed_out, false) OR refused IS NOT NULL)"
+MAX_POINTS = 1200  # per series; uPlot stays smooth far beyond this, the wire stays small
+DEFAULT_WINDOW = timedelta(days=7)
+
+
+# ---------------------------------------------------------------- store access
+def _queries(module, name):
+    """A queries-library function, or None when that part is not installed."""
+    try:
+        mod = __import__(f"queries.{module}", fromlist=[name])
+    except ImportError:
+        return None
+    return getattr(mod, name, None)
+
+
+def open_store(db=None, archive=None):
+    """A read-only DuckDB connection on the store (a file or a Parquet archive)."""
+    open_source = _queries("source", "open_source")
+    if open_source is not None:
+        try:
+            return open_source(db=db, archive=archive)
+        except DashboardError:
+            raise
+        except Exception as exc:  # QueryError and DuckDB errors carry the file name
+            raise StoreUnavailable(str(exc)) from exc
+    # Without the queries library only a DuckDB file can be read.
+    if archive:
+        raise StoreUnavailable(f"reading the archive {archive} needs queries.source (install the queries package)")
+    if not db:
+        raise StoreUnavailable("no store given: pass --db FILE (the collector's DuckDB file) or --archive DIR")
+    import duckdb
+    from collector.schema import snapshot_path
+
+    for path in (db, snapshot_path(db)):
+        if not os.path.exists(path):
+            continue
+        try:
+            return duckdb.connect(path, read_only=True)
+        except duckdb.IOException as exc:  # locked by the collector: try its snapshot
+            last = exc
+    if not os.path.exists(db):
+        raise StoreUnavailable(f"{db}: no such store file; start the collector or pass the right --db")
+    raise StoreUnavailable(f"{db}: cannot open read-only ({last}); is the collector publishing "
+                           f"{snapshot_path(db)}?")
+
+
+# ---------------------------------------------------------------- helpers
+def _jsonable(v):
+    if isinstance(v, datetime):
+        if v.tzinfo is not None:
+            v = v.astimezone(timezone.utc).replace(tzinfo=None)
+        return v.isoformat(timespec="milliseconds") + "Z"
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)  # Decimal, UUID...
+
+
+def _rows(con, sql, params=()):
+    cur = con.execute(sql, list(params))
+    cols = [d[0] for d in cur.description]
+    return [{c: _jsonable(v) for c, v in zip(cols, row)} for row in cur.fetchall()]
+
+
+def _one(con, sql, params=()):
+    rows = _rows(con, sql, params)
+    return rows[0] if rows else None
+
+
+_REL = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(value, now=None):
+    """ISO-8601 (naive = UTC) or relative (``24h``, ``7d``: that long before ``now``)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    s = str(value).strip()
+    m = _REL.match(s)
+    if m:
+        base = now or datetime.now(timezone.utc)
+        return base - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"cannot read the time {s!r}: use ISO-8601 (2026-12-01T08:00Z) "
+                         "or a relative time like 24h or 7d") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _window(con, since, until, table="hook_runs", where="", params=()):
+    """Resolve the time window.  Relative times count back from now.  With no
+    window given: the 7 days before the newest data, or less when the history
+    is shorter (charts zoom to the data)."""
+    until_t, since_t = parse_time(until), parse_time(since)
+    if until_t is None and since_t is not None:
+        until_t = datetime.now(timezone.utc)
+    if until_t is None or since_t is None:
+        first, last = con.execute(f"SELECT min(start_ts), max(start_ts) FROM {table} {where}",
+                                  list(params)).fetchone()
+        if until_t is None:
+            until_t = (last or datetime.now(timezone.utc)) + timedelta(seconds=1)
+        since_t = until_t - DEFAULT_WINDOW
+        if first and first > since_t:
+            since_t = first - timedelta(seconds=1)
+    if since_t >= until_t:
+        raise BadRequest(f"the window is empty: since ({since_t.isoformat()}) is not before "
+                         f"until ({until_t.isoformat()})")
+    return since_t, until_t
+
+
+def _bucket_seconds(since, until, target=MAX_POINTS):
+    """A round bucket width giving at most ``target`` buckets across the window."""
+    span = max((until - since).total_seconds(), 1.0)
+    for b in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+              43200, 86400, 604800):
+        if span / b <= target:
+            return b
+    return int(span / target) + 1
+
+
+def _status_sql(col="status"):
+    return f"coalesce({col}, 0) <> 0"
+
+
+# ---------------------------------------------------------------- GPU series
+def _gpu_series(con, where, params, since, until):
+    """GPU metrics on one time grid: {gpus, t, metrics{col: [per-gpu list]}, markers}."""
+    bucket = _bucket_seconds(since, until, target=600)
+    cols = ", ".join(f"avg({c}) AS {c}" for c in GPU_METRICS)
+    sql = f"""
+        SELECT node, gpu_index, floor(epoch(ts) / ?) * ? AS t, {cols},
+               any_value(uuid) AS uuid, any_value(model) AS model
+        FROM gpu_samples WHERE {where} AND ts >= ? AND ts < ?
+        GROUP BY ALL ORDER BY node, gpu_index, t"""
+    cur = con.execute(sql, [bucket, bucket, *params, since, until])
+    rows = cur.fetchall()
+    gpus, index, times = [], {}, set()
+    for r in rows:
+        key = (r[0], r[1])
+        if key not in index:
+            index[key] = len(gpus)
+            gpus.append({"node": r[0], "index": r[1], "uuid": r[-2], "model": r[-1],
+                         "label": f"{r[0]} GPU{r[1]}"})
+        times.add(r[2])
+    t = sorted(times)
+    pos = {v: i for i, v in enumerate(t)}
+    metrics = {c: [[None] * len(t) for _ in gpus] for c in GPU_METRICS}
+    for r in rows:
+        g, i = index[(r[0], r[1])], pos[r[2]]
+        for k, c in enumerate(GPU_METRICS):
+            v = r[3 + k]
+            if v is not None:
+                metrics[c][g][i] = round(v * GPU_METRICS[c][2], 3)
+    markers = _rows(con, f"""
+        WITH s AS (
+            SELECT node, gpu_index, ts, xid, ecc_dbe, ecc_sbe,
+                   lag(xid) OVER w AS pxid, lag(ecc_dbe) OVER w AS pdbe
+            FROM gpu_samples WHERE {where} AND ts >= ? AND ts < ?
+            WINDOW w AS (PARTITION BY node, gpu_index ORDER BY ts))
+        SELECT epoch(ts) AS t, ts AS time, node, gpu_index,
+               CASE WHEN coalesce(xid, 0) <> 0 AND coalesce(xid, 0) <> coalesce(pxid, 0)
+                    THEN 'XID ' || xid ELSE 'ECC uncorrected +' || (ecc_dbe - coalesce(pdbe, 0)) END AS label,
+               CASE WHEN coalesce(xid, 0) <> 0 AND coalesce(xid, 0) <> coalesce(pxid, 0)
+                    THEN 'xid' ELSE 'ecc' END AS kind
+        FROM s
+        WHERE (coalesce(xid, 0) <> 0 AND coalesce(xid, 0) <> coalesce(pxid, 0))
+           OR (pdbe IS NOT NULL AND ecc_dbe > pdbe) OR (pdbe IS NULL AND coalesce(ecc_dbe, 0) > 0)
+        ORDER BY ts LIMIT 500""", [*params, since, until])
+    return {"bucket_s": bucket, "gpus": gpus, "t": t, "metrics": metrics, "markers": markers}
+
+
+# ---------------------------------------------------------------- overview
+def overview(con, since=None, until=None):
+    since_t, until_t = _window(con, since, until)
+    w = [since_t, until_t]
+    bucket = _bucket_seconds(since_t, until_t, target=240)
+    totals = _one(con, f"""
+        SELECT count(*) AS hook_runs, count(*) FILTER ({_status_sql()}) AS failed_hooks,
+               count(DISTINCT job_id) AS jobs, count(DISTINCT node) AS nodes
+        FROM hook_runs WHERE start_ts >= ? AND start_ts < ?""", w)
+    series = con.execute(f"""
+        SELECT floor(epoch(start_ts) / ?) * ? AS t, count(*) AS runs,
+               count(*) FILTER ({_status_sql()}) AS failures
+        FROM hook_runs WHERE start_ts >= ? AND start_ts < ? GROUP BY 1 ORDER BY 1""",
+                         [bucket, bucket, *w]).fetchall()
+    latency = _rows(con, f"""
+        SELECT context, count(*) AS runs, count(*) FILTER ({_status_sql()}) AS failures,
+               round(quantile_cont(duration_ms, 0.5), 1) AS p50_ms,
+               round(quantile_cont(duration_ms, 0.99), 1) AS p99_ms
+        FROM hook_runs WHERE start_ts >= ? AND start_ts < ? GROUP BY context ORDER BY context""", w)
+    scripts = _rows(con, f"""
+        SELECT path, count(*) AS runs, count(*) FILTER ({FAILED_SQL}) AS failures,
+               round(count(*) FILTER ({FAILED_SQL}) / count(*), 4) AS failure_rate,
+               round(quantile_cont(duration_ms, 0.5), 1) AS p50_ms,
+               round(quantile_cont(duration_ms, 0.99), 1) AS p99_ms,
+               round(max(duration_ms), 1) AS max_ms
+        FROM script_runs WHERE start_ts >= ? AND start_ts < ? GROUP BY path""", w)
+    slowest = sorted(scripts, key=lambda r: (-(r["p99_ms"] or 0), r["path"]))[:10]
+    failing = sorted((r for r in scripts if r["failures"]),
+                     key=lambda r: (-r["failures"], -r["failure_rate"], r["path"]))[:10]
+    return {
+        "page": "overview",
+        "window": {"since": _jsonable(since_t), "until": _jsonable(until_t), "bucket_s": bucket},
+        "totals": totals,
+        "runs_over_time": {"t": [r[0] for r in series], "runs": [r[1] for r in series],
+                           "failures": [r[2] for r in series]},
+        "latency": latency,
+        "slowest_scripts": slowest,
+        "failing_scripts": failing,
+        "nodes": problem_nodes(con, since_t, until_t),
+    }
+
+
+def problem_nodes(con, since, until, limit=25):
+    """Drained and failing nodes, each with its ``why`` verdict."""
+    drains_fn, why_fn = _queries("drains", "drains"), _queries("why", "why")
+    out = []
+    if drains_fn is not None:
+        for group in drains_fn(con, since=since, until=until) or []:
+            for node in group.get("nodes") or ([group["node"]] if group.get("node") else []):
+                out.append({"node": node, "context": group.get("context"), "script": group.get("script")
+                            or group.get("path"), "cause_count": group.get("count")})
+    else:
+        out = _rows(con, f"""
+            SELECT node, context, NULL AS script, NULL AS cause_count FROM (
+                SELECT node, context, status, row_number() OVER (PARTITION BY node ORDER BY start_ts DESC) AS rn
+                FROM hook_runs WHERE start_ts >= ? AND start_ts < ?
+                  AND context IN ('prolog_slurmd', 'epilog_slurmd'))
+            WHERE rn = 1 AND {_status_sql()} ORDER BY node""", [since, until])
+    # Nodes drained with no failing hook still belong here (why says so).
+    seen = {r["node"] for r in out}
+    for r in _rows(con, """
+            SELECT node, arg_max(state, ts) AS state FROM node_events
+            WHERE ts >= ? AND ts < ? GROUP BY node ORDER BY node""", [since, until]):
+        if r["node"] not in seen and str(r["state"] or "").upper().startswith(("DRAIN", "DOWN", "FAIL")):
+            out.append({"node": r["node"], "context": None, "script": None, "cause_count": None})
+            seen.add(r["node"])
+    out = out[:limit]
+    for r in out:
+        r["state"] = (_one(con, "SELECT state, reason FROM node_events WHERE node = ? "
+                               "ORDER BY ts DESC LIMIT 1", [r["node"]]) or {}).get("state")
+        if why_fn is None:
+            r["verdict"] = None
+            continue
+        try:
+            r["verdict"] = (why_fn(con, r["node"], since=since, until=until) or {}).get("verdict")
+        except Exception as exc:  # one node's analysis must not take the overview down
+            r["verdict"] = f"(why failed: {exc})"
+    return out
+
+
+# ---------------------------------------------------------------- job
+JOB_META = ("cluster", "user_name", "uid", "account", "partition", "job_name", "nodelist",
+            "array_job_id", "array_task_id", "restart_count", "gpus")
+
+
+def job(con, job_id):
+    job_id = str(job_id).strip()
+    hooks = _rows(con, """
+        SELECT hook_id, node, context, start_ts AS start, end_ts AS "end", epoch(start_ts) AS t0,
+               epoch(coalesce(end_ts, start_ts)) AS t1, duration_ms, status, n_scripts, failed_index,
+               runner_killed
+        FROM hook_runs WHERE job_id = ? ORDER BY start_ts, node""", [job_id])
+    if not hooks:
+        raise NotFound(f"job {job_id} has no hook runs in the store")
+    meta = _one(con, f"""
+        SELECT {", ".join(f"any_value({c}) AS {c}" for c in JOB_META)},
+               min(start_ts) AS first_hook, max(coalesce(end_ts, start_ts)) AS last_hook,
+               count(*) AS hook_runs, count(*) FILTER ({_status_sql()}) AS failed_hooks,
+               list(DISTINCT node ORDER BY node) AS nodes
+        FROM hook_runs WHERE job_id = ?""", [job_id])
+    meta["job_id"] = job_id
+    scripts = _rows(con, """
+        SELECT hook_id, span_id, node, context, idx, path AS script, sha256, exit_code, signal,
+               timed_out, refused, start_ts AS start, epoch(start_ts) AS t0,
+               epoch(coalesce(end_ts, start_ts)) AS t1, duration_ms, user_name AS user, output,
+               output_truncated
+        FROM script_runs WHERE job_id = ? ORDER BY start_ts, node, idx""", [job_id])
+    audit_fn = _queries("audit", "audit_job")
+    audit = audit_fn(con, job_id) if audit_fn is not None else None
+    since = datetime.fromisoformat(meta["first_hook"].replace("Z", "+00:00")) - timedelta(minutes=1)
+    until = datetime.fromisoformat(meta["last_hook"].replace("Z", "+00:00")) + timedelta(minutes=1)
+    gpu = _gpu_series(con, "job_id = ?", [job_id], since, until)
+    if not gpu["gpus"]:
+        # Samples not tagged with the job: the job's nodes over its lifetime.
+        nodes = meta["nodes"]
+        gpu = _gpu_series(con, "list_contains(?, node)", [nodes], since, until)
+    return {"page": "job", "job_id": job_id, "meta": meta, "hooks": hooks, "scripts": scripts,
+            "audit": audit, "gpu": gpu}
+
+
+# ---------------------------------------------------------------- node
+def node(con, node_name, since=None, until=None):
+    node_name = str(node_name).strip()
+    known = con.execute("""
+        SELECT (SELECT count(*) FROM (SELECT 1 FROM hook_runs WHERE node = ? LIMIT 1))
+             + (SELECT count(*) FROM (SELECT 1 FROM gpu_samples WHERE node = ? LIMIT 1))
+             + (SELECT count(*) FROM (SELECT 1 FROM node_events WHERE node = ? LIMIT 1))""",
+                        [node_name] * 3).fetchone()[0]
+    if not known:
+        raise NotFound(f"node {node_name} has no hook runs, GPU samples or events in the store")
+    since_t, until_t = _window(con, since, until, where="WHERE node = ?", params=[node_name])
+    w = [node_name, since_t, until_t]
+    bucket = _bucket_seconds(since_t, until_t, target=240)
+    series = con.execute(f"""
+        SELECT floor(epoch(start_ts) / ?) * ? AS t, count(*), count(*) FILTER ({_status_sql()})
+        FROM hook_runs WHERE node = ? AND start_ts >= ? AND start_ts < ? GROUP BY 1 ORDER BY 1""",
+                         [bucket, bucket, *w]).fetchall()
+    hooks = _rows(con, """
+        SELECT hook_id, job_id, context, start_ts AS start, duration_ms, status, n_scripts,
+               failed_index, user_name AS user
+        FROM hook_runs WHERE node = ? AND start_ts >= ? AND start_ts < ?
+        ORDER BY start_ts DESC LIMIT 200""", w)
+    failures = _rows(con, f"""
+        SELECT job_id, context, path AS script, sha256, exit_code, signal, timed_out, refused,
+               start_ts AS start, duration_ms, output
+        FROM script_runs WHERE node = ? AND start_ts >= ? AND start_ts < ? AND {FAILED_SQL}
+        ORDER BY start_ts DESC LIMIT 50""", w)
+    events = _rows(con, """
+        SELECT ts AS time, state, reason, source FROM node_events
+        WHERE node = ? ORDER BY ts DESC LIMIT 50""", [node_name])
+    why_fn = _queries("why", "why")
+    why = None
+    if why_fn is not None:
+        try:
+            why = why_fn(con, node_name, since=since_t, until=until_t)
+        except Exception as exc:  # e.g. a node known only from GPU samples
+            why = {"node": node_name, "verdict": None, "error": str(exc)}
+    return {"page": "node", "node": node_name,
+            "window": {"since": _jsonable(since_t), "until": _jsonable(until_t), "bucket_s": bucket},
+            "runs_over_time": {"t": [r[0] for r in series], "runs": [r[1] for r in series],
+                               "failures": [r[2] for r in series]},
+            "hooks": hooks, "failures": failures, "events": events, "why": _jsonable(why),
+            "gpu": _gpu_series(con, "node = ?", [node_name], since_t, until_t)}
+
+
+# ---------------------------------------------------------------- script
+def script(con, path, since=None, until=None):
+    path = str(path or "")
+    if not path:
+        raise BadRequest("which script? pass ?path=/etc/slurm/prolog.d/NAME")
+    since_t, until_t = _window(con, since, until, table="script_runs", where="WHERE path = ?",
+                               params=[path])
+    w = [path, since_t, until_t]
+    versions = _rows(con, f"""
+        SELECT sha256, min(start_ts) AS first_seen, max(start_ts) AS last_seen, count(*) AS runs,
+               count(*) FILTER ({FAILED_SQL}) AS failures,
+               round(count(*) FILTER ({FAILED_SQL}) / count(*), 4) AS failure_rate,
+               round(quantile_cont(duration_ms, 0.5), 1) AS p50_ms,
+               round(quantile_cont(duration_ms, 0.95), 1) AS p95_ms,
+               round(quantile_cont(duration_ms, 0.99), 1) AS p99_ms,
+               count(DISTINCT node) AS nodes
+        FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts < ?
+        GROUP BY sha256 ORDER BY min(start_ts)""", w)
+    if not versions:
+        exists = con.execute("SELECT 1 FROM script_runs WHERE path = ? LIMIT 1", [path]).fetchone()
+        if not exists:
+            raise NotFound(f"script {path} has never run according to the store")
+    bucket = _bucket_seconds(since_t, until_t, target=200)
+    shas = [v["sha256"] for v in versions]
+    counts = con.execute("""
+        SELECT floor(epoch(start_ts) / ?) * ? AS t, sha256, count(*)
+        FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts < ? GROUP BY ALL ORDER BY 1""",
+                         [bucket, bucket, *w]).fetchall()
+    t = sorted({r[0] for r in counts})
+    pos = {v: i for i, v in enumerate(t)}
+    per = {s: [0] * len(t) for s in shas}
+    for ts, sha, n in counts:
+        per[sha][pos[ts]] = n
+    latest = _rows(con, """
+        SELECT node, arg_max(sha256, start_ts) AS sha256, max(start_ts) AS last_run
+        FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts < ?
+        GROUP BY node ORDER BY node""", w)
+    tally = {}
+    for r in latest:
+        tally[r["sha256"]] = tally.get(r["sha256"], 0) + 1
+    # The version most nodes run now is the reference; everyone else differs.
+    majority = max(tally, key=lambda s: (tally[s], s)) if tally else None
+    different = [r for r in latest if r["sha256"] != majority]
+    failures = _rows(con, f"""
+        SELECT node, job_id, context, sha256, exit_code, signal, timed_out, refused,
+               start_ts AS start, duration_ms, output
+        FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts < ? AND {FAILED_SQL}
+        ORDER BY start_ts DESC LIMIT 50""", w)
+    audit_fn = _queries("audit", "audit_script")
+    audit = audit_fn(con, path, since_t, until_t) if audit_fn is not None else None
+    return {"page": "script", "path": path,
+            "window": {"since": _jsonable(since_t), "until": _jsonable(until_t), "bucket_s": bucket},
+            "versions": versions, "versions_over_time": {"t": t, "counts": [per[s] for s in shas]},
+            "majority_sha256": majority, "nodes_latest": latest, "nodes_different": different,
+            "failures": failures, "audit": _jsonable(audit)}
+
+
+# ---------------------------------------------------------------- search
+def search(con, q):
+    q = str(q or "").strip()
+    if not q:
+        return {"page": "search", "q": q, "jobs": [], "nodes": [], "scripts": []}
+    if len(q) > 512:
+        raise BadRequest("search text too long (512 characters at most)")
+    jobs = _rows(con, """
+        SELECT job_id, any_value(job_name) AS job_name, any_value(user_name) AS user,
+               min(start_ts) AS start FROM hook_runs
+        WHERE job_id = ? OR contains(lower(job_name), lower(?)) GROUP BY job_id
+        ORDER BY (job_id = ?) DESC, min(start_ts) DESC LIMIT 20""", [q, q, q])
+    nodes = _rows(con, """
+        SELECT node, count(*) AS hook_runs FROM hook_runs WHERE contains(lower(node), lower(?))
+        GROUP BY node ORDER BY (node = ?) DESC, node LIMIT 20""", [q, q])
+    scripts = _rows(con, """
+        SELECT path, count(*) AS runs FROM script_runs WHERE contains(lower(path), lower(?))
+        GROUP BY path ORDER BY (path = ?) DESC, path LIMIT 20""", [q, q])
+    return {"page": "search", "q": q, "jobs": jobs, "nodes": nodes, "scripts": scripts}
+
+
+# ---------------------------------------------------------------- summary (make demo)
+def summary(con):
+    """Jobs, hook runs and drained nodes with their verdicts, for a one-paragraph summary."""
+    t = _one(con, "SELECT count(DISTINCT job_id) AS jobs, count(*) AS hook_runs, "
+                  f"count(*) FILTER ({_status_sql()}) AS failed_hooks, min(start_ts) AS since, "
+                  "max(start_ts) AS until FROM hook_runs")
+    nodes = []
+    if t and t["hook_runs"]:
+        since = parse_time(t["since"]) - timedelta(seconds=1)
+        until = parse_time(t["until"]) + timedelta(seconds=1)
+        nodes = problem_nodes(con, since, until)
+    return {**(t or {}), "nodes": nodes}
+
+
+def summary_text(s, url=None):
+    """The paragraph ``make demo`` prints after its run."""
+    parts = [f"{s.get('jobs', 0)} jobs ran {s.get('hook_runs', 0)} hook runs "
+             f"({s.get('failed_hooks', 0)} failed)."]
+    if s.get("nodes"):
+        parts.append(" ".join(
+            f"{n['node']} is {str(n.get('state') or 'failing').lower()}: {n.get('verdict') or 'no verdict (queries library missing)'}."
+            for n in s["nodes"]))
+    else:
+        parts.append("No node is drained or failing its hooks.")
+    if url:
+        parts.append(f"Dashboard: {url}")
+    return " ".join(parts)

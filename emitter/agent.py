@@ -1,0 +1,436 @@
+"""The node agent: ship the journal as OTLP spans, sample GPUs, never lose a record.
+
+Loop: scan the journal, ship every complete or abandoned file in the node's
+sequence order (one ExportTraceServiceRequest per file, through the SDK
+``SpanExporter``), delete a file only after its JetStream PubAck.  When NATS
+is unreachable the round stops at the first failure (order is kept), waits
+with exponential backoff and tries again; the runner keeps the journal within
+its bound meanwhile.  A crash between PubAck and delete re-publishes the same
+``Nats-Msg-Id``, which the stream's duplicate window drops.
+
+GPU sampling runs in its own thread behind ``gpu.base.TimedBackend``, so a
+hung driver never delays span export.  Settings: ``AgentSettings.resolve``
+(argument > environment > ``[agent]`` of the config file > default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields
+
+from emitter import EmitterError
+from emitter import contract as c
+from emitter import natsio, otlp, spool
+from emitter.exporter import JetStreamPublisher, NatsSpanExporter, log_stderr
+from emitter.gpu.jobs import JobMap, job_gpus
+
+STATE_FILE = "agent-gpus.json"  # job map, survives agent restarts (not a journal file)
+
+
+class AgentConfigError(EmitterError):
+    """An [agent] setting, argument or environment variable is invalid."""
+
+
+@dataclass
+class AgentSettings:
+    nats: str = "nats://127.0.0.1:4222"
+    creds: str | None = None
+    nkey: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    journal: str = c.JOURNAL_DIR_DEFAULT
+    node: str = ""
+    cluster: str = ""
+    replicas: int = 1
+    create_streams: bool = True
+    connect_timeout_s: float = 2.0
+    publish_timeout_s: float = 5.0
+    max_reconnect_attempts: int = 3
+    poll_interval_s: float = 1.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    abandon_grace_s: float = 5.0
+    stale_after_s: float = 6 * 3600.0
+    gpu: str = "auto"  # auto | nvml | amdsmi | replay | none
+    gpu_replay: str | None = None
+    gpu_replay_block_s: float = 0.0  # replay only: simulate a hung driver (tests)
+    gpu_interval_s: float = 10.0
+    gpu_timeout_s: float = 2.0
+    dcgm_job_map_dir: str | None = None
+    metrics_backlog: int = 360  # metric rounds kept in memory while NATS is down
+    extra: dict = field(default_factory=dict)
+
+    #: environment variable for each setting that has one
+    ENV = {
+        "nats": "HOOKSCOPE_NATS_URL", "creds": "HOOKSCOPE_NATS_CREDS", "nkey": "HOOKSCOPE_NATS_NKEY",
+        "user": "HOOKSCOPE_NATS_USER", "password": "HOOKSCOPE_NATS_PASSWORD",
+        "token": "HOOKSCOPE_NATS_TOKEN", "tls_ca": "HOOKSCOPE_NATS_TLS_CA",
+        "tls_cert": "HOOKSCOPE_NATS_TLS_CERT", "tls_key": "HOOKSCOPE_NATS_TLS_KEY",
+        "journal": "HOOKSCOPE_JOURNAL", "node": "HOOKSCOPE_NODE", "cluster": "HOOKSCOPE_CLUSTER",
+        "gpu": "HOOKSCOPE_GPU", "gpu_replay": "HOOKSCOPE_GPU_REPLAY",
+    }
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "extra"]
+
+    @classmethod
+    def resolve(cls, cfg: dict | None = None, env=None, **args) -> "AgentSettings":
+        """argument (not None) > environment > [agent] section > [runner] journal/node/cluster > default."""
+        env = os.environ if env is None else env
+        cfg = cfg or {}
+        section = cfg.get("agent", {})
+        if not isinstance(section, dict):
+            raise AgentConfigError("config: [agent] must be a table")
+        known = set(cls.keys())
+        for k in section:
+            if k not in known:
+                raise AgentConfigError(f"config: unknown key agent.{k}; use one of: {', '.join(sorted(known))}")
+        runner = cfg.get("runner", {}) if isinstance(cfg.get("runner"), dict) else {}
+        defaults = cls()
+        values = {}
+        for name in cls.keys():
+            v = args.get(name)
+            if v is None and name in cls.ENV and env.get(cls.ENV[name]):
+                v = env[cls.ENV[name]]
+            if v is None and name == "journal" and env.get("HOOKSCOPE_JOURNAL_DIR"):
+                v = env["HOOKSCOPE_JOURNAL_DIR"]  # the runner's variable
+            if v is None and name in section:
+                v = section[name]
+            if v is None and name == "journal" and runner.get("journal_dir"):
+                v = runner["journal_dir"]
+            if v is None and name in ("node", "cluster") and runner.get(name):
+                v = runner[name]
+            values[name] = getattr(defaults, name) if v is None else v
+        s = cls(**values)
+        s._validate()
+        return s
+
+    def _validate(self) -> None:
+        d = type(self)()
+        for name in self.keys():
+            want, v = type(getattr(d, name)), getattr(self, name)
+            if v is None or getattr(d, name) is None:
+                if v is not None and not isinstance(v, str):
+                    raise AgentConfigError(f"agent.{name} must be a string, not {v!r}")
+                continue
+            if want is bool and not isinstance(v, bool):
+                if str(v).lower() in ("1", "true", "yes", "0", "false", "no"):
+                    v = str(v).lower() in ("1", "true", "yes")
+                else:
+                    raise AgentConfigError(f"agent.{name} must be true or false, not {v!r}")
+            elif want in (int, float) and not isinstance(v, bool):
+                try:
+                    v = want(v)
+                except (TypeError, ValueError):
+                    raise AgentConfigError(f"agent.{name} must be a number, not {v!r}") from None
+                if v < 0:
+                    raise AgentConfigError(f"agent.{name} must not be negative ({v})")
+            elif want is str and isinstance(v, list) and name == "nats":
+                v = ",".join(map(str, v))
+            elif want is str and not isinstance(v, str):
+                raise AgentConfigError(f"agent.{name} must be a string, not {v!r}")
+            setattr(self, name, v)
+        if self.gpu not in ("auto", "nvml", "amdsmi", "replay", "none"):
+            raise AgentConfigError(f"agent.gpu = {self.gpu!r}: use auto, nvml, amdsmi, replay or none")
+        if self.gpu == "replay" and not self.gpu_replay:
+            raise AgentConfigError("agent.gpu = 'replay' needs agent.gpu_replay (a recorded "
+                                   "nvidia-smi -q -x or amd-smi metric --json file)")
+        if self.gpu_interval_s < 0.05:
+            raise AgentConfigError("agent.gpu_interval_s must be at least 0.05 seconds")
+        self.node = self.node or os.uname().nodename.split(".")[0]
+        self.cluster = self.cluster or os.environ.get("SLURM_CLUSTER_NAME", "")
+        try:
+            self.nats_options()
+        except natsio.NatsConfigError as exc:
+            raise AgentConfigError(str(exc)) from None
+
+    def nats_options(self) -> natsio.NatsOptions:
+        return natsio.NatsOptions(
+            servers=self.nats, creds=self.creds, nkey_seed=self.nkey, user=self.user,
+            password=self.password, token=self.token, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
+            tls_key=self.tls_key, connect_timeout=self.connect_timeout_s,
+            max_reconnect_attempts=max(1, int(self.max_reconnect_attempts)),
+            request_timeout=self.publish_timeout_s, name=f"hookscope-agent-{self.node}")
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    records: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    damage_reports: int = 0
+    metric_rounds: int = 0
+    metric_dropped: int = 0
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, *, log=log_stderr, publisher=None):
+        self.s = settings
+        self.log = log
+        self.publisher = publisher or JetStreamPublisher(settings.nats_options(),
+                                                         create_streams=settings.create_streams,
+                                                         replicas=settings.replicas, log=log)
+        self.exporter = NatsSpanExporter(self.publisher, timeout=settings.publish_timeout_s)
+        self.stats = Stats()
+        self.jobs = JobMap()
+        self._load_state()
+        self._seen: set[str] = set()
+        self._reported: set[str] = set()
+        self._latest: dict[int, object] = {}  # gpu index -> latest GpuSample
+        self._pending_metrics: deque = deque(maxlen=max(1, settings.metrics_backlog))
+        self._stop = threading.Event()
+        self._gpu_trigger = threading.Event()
+        self._gpu_thread = None
+        self.gpu = None
+        self._outage_since = None
+        self._backoff = settings.backoff_min_s
+        self._cluster = settings.cluster  # "" -> learnt from the journal's records
+
+    @property
+    def cluster(self) -> str:
+        return self._cluster or "default"
+
+    # ------------------------------------------------------------ state
+    def _state_path(self) -> str:
+        return os.path.join(self.s.journal, STATE_FILE)
+
+    def _load_state(self) -> None:
+        try:
+            with open(self._state_path()) as f:
+                data = json.load(f)
+            self.jobs.by_gpu = {int(k): set(v) for k, v in data.get("gpus", {}).items() if v}
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _save_state(self) -> None:
+        tmp = self._state_path() + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"gpus": {str(k): sorted(v) for k, v in self.jobs.by_gpu.items()}}, f)
+            os.replace(tmp, self._state_path())
+        except OSError as exc:
+            self.log(f"cannot save GPU job map to {self._state_path()}: {exc.strerror}")
+
+    # ------------------------------------------------------------ journal
+    def scan(self) -> list[spool.JournalFile]:
+        files = spool.scan(self.s.journal, grace_s=self.s.abandon_grace_s, stale_s=self.s.stale_after_s)
+        changed = False
+        present = set()
+        for jf in files:
+            present.add(jf.path)
+            if jf.path in self._seen:
+                continue
+            if jf.entries and not self._cluster:
+                self._cluster = str(jf.entries[0][1].get(c.R_CLUSTER) or "")
+            started = jf.started
+            if started is None and jf.state == spool.RUNNING:
+                continue  # hook_started not written yet: look again next scan
+            self._seen.add(jf.path)
+            if self.jobs.observe(started):
+                changed = True
+        self._seen &= present
+        self._reported &= present
+        if changed:
+            self._save_state()
+            if self.s.dcgm_job_map_dir:
+                self._write_dcgm()
+            self._gpu_trigger.set()  # snapshot at every prolog and epilog
+        return files
+
+    def _write_dcgm(self) -> None:
+        indices = set(self._latest) | set(self.jobs.by_gpu)
+        try:
+            self.jobs.write_dcgm_dir(self.s.dcgm_job_map_dir, sorted(indices))
+        except OSError as exc:
+            self.log(f"cannot write the dcgm job-mapping dir {self.s.dcgm_job_map_dir}: {exc}")
+
+    def _report_damage(self, jf: spool.JournalFile) -> None:
+        if not jf.damage or jf.path in self._reported:
+            return
+        self._reported.add(jf.path)
+        self.log(f"journal file {jf.path} is damaged ({'; '.join(jf.damage)}); shipping what is "
+                 "readable and recording a journal_error")
+        try:
+            from emitter.journal import write_standalone
+
+            recs = spool.damage_records(jf)
+            first = jf.entries[0][1] if jf.entries else {}
+            write_standalone(self.s.journal, recs, node=first.get(c.R_NODE) or self.s.node,
+                             cluster=first.get(c.R_CLUSTER) or self._cluster)
+            self.stats.damage_reports += 1
+        except Exception as exc:  # noqa: BLE001 - a report must not stop shipping
+            self.log(f"could not record the damage of {jf.path}: {exc}")
+
+    def _snapshots(self, jf: spool.JournalFile) -> list[dict]:
+        started = jf.started or {}
+        if started.get(c.R_CONTEXT) not in ("prolog_slurmd", "epilog_slurmd"):
+            return []
+        job = started.get(c.R_JOB) or {}
+        out = []
+        for i in job_gpus(job):
+            s = self._latest.get(i)
+            if s is not None:
+                out.append(s.as_dict(job.get("job_id")))
+        return out
+
+    def ship_file(self, jf: spool.JournalFile) -> bool:
+        """Publish one file and delete it after the PubAck.  False: try later."""
+        self._report_damage(jf)
+        if not jf.entries:
+            spool.remove(jf.path)  # nothing readable; the damage report says so
+            return True
+        abandoned = jf.mtime_ns if jf.state == spool.ABANDONED else None
+        data = otlp.encode_trace(jf.entries, abandoned_ts=abandoned, gpu_snapshots=self._snapshots(jf))
+        spans = otlp.sdk_spans(otlp.decode_trace(data))
+        result = self.exporter.export(spans)
+        if result.name != "SUCCESS":
+            self.stats.failures += 1
+            self._note_outage(self.exporter.last_error)
+            return False
+        if getattr(self.exporter.last_ack, "duplicate", False):
+            self.stats.duplicates += 1
+        spool.remove(jf.path)
+        self.stats.files += 1
+        self.stats.records += len(jf.entries)
+        return True
+
+    def _note_outage(self, why) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self.log(f"cannot ship to NATS ({why}); the journal keeps everything, retrying with backoff")
+
+    def _note_ok(self) -> None:
+        if self._outage_since is not None:
+            self.log(f"NATS is back after {time.monotonic() - self._outage_since:.1f}s; shipping resumes in order")
+            self._outage_since = None
+        self._backoff = self.s.backoff_min_s
+
+    def run_once(self) -> tuple[int, int]:
+        """Ship every ready file in order; (shipped, still waiting).  Stops at the
+        first failure so files leave the journal in sequence order."""
+        files = self.scan()
+        ready = spool.ready(files)
+        shipped = 0
+        for jf in ready:
+            if self._stop.is_set():
+                break
+            try:
+                ok = self.ship_file(jf)
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                self.log(f"shipping {jf.path} failed: {type(exc).__name__}: {exc}")
+                ok = False
+            if not ok:
+                return shipped, len(ready) - shipped
+            shipped += 1
+        if ready:
+            self._note_ok()
+        return shipped, len(ready) - shipped
+
+    # ------------------------------------------------------------ GPUs
+    def start_gpu(self, thread: bool = True) -> None:
+        from emitter.gpu.base import detect
+
+        try:
+            self.gpu = detect(self.s.gpu, replay_path=self.s.gpu_replay,
+                              replay_block=self.s.gpu_replay_block_s or None,
+                              timeout_s=self.s.gpu_timeout_s, log=self.log)
+        except EmitterError as exc:
+            self.log(f"GPU sampling off: {exc}")
+            self.gpu = None
+        if self.gpu is None or not thread:
+            return
+        self._gpu_thread = threading.Thread(target=self._gpu_loop, name="hookscope-gpu", daemon=True)
+        self._gpu_thread.start()
+
+    def gpu_round(self) -> int:
+        """Sample every GPU (bounded by gpu_timeout_s) and publish one metrics
+        request; returns the number of samples (0 when the backend hangs)."""
+        if self.gpu is None:
+            return 0
+        samples = self.gpu.sample()
+        if samples:
+            ts = time.time_ns()
+            for s in samples:
+                s.ts = ts
+                self._latest[s.index] = s
+            dicts = [s.as_dict(self.jobs.job_of(s.index)) for s in samples]
+            data = otlp.encode_metrics(dicts, node=self.s.node, cluster=self.cluster, ts=ts)
+            if len(self._pending_metrics) == self._pending_metrics.maxlen:
+                self.stats.metric_dropped += 1
+            self._pending_metrics.append((ts, data))
+            if self.s.dcgm_job_map_dir:
+                self._write_dcgm()
+        self._flush_metrics()
+        return len(samples)
+
+    def _flush_metrics(self) -> None:
+        subject = c.subject(c.SIGNAL_METRICS, self.cluster, self.s.node)
+        while self._pending_metrics and not self._stop.is_set():
+            ts, data = self._pending_metrics[0]
+            msg_id = c.message_id(self.cluster, self.s.node, c.SIGNAL_METRICS, str(ts))
+            try:
+                self.publisher.publish(subject, data, msg_id, c.CONTENT_TYPE_METRICS, self.s.publish_timeout_s)
+            except Exception:  # noqa: BLE001 - kept for the next round
+                return
+            self._pending_metrics.popleft()
+            self.stats.metric_rounds += 1
+
+    def _gpu_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.gpu_round()
+            except Exception as exc:  # noqa: BLE001
+                self.log(f"GPU round failed: {type(exc).__name__}: {exc}")
+            self._gpu_trigger.wait(self.s.gpu_interval_s)
+            self._gpu_trigger.clear()
+
+    # ------------------------------------------------------------ main
+    def run(self, once: bool = False) -> int:
+        """Run until stop() (or one pass with ``once``).  Returns 0, or 1 when
+        ``once`` left files behind because NATS was unreachable."""
+        os.makedirs(self.s.journal, mode=0o700, exist_ok=True)
+        try:
+            self.scan()  # learn the GPU job map before the first GPU round
+            self.start_gpu(thread=not once)
+            if once:
+                if self.gpu is not None:
+                    self.gpu_round()  # the snapshot the hook spans below carry
+                shipped, left = self.run_once()
+                if left:
+                    self.log(f"{left} journal file(s) not shipped ({self.exporter.last_error}); "
+                             "they stay in the journal for the next run")
+                return 1 if left else 0
+            while not self._stop.is_set():
+                shipped, left = self.run_once()
+                if left:
+                    wait = self._backoff * (0.5 + random.random())
+                    self._backoff = min(self._backoff * 2, self.s.backoff_max_s)
+                else:
+                    wait = self.s.poll_interval_s
+                self._stop.wait(wait)
+            return 0
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._gpu_trigger.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._gpu_trigger.set()
+        if self.gpu is not None:
+            self.gpu.backend.close()  # unblocks a replay 'hang'; real drivers: abandoned thread
+        self.exporter.shutdown()
+        self.publisher.close()

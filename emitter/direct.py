@@ -1,0 +1,235 @@
+"""``hookscope run --export direct``: publish the hook's journal file at once.
+
+For sites that run no agent.  Called by the runner after the scripts and the
+``hook_ended`` record; it must never raise, never change the exit status and
+never take longer than ``deadline_s`` (default 0.3 s) *including its own
+imports*.  So it speaks the NATS protocol over one raw socket (stdlib only:
+INFO / CONNECT / SUB / HPUB / wait for the JetStream PubAck), every read and
+write bounded by the time left.  The file is deleted only after the PubAck;
+anything not sent stays in the journal for the agent or the next run, and
+the stable ``Nats-Msg-Id`` makes a later re-send harmless.
+
+Supported auth: none, user/password, token, TLS (CA, client cert).  A server
+asking for an nkey/JWT signature is served only when the ``nkeys`` package is
+importable; otherwise the file waits for the agent.
+"""
+
+import os
+import socket
+import time
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+#: Other complete files shipped in the same call while time remains.
+MAX_BACKLOG_FILES = 16
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _settings(config):
+    """NATS settings: environment > config [agent] > defaults (as the agent)."""
+    agent = {}
+    if isinstance(config, dict):
+        agent = config.get("agent", config) if isinstance(config.get("agent", config), dict) else {}
+    env = os.environ
+
+    def pick(key, var):
+        v = env.get(var) if var else None
+        return v if v else agent.get(key)
+
+    url = pick("nats", "HOOKSCOPE_NATS_URL") or DEFAULT_URL
+    if isinstance(url, list):
+        url = ",".join(url)
+    return {
+        "servers": [u.strip() for u in str(url).split(",") if u.strip()],
+        "user": pick("user", "HOOKSCOPE_NATS_USER"),
+        "password": pick("password", "HOOKSCOPE_NATS_PASSWORD"),
+        "token": pick("token", "HOOKSCOPE_NATS_TOKEN"),
+        "creds": pick("creds", "HOOKSCOPE_NATS_CREDS"),
+        "tls_ca": pick("tls_ca", "HOOKSCOPE_NATS_TLS_CA"),
+        "tls_cert": pick("tls_cert", "HOOKSCOPE_NATS_TLS_CERT"),
+        "tls_key": pick("tls_key", "HOOKSCOPE_NATS_TLS_KEY"),
+    }
+
+
+class _Conn:
+    """One NATS connection, every operation bounded by ``end`` (monotonic)."""
+
+    def __init__(self, url, cfg, end):
+        self.end = end
+        self.buf = b""
+        rest = url.split("://", 1)[-1]
+        scheme = url.split("://", 1)[0] if "://" in url else "nats"
+        auth, _, hostport = rest.rpartition("@")
+        host, _, port = hostport.partition(":")
+        self.sock = socket.create_connection((host or "127.0.0.1", int(port or 4222)), timeout=self.left())
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        import json
+
+        self.json = json
+        line = self.readline()
+        if not line.startswith(b"INFO "):
+            raise OSError(f"not a NATS server: {line[:40]!r}")
+        info = json.loads(line[5:])
+        if scheme == "tls" or info.get("tls_required") or cfg.get("tls_ca"):
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=cfg.get("tls_ca"))
+            if cfg.get("tls_cert"):
+                ctx.load_cert_chain(cfg["tls_cert"], cfg.get("tls_key"))
+            self.sock.settimeout(self.left())
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=host)
+        opts = {"verbose": False, "pedantic": False, "name": "hookscope-direct", "lang": "python",
+                "version": "hookscope", "protocol": 1, "headers": True, "no_responders": True}
+        user, password = cfg.get("user"), cfg.get("password")
+        if auth:
+            user, _, password = auth.partition(":")
+        if user:
+            opts["user"], opts["pass"] = user, password or ""
+        if cfg.get("token"):
+            opts["auth_token"] = cfg["token"]
+        if info.get("nonce") and cfg.get("creds"):
+            opts.update(_sign_creds(cfg["creds"], info["nonce"]))
+        self.send(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
+        while True:
+            line = self.readline()
+            if line == b"PONG":
+                return
+            if line.startswith(b"-ERR"):
+                raise OSError(line.decode(errors="replace"))
+
+    def left(self):
+        t = self.end - time.monotonic()
+        if t <= 0:
+            raise _Deadline()
+        return t
+
+    def send(self, data):
+        self.sock.settimeout(self.left())
+        self.sock.sendall(data)
+
+    def _fill(self):
+        self.sock.settimeout(self.left())
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise OSError("connection closed by server")
+        self.buf += chunk
+
+    def readline(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def read(self, n):
+        while len(self.buf) < n + 2:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def request(self, subject, headers, payload, inbox, sid):
+        """HPUB with a reply inbox; returns the reply payload (the PubAck JSON)."""
+        hdr = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        hdr = hdr.encode()
+        self.send(b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject.encode(), inbox.encode(), len(hdr),
+                                                       len(hdr) + len(payload), hdr, payload))
+        while True:
+            line = self.readline()
+            if line == b"PING":
+                self.send(b"PONG\r\n")
+            elif line.startswith(b"-ERR"):
+                raise OSError(line.decode(errors="replace"))
+            elif line.startswith(b"MSG "):
+                parts = line.split()
+                return self.read(int(parts[-1]))
+            elif line.startswith(b"HMSG "):
+                parts = line.split()
+                hlen, total = int(parts[-2]), int(parts[-1])
+                data = self.read(total)
+                if b" 503" in data[:hlen].split(b"\r\n", 1)[0]:
+                    raise OSError("no JetStream stream answers on " + subject)
+                return data[hlen:]
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _sign_creds(path, nonce):
+    """JWT + nonce signature, only when the nkeys package is present."""
+    import base64
+    import re
+
+    import nkeys  # ImportError -> the agent ships this file later
+
+    with open(path) as f:
+        text = f.read()
+    blocks = re.findall(r"-----BEGIN [^-]+-----\s*(.+?)\s*------END", text, re.S)
+    if len(blocks) < 2:
+        raise OSError(f"creds file {path} lacks a JWT and a seed")
+    kp = nkeys.from_seed(blocks[1].strip().encode())
+    sig = base64.urlsafe_b64encode(kp.sign(nonce.encode())).decode().rstrip("=")
+    return {"jwt": blocks[0].strip(), "sig": sig}
+
+
+def _publish_file(conn, path, inbox, sid):
+    """Encode and publish one journal file; True after a good PubAck."""
+    from emitter import contract as c
+    from emitter import otlp, spool
+
+    jf = spool.read_file(path)
+    if jf is None or not jf.entries or jf.damage:
+        return False  # gone, or damaged: the agent reports damage properly
+    if jf.state not in (spool.COMPLETE,):
+        return False
+    data = otlp.encode_trace(jf.entries)
+    req = otlp.decode_trace(data)
+    cluster, node = otlp.resource_of(req)
+    headers = {c.HDR_MSG_ID: c.message_id(cluster, node, c.SIGNAL_SPANS, otlp.message_key(req)),
+               c.HDR_SCHEMA: str(c.SCHEMA_VERSION), c.HDR_CONTENT_TYPE: c.CONTENT_TYPE_TRACES}
+    reply = conn.request(c.subject(c.SIGNAL_SPANS, cluster, node), headers, data, inbox, sid)
+    ack = conn.json.loads(reply)
+    if not isinstance(ack, dict) or "error" in ack or "seq" not in ack:
+        return False
+    spool.remove(path)
+    return True
+
+
+def ship(journal_dir, hook_file, deadline_s=0.3, config=None):
+    """Publish ``hook_file`` (and, time permitting, older complete files) and
+    delete what JetStream acknowledged.  Never raises; returns None."""
+    start = time.monotonic()
+    try:
+        end = start + max(0.0, float(deadline_s if deadline_s is not None else 0.3))
+        cfg = _settings(config)
+        conn = None
+        for url in cfg["servers"]:
+            try:
+                conn = _Conn(url, cfg, end)
+                break
+            except (OSError, ValueError):
+                continue
+        if conn is None:
+            return None
+        try:
+            inbox = "_INBOX.hookscope." + os.urandom(8).hex()
+            conn.send(b"SUB %s 1\r\n" % inbox.encode())
+            if not _publish_file(conn, str(hook_file), inbox, 1):
+                return None
+            # Time left: ship the backlog the agent (or earlier runs) left.
+            from emitter import spool
+
+            done = 0
+            for jf in spool.ready(spool.scan(str(journal_dir))):
+                if done >= MAX_BACKLOG_FILES or end - time.monotonic() < 0.02:
+                    break
+                if jf.path != str(hook_file) and _publish_file(conn, jf.path, inbox, 1):
+                    done += 1
+        finally:
+            conn.close()
+    except BaseException:  # noqa: BLE001 - never into the runner: its exit status is sacred
+        return None
+    return None

@@ -1,0 +1,206 @@
+"""Publishing to JetStream: a small synchronous publisher and the SDK exporter.
+
+``JetStreamPublisher`` owns one NATS connection on a private asyncio loop in a
+daemon thread, so callers (the agent loop, the SDK's span processors) stay
+synchronous.  Every call has a deadline; a dead server costs at most that
+deadline, never a hang (nats-py would otherwise wait on reconnects forever).
+
+``NatsSpanExporter`` is the OpenTelemetry ``SpanExporter``: one
+``ExportTraceServiceRequest`` per ``export()`` call, published with a stable
+``Nats-Msg-Id``; it returns SUCCESS only after the JetStream PubAck, so the
+agent deletes a journal file only once the stream has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from typing import Sequence
+
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from emitter import EmitterError
+from emitter import contract as c
+from emitter import natsio, otlp
+
+
+class PublishError(EmitterError):
+    """A publish got no PubAck within its deadline, or NATS refused it."""
+
+
+class JetStreamPublisher:
+    """Synchronous JetStream publishing with deadlines.
+
+    ``publish()`` connects on demand (within ``opts.connect_timeout``), sends
+    with headers and waits for the PubAck (``opts.request_timeout``).  After a
+    failure the connection is dropped and the next call reconnects, so an
+    outage ends as soon as the server is back.  ``ensure_streams`` runs once
+    per connection when ``create_streams`` is set.
+    """
+
+    def __init__(self, opts: natsio.NatsOptions, *, create_streams: bool = True, replicas: int = 1,
+                 log=None):
+        self.opts = opts
+        self.create_streams = create_streams
+        self.replicas = replicas
+        self._log = log or (lambda msg: None)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hookscope-nats",
+                                        daemon=True)
+        self._thread.start()
+        self._nc = None
+        self._js = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.published = 0
+        self.duplicates = 0
+
+    # All coroutines run on the private loop; _call bounds the wait from the
+    # caller's side too, so even a wedged loop cannot block the caller.
+    def _call(self, coro, timeout: float):
+        if self._closed:
+            coro.close()
+            raise PublishError("publisher is closed")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise PublishError(f"no answer from NATS within {timeout:.1f}s") from None
+
+    async def _ensure(self):
+        if self._nc is not None and self._nc.is_connected:
+            return self._js
+        if self._nc is not None and not self._nc.is_closed:
+            # Reconnecting: wait for it, bounded by the caller's deadline.
+            return self._js
+        self._nc = await natsio.connect(self.opts)
+        self._js = self._nc.jetstream(timeout=self.opts.request_timeout)
+        if self.create_streams:
+            await natsio.ensure_streams(self._js, self.replicas, self.opts.request_timeout)
+        return self._js
+
+    async def _drop(self):
+        nc, self._nc, self._js = self._nc, None, None
+        await natsio.close(nc, 1.0)
+
+    async def _publish(self, subject, data, headers, timeout):
+        try:
+            js = await self._ensure()
+            ack = await asyncio.wait_for(js.publish(subject, data, timeout=timeout, headers=headers),
+                                         timeout + 0.5)
+            return ack
+        except natsio.NatsUnavailable:
+            raise
+        except (asyncio.TimeoutError, Exception) as exc:
+            name = type(exc).__name__
+            if "MaxPayload" in name:
+                raise PublishError(f"message of {len(data)} bytes exceeds the server's max_payload "
+                                   f"on {subject}") from None
+            if self._nc is None or not self._nc.is_connected:
+                await self._drop()
+            raise PublishError(f"publish to {subject} failed: {name}: {exc}") from None
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Connect (and set up streams) now; raises NatsUnavailable/PublishError."""
+        t = timeout or self.opts.connect_timeout * (len(self.opts.servers) + 1) + self.opts.request_timeout * 2
+        with self._lock:
+            self._call(self._ensure(), t)
+
+    def publish(self, subject: str, data: bytes, msg_id: str, content_type: str,
+                timeout: float | None = None):
+        """Publish and wait for the PubAck; returns it or raises (EmitterError)."""
+        timeout = timeout or self.opts.request_timeout
+        headers = natsio.headers_for(msg_id, content_type)
+        outer = timeout + self.opts.connect_timeout * (len(self.opts.servers) + 1) \
+            + self.opts.request_timeout * 2 + 1.0
+        with self._lock:
+            ack = self._call(self._publish(subject, data, headers, timeout), outer)
+        self.published += 1
+        if getattr(ack, "duplicate", False):
+            self.duplicates += 1
+        return ack
+
+    @property
+    def connected(self) -> bool:
+        nc = self._nc
+        return bool(nc is not None and nc.is_connected)
+
+    def close(self, timeout: float = 3.0) -> None:
+        if self._closed:
+            return
+        try:
+            self._call(self._drop(), timeout)
+        except Exception:
+            pass
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+
+class NatsSpanExporter(SpanExporter):
+    """OpenTelemetry SpanExporter publishing OTLP protobuf to JetStream.
+
+    One ``export()`` = one ``ExportTraceServiceRequest`` message on
+    ``hookscope.spans.<cluster>.<node>`` (taken from the spans' resource),
+    ``Nats-Msg-Id`` from the batch's hook ID, so a retry after a crash is
+    dropped by the stream's duplicate window.  Never raises; every call is
+    bounded by ``timeout`` seconds.  ``last_error`` says why the last export
+    failed (the agent logs it).
+    """
+
+    def __init__(self, publisher: JetStreamPublisher | None = None, *,
+                 options: natsio.NatsOptions | None = None, timeout: float = 5.0,
+                 max_bytes: int = c.MAX_MESSAGE_BYTES):
+        self._own = publisher is None
+        if publisher is None:
+            publisher = JetStreamPublisher(options or natsio.NatsOptions())
+        self.publisher = publisher
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.last_error: str | None = None
+        self.last_ack = None
+        self._shutdown = False
+
+    def export(self, spans: Sequence) -> SpanExportResult:
+        if self._shutdown:
+            self.last_error = "exporter is shut down"
+            return SpanExportResult.FAILURE
+        if not spans:
+            return SpanExportResult.SUCCESS
+        try:
+            req = otlp.encode_sdk_spans(spans)
+            data = req.SerializeToString()
+            if len(data) > self.max_bytes:
+                self.last_error = (f"batch of {len(spans)} spans is {len(data)} bytes, over the "
+                                   f"{self.max_bytes}-byte message limit")
+                return SpanExportResult.FAILURE
+            cluster, node = otlp.resource_of(req)
+            msg_id = c.message_id(cluster, node, c.SIGNAL_SPANS, otlp.message_key(req))
+            self.last_ack = self.publisher.publish(c.subject(c.SIGNAL_SPANS, cluster, node), data,
+                                                   msg_id, c.CONTENT_TYPE_TRACES, self.timeout)
+            self.last_error = None
+            return SpanExportResult.SUCCESS
+        except Exception as exc:  # the SDK contract: never raise into the caller
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+        if self._own:
+            try:
+                self.publisher.close()
+            except Exception:
+                pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        # export() is synchronous and returns only after the PubAck (or its
+        # failure): nothing is ever buffered here, so there is nothing to flush.
+        return not self._shutdown
+
+
+def log_stderr(msg: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} hookscope-agent: {msg}\n")
+    sys.stderr.flush()

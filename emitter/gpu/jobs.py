@@ -1,0 +1,93 @@
+"""Which job holds which GPU: learnt from the prolog/epilog journal records.
+
+The runner records ``SLURM_JOB_GPUS`` / ``CUDA_VISIBLE_DEVICES`` /
+``ROCR_VISIBLE_DEVICES`` in every ``hook_started``.  A node prolog claims the
+listed GPU indices for its job; the job's node epilog releases them.  Pure
+bookkeeping plus the optional dcgm-exporter HPC job-mapping directory
+(``--hpc-job-mapping-dir``: one file per GPU index holding the job IDs).
+"""
+
+from __future__ import annotations
+
+import os
+
+from emitter import contract as c
+
+PROLOGS = ("prolog_slurmd",)
+EPILOGS = ("epilog_slurmd",)
+
+
+def parse_gpu_list(value) -> list[int]:
+    """'0,1,4-5' -> [0, 1, 4, 5]; UUIDs, MIG names and junk are skipped."""
+    out: list[int] = []
+    for part in str(value or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            a, b = int(lo), int(hi or lo)
+            if 0 <= a <= b and b - a < 1024:
+                out.extend(range(a, b + 1))
+    return sorted(set(out))
+
+
+def job_gpus(job: dict) -> list[int]:
+    """GPU indices of a job's hook_started ``job`` dict, first list that parses."""
+    for key in ("gpus", "cuda_visible_devices", "rocr_visible_devices"):
+        idx = parse_gpu_list(job.get(key))
+        if idx:
+            return idx
+    return []
+
+
+class JobMap:
+    """GPU index -> set of job IDs currently holding it (shared GPUs: several)."""
+
+    def __init__(self):
+        self.by_gpu: dict[int, set[str]] = {}
+
+    def observe(self, started: dict | None) -> str | None:
+        """Update from one hook_started record; returns 'claim'/'release'/None."""
+        if not started:
+            return None
+        job = started.get(c.R_JOB) or {}
+        job_id = job.get("job_id")
+        ctx = started.get(c.R_CONTEXT)
+        if not job_id:
+            return None
+        if ctx in PROLOGS:
+            for i in job_gpus(job):
+                self.by_gpu.setdefault(i, set()).add(str(job_id))
+            return "claim"
+        if ctx in EPILOGS:
+            for jobs in self.by_gpu.values():
+                jobs.discard(str(job_id))
+            self.by_gpu = {i: j for i, j in self.by_gpu.items() if j}
+            return "release"
+        return None
+
+    def job_of(self, index: int) -> str | None:
+        jobs = self.by_gpu.get(index)
+        return ",".join(sorted(jobs)) if jobs else None
+
+    def gpus_of(self, job_id) -> list[int]:
+        return sorted(i for i, j in self.by_gpu.items() if str(job_id) in j)
+
+    def write_dcgm_dir(self, directory: str, gpu_indices) -> None:
+        """dcgm-exporter's HPC job mapping: file ``<dir>/<index>`` listing job IDs,
+        one per line; empty when idle.  Each file replaced atomically."""
+        os.makedirs(directory, exist_ok=True)
+        for i in gpu_indices:
+            jobs = sorted(self.by_gpu.get(i, ()))
+            path = os.path.join(directory, str(i))
+            body = "".join(f"{j}\n" for j in jobs)
+            try:
+                with open(path) as f:
+                    if f.read() == body:
+                        continue
+            except OSError:
+                pass
+            tmp = os.path.join(directory, f".{i}.tmp")
+            with open(tmp, "w") as f:
+                f.write(body)
+            os.replace(tmp, path)

@@ -1,0 +1,254 @@
+"""NATS connection and JetStream stream set-up with explicit, finite options.
+
+nats-py's defaults are wrong for us: ``max_reconnect_attempts=0`` means retry
+forever, and a publish while disconnected can wait on a reconnect that never
+comes.  Every option here is finite and every call is wrapped in a deadline;
+the agent's own loop decides when to try again.
+
+``ensure_streams(js, replicas)`` is shared with the collector: create the
+streams from ``contract.STREAM_SETTINGS`` or verify (and update what can be
+updated of) existing ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from dataclasses import dataclass, field, replace
+
+from emitter import EmitterError
+from emitter import contract as c
+
+
+class NatsConfigError(EmitterError):
+    """Connection options are invalid (missing creds file, bad URL, TLS files)."""
+
+
+class NatsUnavailable(EmitterError):
+    """NATS could not be reached or did not answer within the deadline."""
+
+
+class StreamMismatch(EmitterError):
+    """An existing stream has settings that cannot be updated in place."""
+
+
+@dataclass(frozen=True)
+class NatsOptions:
+    """Everything needed to connect; validated at construction."""
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    creds: str | None = None  # .creds file (JWT + nkey seed)
+    nkey_seed: str | None = None  # file holding an nkey seed
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout: float = 2.0
+    reconnect_time_wait: float = 0.5
+    max_reconnect_attempts: int = 3
+    ping_interval: float = 20.0
+    request_timeout: float = 5.0  # JetStream API calls and PubAcks
+    name: str = "hookscope-agent"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        servers = self.servers
+        if isinstance(servers, str):
+            servers = tuple(s.strip() for s in servers.split(",") if s.strip())
+            object.__setattr__(self, "servers", servers)
+        if not servers:
+            raise NatsConfigError("no NATS server URL given: pass --nats nats://host:4222 "
+                                  "or set HOOKSCOPE_NATS_URL")
+        for url in servers:
+            if "://" not in url:
+                raise NatsConfigError(f"NATS URL {url!r} has no scheme: write nats://{url} "
+                                      "(or tls://... for TLS)")
+        for label, path in (("creds file", self.creds), ("nkey seed file", self.nkey_seed),
+                            ("TLS CA file", self.tls_ca), ("TLS certificate", self.tls_cert),
+                            ("TLS key", self.tls_key)):
+            if path and not os.path.isfile(path):
+                raise NatsConfigError(f"{label} {path} does not exist or is not a file: "
+                                      "fix the path in --creds/--tls-* or the [agent] config")
+            if path and not os.access(path, os.R_OK):
+                raise NatsConfigError(f"{label} {path} is not readable by uid {os.getuid()}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise NatsConfigError("TLS client auth needs both a certificate and a key "
+                                  "(--tls-cert and --tls-key)")
+        if self.max_reconnect_attempts <= 0:
+            # 0 or negative mean "forever" in nats-py: exactly what we must not do.
+            raise NatsConfigError("max_reconnect_attempts must be >= 1 (nats-py treats "
+                                  f"{self.max_reconnect_attempts} as retry forever)")
+        for name in ("connect_timeout", "reconnect_time_wait", "request_timeout"):
+            if getattr(self, name) <= 0:
+                raise NatsConfigError(f"{name} must be > 0 seconds")
+
+    def with_(self, **kw) -> "NatsOptions":
+        return replace(self, **kw)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca or self.tls_cert) and not any(u.startswith("tls://") for u in self.servers):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+    def connect_kwargs(self) -> dict:
+        kw = dict(
+            servers=list(self.servers),
+            name=self.name,
+            connect_timeout=self.connect_timeout,
+            reconnect_time_wait=self.reconnect_time_wait,
+            max_reconnect_attempts=self.max_reconnect_attempts,
+            allow_reconnect=True,
+            ping_interval=self.ping_interval,
+            max_outstanding_pings=2,
+        )
+        if self.creds:
+            kw["user_credentials"] = self.creds
+        if self.nkey_seed:
+            kw["nkeys_seed"] = self.nkey_seed
+        if self.user:
+            kw["user"] = self.user
+            kw["password"] = self.password or ""
+        if self.token:
+            kw["token"] = self.token
+        tls = self.tls_context()
+        if tls is not None:
+            kw["tls"] = tls
+        kw.update(self.extra)
+        return kw
+
+
+async def _quiet(*_a, **_k):
+    """nats-py logs every reconnect failure through error_cb; the agent reports
+    outages itself, once, instead of a line per attempt."""
+
+
+async def connect(opts: NatsOptions, *, error_cb=None, disconnected_cb=None, reconnected_cb=None,
+                  closed_cb=None):
+    """Connected ``nats.aio.client.Client`` or :class:`NatsUnavailable`, within
+    ``connect_timeout * (len(servers) + 1)`` seconds in total."""
+    import nats
+
+    kw = opts.connect_kwargs()
+    kw["error_cb"] = error_cb or _quiet
+    kw["disconnected_cb"] = disconnected_cb or _quiet
+    kw["reconnected_cb"] = reconnected_cb or _quiet
+    kw["closed_cb"] = closed_cb or _quiet
+    # Initial connect also honours max_reconnect_attempts; bound it overall.
+    total = opts.connect_timeout * (len(opts.servers) + 1) + 0.5
+    try:
+        return await asyncio.wait_for(nats.connect(**kw), total)
+    except (asyncio.TimeoutError, OSError) as exc:
+        raise NatsUnavailable(f"NATS at {', '.join(opts.servers)} unreachable: "
+                              f"{type(exc).__name__}: {exc or 'timed out'}") from None
+    except Exception as exc:  # nats-py raises plain Errors for auth, TLS, no servers
+        msg = str(exc) or type(exc).__name__
+        if "uthoriz" in msg:
+            msg += " (check --creds / user / password / nkey for this server)"
+        raise NatsUnavailable(f"NATS at {', '.join(opts.servers)}: {msg}") from None
+
+
+async def close(nc, timeout: float = 2.0) -> None:
+    """Close without ever hanging on a dead server."""
+    if nc is None:
+        return
+    try:
+        await asyncio.wait_for(nc.close(), timeout)
+    except Exception:
+        pass
+
+
+# ---------------------------------------------------------------- streams
+def stream_config(name: str, subjects, replicas: int = 1):
+    """nats-py StreamConfig for one of our streams, from contract.STREAM_SETTINGS."""
+    from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+    s = c.STREAM_SETTINGS
+    return StreamConfig(
+        name=name,
+        subjects=list(subjects),
+        storage=StorageType(s["storage"]),
+        retention=RetentionPolicy(s["retention"]),
+        discard=DiscardPolicy(s["discard"]),
+        duplicate_window=float(s["duplicate_window_s"]),
+        max_age=float(s["max_age_s"]),
+        max_bytes=int(s["max_bytes"]),
+        max_msg_size=int(s["max_msg_size"]),
+        num_replicas=int(replicas),
+        description="hookscope: OTLP spans and metrics from Slurm hooks" if name == c.STREAM_NAME
+        else "hookscope: messages the collector could not load, with the reason",
+    )
+
+
+def _differences(want, have) -> dict:
+    """Fields of ``want`` that the live stream ``have`` does not match."""
+    diff = {}
+    for f in ("storage", "retention", "discard", "duplicate_window", "max_age", "max_bytes",
+              "max_msg_size", "num_replicas"):
+        w, h = getattr(want, f), getattr(have, f, None)
+        if isinstance(w, float) or isinstance(h, float):
+            if h is None or abs(float(w) - float(h)) > 1e-6:
+                diff[f] = (h, w)
+        elif w != h:
+            diff[f] = (h, w)
+    missing = set(want.subjects) - set(have.subjects or [])
+    if missing:
+        diff["subjects"] = (have.subjects, sorted(set(have.subjects or []) | set(want.subjects)))
+    return diff
+
+
+# Settings the server refuses to change on a live stream.
+_IMMUTABLE = ("storage", "retention")
+
+
+async def ensure_stream(js, name: str, subjects, replicas: int = 1, timeout: float = 10.0):
+    """Create ``name`` or bring it to our settings; returns its StreamInfo."""
+    from nats.js.errors import NotFoundError
+
+    want = stream_config(name, subjects, replicas)
+    try:
+        info = await asyncio.wait_for(js.stream_info(name), timeout)
+    except NotFoundError:
+        try:
+            return await asyncio.wait_for(js.add_stream(want), timeout)
+        except asyncio.TimeoutError:
+            raise NatsUnavailable(f"creating stream {name} timed out after {timeout}s "
+                                  "(is JetStream enabled on the server: nats-server -js?)") from None
+    except asyncio.TimeoutError:
+        raise NatsUnavailable(f"stream {name}: no JetStream answer within {timeout}s "
+                              "(is JetStream enabled on the server: nats-server -js?)") from None
+    diff = _differences(want, info.config)
+    if not diff:
+        return info
+    bad = {k: v for k, v in diff.items() if k in _IMMUTABLE}
+    if bad:
+        detail = ", ".join(f"{k} is {h!r}, want {w!r}" for k, (h, w) in bad.items())
+        raise StreamMismatch(f"stream {name} exists with settings that cannot be changed in place "
+                             f"({detail}); back it up and delete it (nats stream rm {name}) "
+                             "so hookscope can create it, or rename it")
+    # Keep subjects the operator added; add ours.
+    merged = want
+    merged.subjects = sorted(set(info.config.subjects or []) | set(want.subjects))
+    return await asyncio.wait_for(js.update_stream(merged), timeout)
+
+
+async def ensure_streams(js, replicas: int = 1, timeout: float = 10.0) -> dict:
+    """Create or verify HOOKSCOPE and HOOKSCOPE_DLQ; returns {name: StreamInfo}."""
+    if not 1 <= int(replicas) <= 5:
+        raise NatsConfigError(f"replicas={replicas}: JetStream allows 1..5 (1 on a single "
+                              "server, 3 on a 3-node cluster)")
+    out = {}
+    for name, subjects in ((c.STREAM_NAME, c.STREAM_SUBJECTS),
+                           (c.DLQ_STREAM_NAME, c.DLQ_STREAM_SUBJECTS)):
+        out[name] = await ensure_stream(js, name, subjects, replicas, timeout)
+    return out
+
+
+def headers_for(msg_id: str, content_type: str) -> dict:
+    return {c.HDR_MSG_ID: msg_id, c.HDR_SCHEMA: str(c.SCHEMA_VERSION),
+            c.HDR_CONTENT_TYPE: content_type}

@@ -1,0 +1,581 @@
+"""Journal records -> OTLP protobuf.  Pure: no I/O, no clock, no globals.
+
+One journal file (one hook invocation) becomes one ``ExportTraceServiceRequest``:
+a hook span (span ID = hook ID) with one child span per script.  Every span
+carries, in ``contract.A_RECORDS``, the raw journal lines that built it, so
+the collector can load the store (and verify the hash chain) from the spans
+alone; every record of the file lands in exactly one span:
+
+* a script span owns its ``script_started`` + ``script_ended`` records;
+* the hook span owns every other record of the file (``hook_started``,
+  ``hook_ended``, ``spool_evicted``, ``script_skipped``);
+* a standalone file (no ``hook_started``) gives one span per record:
+  ``node_event`` -> SPAN_NODE_EVENT, ``journal_error``/other -> SPAN_JOURNAL.
+
+GPU samples become one ``ExportMetricsServiceRequest`` of gauges.
+
+Both encoders take plain dicts so the collector and tests can use them without
+the agent; ``entries`` are ``(raw_line, record)`` pairs (the raw line is kept
+verbatim: re-serialising a record whose hash is wrong would hide the damage),
+or bare record dicts, whose raw line is then ``contract.canonical_json``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from emitter import __version__
+from emitter import contract as c
+
+SCOPE_NAME = "hookscope.emitter"
+
+#: Units of the GPU gauges (UCUM, as OTel semconv uses them).
+GPU_UNITS = {
+    c.M_GPU_UTILIZATION: "1",
+    c.M_GPU_MEMORY_USAGE: "By",
+    c.M_GPU_MEMORY_LIMIT: "By",
+    c.M_GPU_POWER: "W",
+    c.M_GPU_TEMPERATURE: "Cel",
+    c.M_GPU_CLOCK_SM: "MHz",
+    c.M_GPU_ECC_SBE: "{error}",
+    c.M_GPU_ECC_DBE: "{error}",
+    c.M_GPU_XID: "1",
+    c.M_GPU_RETIRED_PAGES: "{page}",
+    c.M_GPU_THROTTLE: "1",
+}
+#: Room left for the NATS headers and protocol line within MAX_MESSAGE_BYTES.
+HEADER_ROOM = 4096
+# Output tail lengths tried, in turn, when a message is too big.
+_OUTPUT_CAPS = (16384, 4096, 1024, 256, 0)
+
+
+# ---------------------------------------------------------------- values
+def _any(v) -> AnyValue:
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        if -(2**63) <= v < 2**63:
+            return AnyValue(int_value=v)
+        return AnyValue(string_value=str(v))
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    if isinstance(v, (list, tuple)):
+        av = AnyValue()
+        av.array_value.values.extend(_any(x) for x in v)
+        return av
+    return AnyValue(string_value="" if v is None else str(v))
+
+
+def _attrs(target, items: dict) -> None:
+    """Append ``items`` as KeyValues, skipping None (OTel has no null)."""
+    for k, v in items.items():
+        if v is None:
+            continue
+        target.append(KeyValue(key=k, value=_any(v)))
+
+
+def attributes_dict(kvs) -> dict:
+    """KeyValue list -> plain dict (for tests, the collector and viewers)."""
+    return {kv.key: _from_any(kv.value) for kv in kvs}
+
+
+def _from_any(av: AnyValue):
+    which = av.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [_from_any(x) for x in av.array_value.values]
+    if which == "kvlist_value":
+        return attributes_dict(av.kvlist_value.values)
+    return getattr(av, which)
+
+
+# ---------------------------------------------------------------- entries
+def _entries(items) -> list[tuple[str, dict]]:
+    out = []
+    for it in items:
+        if isinstance(it, dict):
+            out.append((c.canonical_json(it), it))
+        else:
+            raw, rec = it
+            out.append((raw.rstrip("\n"), rec))
+    return out
+
+
+def hook_trace_id(cluster, job: dict | None, hook_id: str) -> str:
+    """One trace per job; a hook with no job ID gets a trace of its own."""
+    job = job or {}
+    if job.get("job_id"):
+        return c.trace_id(cluster, job["job_id"], _int(job.get("restart_count")))
+    return c.trace_id(cluster, "hook:" + str(hook_id), 0)
+
+
+def _int(v, default=0) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _hex_id(value, length: int) -> bytes:
+    """Span/trace IDs from hex; anything malformed is hashed into shape
+    rather than rejected (a damaged record must still reach the store)."""
+    s = str(value or "")
+    try:
+        if len(s) == length * 2:
+            b = bytes.fromhex(s)
+            if any(b):
+                return b
+    except ValueError:
+        pass
+    import hashlib
+
+    return hashlib.sha256(s.encode("utf-8", "replace")).digest()[:length]
+
+
+def _resource(req_resource, node, cluster) -> None:
+    _attrs(req_resource.attributes, {
+        c.A_SERVICE_NAME: c.SERVICE_NAME,
+        c.A_SERVICE_VERSION: __version__,
+        c.A_HOST_NAME: node,
+        c.A_CLUSTER: cluster,
+        c.A_SCHEMA_VERSION: c.SCHEMA_VERSION,
+    })
+
+
+def _event(span: Span, name: str, ts: int, attrs: dict) -> None:
+    ev = span.events.add()
+    ev.name = name
+    ev.time_unix_nano = max(int(ts or 0), 0)
+    _attrs(ev.attributes, attrs)
+
+
+def _gpu_event_attrs(sample: dict) -> dict:
+    a = {
+        c.A_GPU_INDEX: sample.get("index"),
+        c.A_GPU_ID: sample.get("uuid"),
+        c.A_GPU_MODEL: sample.get("model"),
+        c.A_GPU_VENDOR: sample.get("vendor"),
+        c.A_GPU_SOURCE: sample.get("source"),
+    }
+    for name, value in (sample.get("metrics") or {}).items():
+        a[name] = value
+    return a
+
+
+# ---------------------------------------------------------------- spans
+def trace_request(items: Iterable, *, node: str | None = None, cluster: str | None = None,
+                  abandoned_ts: int | None = None, gpu_snapshots: Sequence[dict] = (),
+                  output_cap: int | None = None) -> ExportTraceServiceRequest:
+    """The request for one journal file.
+
+    ``abandoned_ts``: the file is abandoned (its runner died); a started
+    script with no end becomes an ERROR span ending at that time with the
+    runner-killed event, and the hook span ends there too.
+    ``gpu_snapshots``: GPU sample dicts taken when the agent saw this hook;
+    each becomes an E_GPU_SNAPSHOT event on the hook span.
+    ``output_cap``: cut every output (events and records) to this many
+    trailing characters, marking it truncated (used by :func:`encode_trace`
+    to fit the message limit).
+    """
+    entries = _entries(items)
+    if output_cap is not None:
+        entries = [_cap_output(raw, rec, output_cap) for raw, rec in entries]
+    first = entries[0][1] if entries else {}
+    node = node if node is not None else first.get(c.R_NODE, "")
+    cluster = cluster if cluster is not None else first.get(c.R_CLUSTER, "")
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    _resource(rs.resource, node, cluster)
+    ss = rs.scope_spans.add()
+    ss.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
+    if any(rec.get(c.R_KIND) == c.K_HOOK_STARTED for _, rec in entries) or any(
+            rec.get(c.R_KIND) in (c.K_SCRIPT_STARTED, c.K_SCRIPT_ENDED, c.K_HOOK_ENDED)
+            for _, rec in entries):
+        _hook_spans(ss.spans, entries, cluster, abandoned_ts, gpu_snapshots)
+    else:
+        for raw, rec in entries:
+            _standalone_span(ss.spans.add(), raw, rec, cluster)
+    return req
+
+
+def _hook_spans(spans, entries, cluster, abandoned_ts, gpu_snapshots) -> None:
+    started = ended = None
+    scripts: dict[int, dict] = {}  # index -> {"start": (raw, rec), "end": (raw, rec)}
+    hook_own: list[tuple[str, dict]] = []
+    for raw, rec in entries:
+        kind = rec.get(c.R_KIND)
+        if kind in (c.K_SCRIPT_STARTED, c.K_SCRIPT_ENDED) and isinstance(rec.get(c.R_INDEX), int):
+            slot = scripts.setdefault(rec[c.R_INDEX], {})
+            key = "start" if kind == c.K_SCRIPT_STARTED else "end"
+            if key in slot:  # a second record for the same slot: keep it with the hook
+                hook_own.append((raw, rec))
+            else:
+                slot[key] = (raw, rec)
+            continue
+        if kind == c.K_HOOK_STARTED and started is None:
+            started = rec
+        elif kind == c.K_HOOK_ENDED and ended is None:
+            ended = rec
+        hook_own.append((raw, rec))
+
+    recs = [rec for _, rec in entries]
+    hook_id = next((r.get(c.R_HOOK_ID) for r in recs if r.get(c.R_HOOK_ID)), "")
+    job = (started or {}).get(c.R_JOB) or {}
+    tid = _hex_id(hook_trace_id(cluster, job, hook_id), 16)
+    hook_sid = _hex_id(hook_id, 8)
+    all_ts = [_int(r.get(c.R_TS)) for r in recs if r.get(c.R_TS) is not None]
+    last_ts = max(all_ts) if all_ts else 0
+    end_of_abandoned = max(_int(abandoned_ts), last_ts) if abandoned_ts is not None else last_ts
+
+    hook = spans.add()
+    hook.trace_id = tid
+    hook.span_id = hook_sid
+    hook.kind = Span.SPAN_KIND_INTERNAL
+    context = (started or {}).get(c.R_CONTEXT) or "hook"
+    hook.name = str(context)
+    hook.start_time_unix_nano = _int((started or {}).get(c.R_TS), min(all_ts) if all_ts else 0)
+    hook.end_time_unix_nano = _int(ended.get(c.R_TS)) if ended else end_of_abandoned
+    status = ended.get(c.R_STATUS) if ended else None
+    hattrs = {
+        c.A_SPAN_TYPE: c.SPAN_HOOK,
+        c.A_CONTEXT: (started or {}).get(c.R_CONTEXT),
+        c.A_LAYOUT: (started or {}).get(c.R_LAYOUT),
+        c.A_HOOK_ID: hook_id,
+        c.A_HOOK_STATUS: status,
+        c.A_N_SCRIPTS: ended.get(c.R_N_SCRIPTS) if ended else len(scripts),
+    }
+    for key, attr in c.JOB_ATTRS.items():
+        hattrs[attr] = job.get(key)
+    hattrs[c.A_RECORDS] = "\n".join(raw for raw, _ in hook_own)
+    _attrs(hook.attributes, hattrs)
+    for raw, rec in hook_own:
+        if rec.get(c.R_KIND) == c.K_SPOOL_EVICTED:
+            _event(hook, c.E_EVICTED, rec.get(c.R_TS), {
+                c.R_EVICTED_FILES: rec.get(c.R_EVICTED_FILES),
+                c.R_EVICTED_BYTES: rec.get(c.R_EVICTED_BYTES),
+                c.R_EVICTED_SEQS: rec.get(c.R_EVICTED_SEQS)})
+    for snap in gpu_snapshots:
+        _event(hook, c.E_GPU_SNAPSHOT, snap.get("ts") or hook.start_time_unix_nano, _gpu_event_attrs(snap))
+    killed_any = False
+    failed = status not in (None, 0)
+    for index in sorted(scripts):
+        slot = scripts[index]
+        killed = "end" not in slot and abandoned_ts is not None
+        killed_any |= killed
+        failed |= _script_span(spans.add(), tid, hook_sid, hook_id, index, slot, killed,
+                               end_of_abandoned)
+    if ended is None and abandoned_ts is not None:
+        _attrs(hook.attributes, {c.A_KILLED: True})
+        hook.status.code = Status.STATUS_CODE_ERROR
+        hook.status.message = "runner killed before the hook ended" if killed_any else \
+            "runner died before the hook ended"
+        if not killed_any:
+            _event(hook, c.E_KILLED, end_of_abandoned, {})
+    elif failed or status not in (None, 0):
+        hook.status.code = Status.STATUS_CODE_ERROR
+        hook.status.message = f"exit status {status}"
+
+
+def _script_span(span, tid, hook_sid, hook_id, index, slot, killed, end_ts) -> bool:
+    """Fill one script span; returns True when the script failed."""
+    s_raw, s_rec = slot.get("start", (None, {}))
+    e_raw, e_rec = slot.get("end", (None, {}))
+    span.trace_id = tid
+    span.span_id = _hex_id(c.script_span_id(hook_id, index), 8)
+    span.parent_span_id = hook_sid
+    span.kind = Span.SPAN_KIND_INTERNAL
+    path = s_rec.get(c.R_PATH) or e_rec.get(c.R_PATH) or ""
+    span.name = str(path).rsplit("/", 1)[-1] or f"script {index}"
+    start = _int(s_rec.get(c.R_TS), _int(e_rec.get(c.R_TS)))
+    span.start_time_unix_nano = start
+    span.end_time_unix_nano = _int(e_rec.get(c.R_TS)) if e_rec else max(end_ts, start)
+    exit_code = e_rec.get(c.R_EXIT) if e_rec else None
+    attrs = {
+        c.A_SPAN_TYPE: c.SPAN_SCRIPT,
+        c.A_EXE_PATH: path,
+        c.A_SCRIPT_INDEX: index,
+        c.A_SCRIPT_SHA256: s_rec.get(c.R_SHA256),
+        c.A_SCRIPT_SIZE: s_rec.get(c.R_SIZE),
+        c.A_SCRIPT_MODE: s_rec.get(c.R_MODE),
+        c.A_SCRIPT_UID: s_rec.get(c.R_UID),
+        c.A_SCRIPT_MTIME: s_rec.get(c.R_MTIME),
+        c.A_EXIT_CODE: exit_code,
+        c.A_SIGNAL: e_rec.get(c.R_SIGNAL),
+        c.A_TIMED_OUT: bool(e_rec.get(c.R_TIMED_OUT)) if e_rec else None,
+        c.A_REFUSED: e_rec.get(c.R_REFUSED),
+        c.A_EXPORTED: list(e_rec.get(c.R_EXPORTED) or []) or None,
+        c.A_KILLED: True if killed else None,
+        c.A_RECORDS: "\n".join(r for r in (s_raw, e_raw) if r is not None),
+    }
+    _attrs(span.attributes, attrs)
+    end = span.end_time_unix_nano
+    failed = False
+    if killed:
+        failed = True
+        _event(span, c.E_KILLED, end, {c.R_PATH: path})
+        span.status.code = Status.STATUS_CODE_ERROR
+        span.status.message = "runner killed while the script ran"
+        return True
+    if e_rec.get(c.R_TIMED_OUT):
+        _event(span, c.E_TIMEOUT, end, {})
+    if e_rec.get(c.R_SIGNAL) is not None:
+        _event(span, c.E_SIGNAL, end, {c.R_SIGNAL: e_rec.get(c.R_SIGNAL)})
+    if e_rec.get(c.R_REFUSED):
+        _event(span, c.E_REFUSED, end, {c.R_REASON: e_rec.get(c.R_REFUSED)})
+    if e_rec and (exit_code != 0 or e_rec.get(c.R_REFUSED)):
+        failed = True
+        span.status.code = Status.STATUS_CODE_ERROR
+        span.status.message = (f"refused: {e_rec.get(c.R_REFUSED)}" if e_rec.get(c.R_REFUSED)
+                               else f"exit code {exit_code}")
+    if e_rec.get(c.R_OUTPUT):
+        _event(span, c.E_OUTPUT, end, {c.EA_OUTPUT_TEXT: e_rec.get(c.R_OUTPUT),
+                                       c.EA_OUTPUT_TRUNCATED: bool(e_rec.get(c.R_OUTPUT_TRUNCATED))})
+    return failed
+
+
+def _standalone_span(span, raw, rec, cluster) -> None:
+    kind = rec.get(c.R_KIND)
+    key = rec.get(c.R_HOOK_ID) or str(rec.get(c.R_HASH) or "")[:16] or str(rec.get(c.R_SEQ))
+    span.trace_id = _hex_id(c.trace_id(cluster, "hook:" + str(key), 0), 16)
+    span.span_id = _hex_id(key if rec.get(c.R_HOOK_ID) else str(rec.get(c.R_HASH) or "")[:16], 8)
+    span.kind = Span.SPAN_KIND_INTERNAL
+    span.start_time_unix_nano = span.end_time_unix_nano = _int(rec.get(c.R_TS))
+    if kind == c.K_NODE_EVENT:
+        span.name = f"node {rec.get(c.R_STATE) or 'event'}"
+        attrs = {c.A_SPAN_TYPE: c.SPAN_NODE_EVENT}  # state/reason/source: in A_RECORDS
+    else:
+        span.name = str(kind or "journal")
+        attrs = {c.A_SPAN_TYPE: c.SPAN_JOURNAL}
+        if kind == c.K_JOURNAL_ERROR:
+            _event(span, c.E_JOURNAL_DAMAGED, span.start_time_unix_nano,
+                   {c.R_PATH: rec.get(c.R_PATH), c.R_REASON: rec.get(c.R_REASON)})
+            span.status.code = Status.STATUS_CODE_ERROR
+            span.status.message = str(rec.get(c.R_REASON) or "journal damaged")
+    attrs[c.A_RECORDS] = raw
+    _attrs(span.attributes, attrs)
+
+
+def _cap_output(raw: str, rec: dict, cap: int) -> tuple[str, dict]:
+    out = rec.get(c.R_OUTPUT)
+    if not isinstance(out, str) or len(out) <= cap:
+        return raw, rec
+    # The record keeps its original hash: the chain link (the next record's
+    # "prev") stays intact, and the store's verifier sees that this record was
+    # cut (hash mismatch + output_truncated) rather than silently altered.
+    rec = dict(rec)
+    rec[c.R_OUTPUT] = out[len(out) - cap:] if cap else ""
+    rec[c.R_OUTPUT_TRUNCATED] = True
+    return c.canonical_json(rec), rec
+
+
+def encode_trace(items: Iterable, *, max_bytes: int = c.MAX_MESSAGE_BYTES, **kw) -> bytes:
+    """Serialised :func:`trace_request`, cutting outputs until it fits ``max_bytes``.
+
+    Output excerpts are the only unbounded part of a journal file; when even
+    empty outputs do not fit (thousands of scripts), the message is returned
+    as is and publishing reports the size error.
+    """
+    items = _entries(items)
+    data = trace_request(items, **kw).SerializeToString()
+    limit = max_bytes - HEADER_ROOM
+    for cap in _OUTPUT_CAPS:
+        if len(data) <= limit:
+            break
+        data = trace_request(items, output_cap=cap, **kw).SerializeToString()
+    return data
+
+
+def decode_trace(data: bytes) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(data)
+    return req
+
+
+def journal_lines(req: ExportTraceServiceRequest) -> list[str]:
+    """Every raw journal line carried by a trace request (span order)."""
+    lines = []
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                for kv in span.attributes:
+                    if kv.key == c.A_RECORDS and kv.value.string_value:
+                        lines.extend(kv.value.string_value.split("\n"))
+    return lines
+
+
+# ---------------------------------------------------------------- metrics
+def metrics_request(samples: Sequence[dict], *, node: str, cluster: str,
+                    ts: int) -> ExportMetricsServiceRequest:
+    """One sampling round: a gauge per metric name, a data point per GPU.
+
+    A sample dict: ``index, uuid, model, vendor, source, job_id (or None),
+    ts (ns, optional: defaults to ts), metrics: {contract.M_GPU_*: number}``.
+    """
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    _resource(rm.resource, node, cluster)
+    sm = rm.scope_metrics.add()
+    sm.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
+    by_name: dict[str, Metric] = {}
+    for name in c.GPU_METRICS:
+        if any(name in (s.get("metrics") or {}) for s in samples):
+            m = sm.metrics.add()
+            m.name = name
+            m.unit = GPU_UNITS.get(name, "1")
+            m.gauge.CopyFrom(Gauge())
+            by_name[name] = m
+    for s in samples:
+        pattrs = {
+            c.A_GPU_INDEX: s.get("index"),
+            c.A_GPU_ID: s.get("uuid"),
+            c.A_GPU_MODEL: s.get("model"),
+            c.A_GPU_VENDOR: s.get("vendor"),
+            c.A_GPU_SOURCE: s.get("source"),
+            c.A_JOB_ID: s.get("job_id"),
+        }
+        for name, value in (s.get("metrics") or {}).items():
+            if value is None or name not in by_name:
+                continue
+            dp: NumberDataPoint = by_name[name].gauge.data_points.add()
+            dp.time_unix_nano = int(s.get("ts") or ts)
+            if isinstance(value, bool) or isinstance(value, int):
+                dp.as_int = int(value)
+            else:
+                dp.as_double = float(value)
+            _attrs(dp.attributes, pattrs)
+    return req
+
+
+def encode_metrics(samples: Sequence[dict], **kw) -> bytes:
+    return metrics_request(samples, **kw).SerializeToString()
+
+
+def decode_metrics(data: bytes) -> ExportMetricsServiceRequest:
+    req = ExportMetricsServiceRequest()
+    req.ParseFromString(data)
+    return req
+
+
+def samples_from_metrics(req: ExportMetricsServiceRequest) -> list[dict]:
+    """Flatten gauges back to rows: one dict per data point (for tests and loaders)."""
+    rows = []
+    for rm in req.resource_metrics:
+        res = attributes_dict(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for dp in m.gauge.data_points:
+                    row = attributes_dict(dp.attributes)
+                    row["metric"] = m.name
+                    row["unit"] = m.unit
+                    row["value"] = dp.as_int if dp.WhichOneof("value") == "as_int" else dp.as_double
+                    row["ts"] = dp.time_unix_nano
+                    row[c.A_HOST_NAME] = res.get(c.A_HOST_NAME)
+                    row[c.A_CLUSTER] = res.get(c.A_CLUSTER)
+                    rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- SDK spans
+# The agent hands journal files to the SDK's SpanExporter interface as
+# ReadableSpans; these two functions convert both ways so that
+# encode_sdk_spans(sdk_spans(trace_request(x))) == trace_request(x) (tested).
+# opentelemetry.sdk is imported here only, lazily: direct mode never needs it.
+def sdk_spans(req: ExportTraceServiceRequest) -> list:
+    """ReadableSpans (opentelemetry-sdk) equivalent to ``req``."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
+    from opentelemetry.trace import SpanContext, SpanKind, Status as SdkStatus, StatusCode, TraceFlags
+
+    out = []
+    for rs in req.resource_spans:
+        resource = Resource(attributes_dict(rs.resource.attributes))
+        for ss in rs.scope_spans:
+            scope = SdkScope(ss.scope.name, ss.scope.version or None)
+            for sp in ss.spans:
+                tid = int.from_bytes(sp.trace_id, "big")
+                ctx = SpanContext(tid, int.from_bytes(sp.span_id, "big"), False, TraceFlags(1))
+                parent = (SpanContext(tid, int.from_bytes(sp.parent_span_id, "big"), False, TraceFlags(1))
+                          if sp.parent_span_id else None)
+                events = [Event(ev.name, attributes_dict(ev.attributes), ev.time_unix_nano)
+                          for ev in sp.events]
+                status = SdkStatus(StatusCode(sp.status.code), sp.status.message or None) \
+                    if sp.status.code == Status.STATUS_CODE_ERROR else SdkStatus(StatusCode(sp.status.code))
+                out.append(ReadableSpan(
+                    sp.name, context=ctx, parent=parent, resource=resource,
+                    attributes=attributes_dict(sp.attributes), events=events,
+                    kind=SpanKind(sp.kind - 1 if sp.kind else 0), status=status,
+                    start_time=sp.start_time_unix_nano, end_time=sp.end_time_unix_nano,
+                    instrumentation_scope=scope))
+    return out
+
+
+def encode_sdk_spans(spans) -> ExportTraceServiceRequest:
+    """ReadableSpans -> one request, grouped by resource then scope (OTLP's shape)."""
+    req = ExportTraceServiceRequest()
+    by_res: dict = {}
+    for span in spans:
+        res_key = tuple(sorted((k, str(v)) for k, v in span.resource.attributes.items()))
+        if res_key not in by_res:
+            rs = req.resource_spans.add()
+            _attrs(rs.resource.attributes, dict(span.resource.attributes))
+            by_res[res_key] = (rs, {})
+        rs, scopes = by_res[res_key]
+        sc = span.instrumentation_scope
+        sc_key = (sc.name, sc.version) if sc else ("", None)
+        if sc_key not in scopes:
+            ss = rs.scope_spans.add()
+            ss.scope.name = sc_key[0]
+            if sc_key[1]:
+                ss.scope.version = sc_key[1]
+            scopes[sc_key] = ss
+        p = scopes[sc_key].spans.add()
+        ctx = span.get_span_context()
+        p.trace_id = ctx.trace_id.to_bytes(16, "big")
+        p.span_id = ctx.span_id.to_bytes(8, "big")
+        if span.parent is not None:
+            p.parent_span_id = span.parent.span_id.to_bytes(8, "big")
+        p.name = span.name
+        p.kind = span.kind.value + 1  # SDK INTERNAL=0 -> OTLP SPAN_KIND_INTERNAL=1
+        p.start_time_unix_nano = span.start_time or 0
+        p.end_time_unix_nano = span.end_time or 0
+        _attrs(p.attributes, {k: (list(v) if isinstance(v, tuple) else v)
+                              for k, v in (span.attributes or {}).items()})
+        for ev in span.events:
+            _event(p, ev.name, ev.timestamp, {k: (list(v) if isinstance(v, tuple) else v)
+                                              for k, v in (ev.attributes or {}).items()})
+        if span.status.status_code.value:
+            p.status.code = span.status.status_code.value
+            if span.status.description:
+                p.status.message = span.status.description
+    return req
+
+
+def message_key(req: ExportTraceServiceRequest) -> str:
+    """The Nats-Msg-Id key of a trace request: the hook ID of its hook span,
+    else (a standalone file) the first span's ID.  Stable across retries."""
+    first = None
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                first = first or sp
+                for kv in sp.attributes:
+                    if kv.key == c.A_HOOK_ID and kv.value.string_value:
+                        return kv.value.string_value
+    return first.span_id.hex() if first is not None else "empty"
+
+
+def resource_of(req) -> tuple[str, str]:
+    """(cluster, node) from the first resource of a trace or metrics request."""
+    groups = getattr(req, "resource_spans", None) or getattr(req, "resource_metrics", None) or []
+    for g in groups:
+        a = attributes_dict(g.resource.attributes)
+        return str(a.get(c.A_CLUSTER) or ""), str(a.get(c.A_HOST_NAME) or "")
+    return "", ""

@@ -1,0 +1,120 @@
+"""The audit trail: every hook run of a job, a node or a user, and a script's
+versions, drift, failure rate and duration percentiles.
+
+Each function takes a connection from :func:`queries.source.open_source` and
+returns plain JSON-able data (times as ISO-8601 UTC strings).
+"""
+
+from __future__ import annotations
+
+from queries import QueryError
+from queries.source import rows, window_sql
+from queries.views import HOOK_FAILED, SCRIPT_FAILED
+
+#: Keys of one audit row, in display order.
+AUDIT_KEYS = ("start", "node", "context", "job_id", "user", "script", "sha256", "exit_code",
+              "signal", "timed_out", "refused", "duration_ms", "status", "hook_id", "index",
+              "cluster", "failed", "runner_killed", "output")
+
+
+def _audit_rows(con, where_h: str, where_s: str, params_h: list, params_s: list,
+                since, until, limit: int | None) -> list[dict]:
+    """Hook runs matching ``where_h`` with their scripts matching ``where_s``.
+
+    Both sides are filtered on their own columns (script_runs carries the job,
+    user and node too) so neither side is scanned in full for a join.
+    """
+    ph, ps = list(params_h), list(params_s)
+    wh = where_h + window_sql("start_ts", since, until, ph)
+    # Scripts of the selected hooks start at or after their hook: bound them
+    # by the same window's lower edge only, so a hook on the edge keeps them.
+    ws = where_s + window_sql("start_ts", since, None, ps)
+    lim = f" LIMIT {int(limit)}" if limit else ""
+    sql = f"""
+        WITH h AS (SELECT * FROM hook_runs WHERE {wh}),
+             s AS (SELECT * FROM script_runs WHERE {ws} AND hook_id IN (SELECT hook_id FROM h))
+        SELECT coalesce(s.start_ts, h.start_ts) AS start, h.node, h.context, h.job_id,
+               h.user_name AS user, s.path AS script, s.sha256, s.exit_code, s.signal,
+               s.timed_out, s.refused, round(coalesce(s.duration_ms, h.duration_ms), 3) AS duration_ms,
+               h.status, h.hook_id, s.idx AS "index", h.cluster,
+               coalesce({_prefix(SCRIPT_FAILED, 's')}, {_prefix(HOOK_FAILED, 'h')}) AS failed,
+               coalesce(s.runner_killed, h.runner_killed, false) AS runner_killed, s.output
+        FROM h LEFT JOIN s ON s.hook_id = h.hook_id
+        ORDER BY start, h.node, h.hook_id, s.idx{lim}"""
+    return rows(con, sql, ph + ps)
+
+
+def _prefix(expr: str, alias: str) -> str:
+    """Qualify the bare column names of a views.py predicate with ``alias``."""
+    import re
+
+    cols = ("exit_code", "timed_out", "refused", "runner_killed", "status")
+    return re.sub(r"\b(" + "|".join(cols) + r")\b", alias + r".\1", expr)
+
+
+def _where(col: str, value) -> tuple[str, list]:
+    if value is None or str(value) == "":
+        raise QueryError(f"an audit by {col} needs a value")
+    return f"{col} = ?", [str(value)]
+
+
+def audit_job(con, job_id, since=None, until=None, limit: int | None = None) -> list[dict]:
+    """Every hook run of job ``job_id`` (controller and nodes), in time order."""
+    w, p = _where("job_id", job_id)
+    return _audit_rows(con, w, w, p, p, since, until, limit)
+
+
+def audit_node(con, node, since=None, until=None, limit: int | None = None) -> list[dict]:
+    """Every hook run on ``node``, in time order."""
+    w, p = _where("node", node)
+    return _audit_rows(con, w, w, p, p, since, until, limit)
+
+
+def audit_user(con, user, since=None, until=None, limit: int | None = None) -> list[dict]:
+    """Every hook run of ``user``'s jobs, in time order."""
+    w, p = _where("user_name", user)
+    return _audit_rows(con, w, w, p, p, since, until, limit)
+
+
+def audit_script(con, path, since=None, until=None) -> dict:
+    """A script's history: versions, configuration drift, per-version health.
+
+    ``versions``: one entry per sha256, first and last time it ran, the nodes
+    it ran on, runs, failures, failure rate and duration p50/p95/p99 (ms).
+    ``drift``: each hour in which nodes ran different versions of the script,
+    with the nodes per version.
+    """
+    if not path:
+        raise QueryError("an audit by script needs the script's path")
+    params: list = [str(path)]
+    win = window_sql("start_ts", since, until, params)
+    base = f"SELECT * FROM script_runs WHERE path = ?{win}"
+    versions = rows(con, f"""
+        WITH s AS ({base})
+        SELECT sha256, min(start_ts) AS first_seen, max(start_ts) AS last_seen,
+               count(*) AS runs, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures,
+               round(count(*) FILTER (WHERE {SCRIPT_FAILED}) / count(*), 6) AS failure_rate,
+               round(quantile_cont(duration_ms, 0.5), 3) AS p50_ms,
+               round(quantile_cont(duration_ms, 0.95), 3) AS p95_ms,
+               round(quantile_cont(duration_ms, 0.99), 3) AS p99_ms,
+               count(DISTINCT node) AS n_nodes, list(DISTINCT node ORDER BY node) AS nodes,
+               list(DISTINCT context ORDER BY context) AS contexts
+        FROM s GROUP BY sha256 ORDER BY first_seen""", params)
+    drift = rows(con, f"""
+        WITH s AS ({base}),
+             hv AS (SELECT date_trunc('hour', start_ts) AS hour, sha256,
+                           list(DISTINCT node ORDER BY node) AS nodes
+                    FROM s GROUP BY ALL),
+             multi AS (SELECT hour FROM hv GROUP BY hour HAVING count(*) > 1)
+        SELECT hour, list({{'sha256': sha256, 'nodes': nodes}} ORDER BY sha256) AS versions
+        FROM hv WHERE hour IN (SELECT hour FROM multi) GROUP BY hour ORDER BY hour""", params)
+    total = sum(v["runs"] for v in versions)
+    failures = sum(v["failures"] for v in versions)
+    return {
+        "path": str(path),
+        "runs": total,
+        "failures": failures,
+        "failure_rate": round(failures / total, 6) if total else None,
+        "versions": versions,
+        "drift": drift,
+    }

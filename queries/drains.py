@@ -1,0 +1,65 @@
+"""``drains``: every node whose latest hook run failed, grouped by cause.
+
+A cause is (context, script path, sha256): one broken script on 300 nodes is
+one row with ``count`` 300 and the node list, not 300 rows.  Worst first
+(most nodes, then most recent).
+"""
+
+from __future__ import annotations
+
+from emitter import contract
+from queries.source import rows, window_sql
+from queries.views import HOOK_FAILED, SCRIPT_FAILED
+
+MAX_NODES_LISTED = 1000
+
+
+def drains(con, since=None, until=None) -> list[dict]:
+    """Nodes whose latest hook run (in the window) failed, grouped by cause."""
+    params: list = []
+    win = window_sql("start_ts", since, until, params)
+    sql = f"""
+        WITH latest AS (
+            SELECT arg_max(hook_id, start_ts) AS hook_id
+            FROM hook_runs WHERE true{win} GROUP BY cluster, node),
+        h AS (
+            SELECT * FROM hook_runs
+            WHERE hook_id IN (SELECT hook_id FROM latest) AND {HOOK_FAILED}),
+        s AS (
+            -- the script that decided the failure: the first failed one
+            SELECT * FROM script_runs
+            WHERE hook_id IN (SELECT hook_id FROM h) AND {SCRIPT_FAILED}
+            QUALIFY row_number() OVER (PARTITION BY hook_id ORDER BY idx) = 1),
+        j AS (
+            SELECT h.cluster, h.node, h.context, h.hook_id, h.job_id, h.user_name,
+                   h.start_ts, h.runner_killed AS hook_killed, s.path, s.sha256, s.exit_code,
+                   s.signal, s.timed_out, s.refused, s.output,
+                   CASE WHEN s.path IS NULL THEN
+                        CASE WHEN h.runner_killed THEN 'runner killed' ELSE 'hook failed, no script to blame' END
+                        WHEN s.refused IS NOT NULL THEN 'refused: ' || s.refused
+                        WHEN s.timed_out THEN 'timed out'
+                        WHEN s.signal IS NOT NULL THEN 'signal ' || s.signal
+                        WHEN s.runner_killed THEN 'runner killed'
+                        ELSE 'exit ' || s.exit_code END AS failure
+            FROM h LEFT JOIN s ON s.hook_id = h.hook_id)
+        SELECT context, path AS script, sha256, count(*) AS count,
+               list(node ORDER BY node) AS nodes,
+               list(DISTINCT failure ORDER BY failure) AS failures,
+               list(DISTINCT exit_code ORDER BY exit_code) FILTER (WHERE exit_code IS NOT NULL) AS exit_codes,
+               min(start_ts) AS first_failure, max(start_ts) AS last_failure,
+               arg_max(output, start_ts) AS sample_output,
+               arg_max(job_id, start_ts) AS last_job_id,
+               arg_max(user_name, start_ts) AS last_user,
+               count(DISTINCT user_name) AS users,
+               list(DISTINCT cluster ORDER BY cluster) AS clusters
+        FROM j GROUP BY context, path, sha256
+        ORDER BY count DESC, last_failure DESC, script"""
+    out = rows(con, sql, params)
+    for r in out:
+        r["drain_reason"] = contract.DRAIN_REASON.get(r["context"])
+        if r["exit_codes"] is None:
+            r["exit_codes"] = []
+        if len(r["nodes"]) > MAX_NODES_LISTED:
+            r["nodes_truncated"] = True
+            r["nodes"] = r["nodes"][:MAX_NODES_LISTED]
+    return out

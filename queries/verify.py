@@ -1,0 +1,203 @@
+"""``audit verify``: tamper evidence from the per-node hash chain.
+
+Each node's journal records carry ``seq`` (+1 per record), ``prev`` (the hash
+of record seq-1) and ``hash`` (``contract.record_hash``).  The store keeps every
+record verbatim in ``journal.record``.  This module recomputes each hash,
+walks every (cluster, node) chain in position order and checks that the
+derived rows (hook_runs, script_runs) still say what their records say.
+
+Problems, each naming the node and the position (``seq``):
+
+* ``altered``: a record's content no longer matches its hash, or a derived
+  row disagrees with its record (e.g. an exit_code edited in script_runs);
+* ``gap``: positions missing from the chain (deleted rows), unless a
+  ``spool_evicted`` record explains them (then reported under ``info``);
+* ``reorder``: a record sits at a position other than its own ``seq``, or
+  links to a record that is not its predecessor but is elsewhere in the chain;
+* ``reset``: the chain restarts (``prev`` is the genesis hash past position 1:
+  the node's chain head was lost).
+"""
+
+from __future__ import annotations
+
+import json
+
+from emitter import contract as C
+
+MAX_PROBLEMS = 10_000
+
+
+def _problem(out, cluster, node, seq, kind, detail):
+    if len(out) < MAX_PROBLEMS:
+        out.append({"cluster": cluster, "node": node, "seq": seq, "kind": kind, "detail": detail})
+
+
+def verify_chain(con, node=None) -> dict:
+    """Verify every node's chain (or only ``node``'s): {ok, problems, info, checked}."""
+    params = []
+    where = ""
+    if node:
+        where, params = " WHERE node = ?", [str(node)]
+    cur = con.execute(f"SELECT cluster, node, seq, kind, hook_id, hash, prev, record FROM journal{where} "
+                      f"ORDER BY cluster, node, seq", params)
+    problems: list[dict] = []
+    info: list[dict] = []
+    records: dict[tuple, dict] = {}  # (cluster, node, seq) -> parsed record, for the row checks
+    n_records = 0
+    chains = 0
+    key = None
+    last_seq = last_hash = None
+    hashes: dict[str, int] = {}
+    explained: list[tuple[int, int]] = []
+    pending_links: list[tuple] = []
+
+    def close_chain():
+        # Links that pointed at no predecessor: reorder if the target is elsewhere in the chain.
+        for (cl, nd, seq, prev) in pending_links:
+            if prev in hashes:
+                _problem(problems, cl, nd, seq, "reorder",
+                         f"record at position {seq} links to the record at position {hashes[prev]}, "
+                         f"not to its predecessor")
+            else:
+                _problem(problems, cl, nd, seq, "altered",
+                         f"record at position {seq} does not link to the record at position {seq - 1}: "
+                         f"one of them was changed")
+        pending_links.clear()
+
+    while True:
+        batch = cur.fetchmany(10_000)
+        if not batch:
+            break
+        for cluster, nd, seq, kind, hook_id, h, prev, text in batch:
+            n_records += 1
+            if (cluster, nd) != key:
+                close_chain()
+                key, last_seq, last_hash, hashes, explained = (cluster, nd), None, None, {}, []
+                chains += 1
+            try:
+                rec = json.loads(text)
+                if type(rec) is not dict:
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                _problem(problems, cluster, nd, seq, "altered", f"record is not valid JSON ({exc})")
+                last_seq, last_hash = seq, h
+                continue
+            actual = C.record_hash(rec)
+            own_ok = actual == rec.get(C.R_HASH)
+            if not own_ok:
+                _problem(problems, cluster, nd, seq, "altered",
+                         f"{rec.get(C.R_KIND, kind)} record at position {seq} does not match its hash "
+                         f"(stored {str(rec.get(C.R_HASH))[:12]}, content hashes to {actual[:12]})")
+            elif h != actual or prev != rec.get(C.R_PREV) or kind != rec.get(C.R_KIND) \
+                    or hook_id != rec.get(C.R_HOOK_ID) or nd != rec.get(C.R_NODE):
+                _problem(problems, cluster, nd, seq, "altered",
+                         f"journal columns at position {seq} disagree with the record they hold")
+            rseq = rec.get(C.R_SEQ)
+            if own_ok and rseq != seq:
+                _problem(problems, cluster, nd, seq, "reorder",
+                         f"position {seq} holds the record written as position {rseq}")
+            hashes[actual] = seq
+            records[(cluster, nd, seq)] = rec
+            if kind == C.K_SPOOL_EVICTED:
+                span = rec.get(C.R_EVICTED_SEQS) or []
+                if len(span) == 2:
+                    explained.append((int(span[0]), int(span[1])))
+            rprev = rec.get(C.R_PREV)
+            if last_seq is None:
+                if seq != 1 and rprev == C.CHAIN_GENESIS:
+                    _problem(problems, cluster, nd, seq, "reset",
+                             f"chain starts again at position {seq} (prev is the genesis hash): "
+                             f"the node's chain head was lost")
+                elif seq != 1 and kind != C.K_SPOOL_EVICTED:
+                    _note_gap(problems, info, cluster, nd, 1, seq - 1, explained, rec)
+            else:
+                if seq > last_seq + 1:
+                    _note_gap(problems, info, cluster, nd, last_seq + 1, seq - 1, explained, rec)
+                if rprev == C.CHAIN_GENESIS and seq != 1:
+                    _problem(problems, cluster, nd, seq, "reset",
+                             f"chain starts again at position {seq} (prev is the genesis hash): "
+                             f"the node's chain head was lost")
+                elif seq == last_seq + 1 and rprev != last_hash and own_ok:
+                    pending_links.append((cluster, nd, seq, rprev))
+            last_seq, last_hash = seq, actual
+    close_chain()
+    _check_rows(con, node, records, problems)
+    problems.sort(key=lambda p: (p["cluster"], p["node"], p["seq"] if p["seq"] is not None else -1))
+    return {"ok": not problems, "problems": problems, "info": info,
+            "checked": {"nodes": chains, "records": n_records},
+            "truncated": len(problems) >= MAX_PROBLEMS}
+
+
+def _note_gap(problems, info, cluster, node, first, last, explained, rec):
+    # The spool_evicted record follows the gap it explains (it is written
+    # into the next hook's file), so this record itself may be it.
+    spans = list(explained)
+    if rec.get(C.R_KIND) == C.K_SPOOL_EVICTED and len(rec.get(C.R_EVICTED_SEQS) or []) == 2:
+        spans.append(tuple(rec[C.R_EVICTED_SEQS]))
+    if any(a <= first and last <= b for a, b in spans):
+        info.append({"cluster": cluster, "node": node, "seq": first, "kind": "evicted",
+                     "detail": f"positions {first}..{last} were evicted from the node's bounded spool "
+                               f"before shipping (spool_evicted record)"})
+        return
+    n = last - first + 1
+    _problem(problems, cluster, node, first, "gap",
+             f"{n} record(s) missing at position {first}" + (f"..{last}" if n > 1 else ""))
+
+
+# Derived-row columns and the record fields they must equal.
+_SCRIPT_ENDED = {"exit_code": C.R_EXIT, "signal": C.R_SIGNAL, "timed_out": C.R_TIMED_OUT,
+                 "refused": C.R_REFUSED, "path": C.R_PATH}
+_SCRIPT_STARTED = {"sha256": C.R_SHA256, "path": C.R_PATH}
+_HOOK_ENDED = {"status": C.R_STATUS, "failed_index": C.R_FAILED_INDEX}
+_HOOK_STARTED = {"context": C.R_CONTEXT}
+
+
+def _check_rows(con, node, records, problems):
+    """Every hook_runs / script_runs row must say what its journal records say."""
+    by_hook: dict[str, dict] = {}
+    for (cluster, nd, seq), rec in records.items():
+        hid = rec.get(C.R_HOOK_ID)
+        if hid:
+            by_hook.setdefault(hid, {})[(rec.get(C.R_KIND), rec.get(C.R_INDEX))] = (seq, rec)
+    where, params = ("WHERE node = ?", [str(node)]) if node else ("", [])
+    cols = ", ".join(_SCRIPT_ENDED.keys() | _SCRIPT_STARTED.keys())
+    for row in con.execute(f"SELECT cluster, node, hook_id, idx, {cols} FROM script_runs {where}",
+                           params).fetchall():
+        cluster, nd, hid, idx, *vals = row
+        d = dict(zip(cols.split(", "), vals))
+        recs = by_hook.get(hid)
+        if recs is None:
+            _problem(problems, cluster, nd, None, "altered",
+                     f"script_runs row {hid}/{idx} has no journal record behind it")
+            continue
+        for kind, fields in ((C.K_SCRIPT_ENDED, _SCRIPT_ENDED), (C.K_SCRIPT_STARTED, _SCRIPT_STARTED)):
+            hit = recs.get((kind, idx))
+            if hit:
+                _compare(problems, cluster, nd, hit, d, fields, f"script_runs row of hook {hid} script {idx}")
+    cols = ", ".join(_HOOK_ENDED.keys() | _HOOK_STARTED.keys())
+    for row in con.execute(f"SELECT cluster, node, hook_id, {cols} FROM hook_runs {where}",
+                           params).fetchall():
+        cluster, nd, hid, *vals = row
+        d = dict(zip(cols.split(", "), vals))
+        recs = by_hook.get(hid)
+        if recs is None:
+            _problem(problems, cluster, nd, None, "altered",
+                     f"hook_runs row {hid} has no journal record behind it")
+            continue
+        for kind, fields in ((C.K_HOOK_ENDED, _HOOK_ENDED), (C.K_HOOK_STARTED, _HOOK_STARTED)):
+            hit = recs.get((kind, None))
+            if hit:
+                _compare(problems, cluster, nd, hit, d, fields, f"hook_runs row {hid}")
+
+
+def _compare(problems, cluster, node, hit, row, fields, what):
+    seq, rec = hit
+    for col, field in fields.items():
+        want, got = rec.get(field), row[col]
+        if isinstance(want, bool) or isinstance(got, bool):
+            same = bool(want) == bool(got) or (want is None and got is None)
+        else:
+            same = want == got
+        if not same:
+            _problem(problems, cluster, node, seq, "altered",
+                     f"{what}: {col} is {got!r} but the journal record at position {seq} says {want!r}")

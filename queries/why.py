@@ -1,0 +1,307 @@
+"""``why NODE``: why a node drained, or is failing hooks.
+
+The answer is built from the store only (no Slurm command is run):
+
+* ``cause``: the latest failed hook run on the node and the script that
+  decided it (exit status, signal, timeout, refusal, output excerpt, job, user);
+* ``systemic``: whether the same script failed on other nodes in the window,
+  and whether the fault therefore lies in the script or in the node;
+* ``regression``: whether the script's sha256 changed shortly before its
+  failures started;
+* ``gpu``: XID, ECC, temperature and throttling samples around the failure;
+* ``node_events``: the node state changes observed (drain, down), so that a
+  drain with no hook failure (Kill task failed, Not responding) is reported as
+  such and never blamed on a hook;
+* ``evidence``: the rows and journal records behind the verdict.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from emitter import contract
+from queries import QueryError
+from queries.source import iso, parse_time, rows, window_sql
+from queries.views import HOOK_FAILED, SCRIPT_FAILED
+
+#: How far around the failure the systemic and GPU checks look by default.
+SYSTEMIC_WINDOW = timedelta(hours=24)
+GPU_BEFORE = timedelta(minutes=30)
+GPU_AFTER = timedelta(minutes=5)
+#: A sha256 change this long before the first failure counts as a regression.
+REGRESSION_WINDOW = timedelta(hours=24)
+#: A non-hook drain this long after the last hook failure is its own event.
+DRAIN_MATCH = timedelta(minutes=10)
+HOT_C = 85.0
+MAX_NODES_LISTED = 50
+
+
+class NoSuchNode(QueryError):
+    """The store has no record at all of this node."""
+
+
+def _short(sha):
+    return sha[:12] if sha else "?"
+
+
+def _latest_failure(con, node, since, until):
+    params = [node]
+    win = window_sql("start_ts", since, until, params)
+    hook = rows(con, f"""SELECT * FROM hook_runs WHERE node = ?{win} AND {HOOK_FAILED}
+                         ORDER BY start_ts DESC LIMIT 1""", params)
+    params = [node]
+    win = window_sql("start_ts", since, until, params)
+    script = rows(con, f"""SELECT * FROM script_runs WHERE node = ?{win} AND {SCRIPT_FAILED}
+                           ORDER BY start_ts DESC, idx LIMIT 1""", params)
+    # A failed script's hook failed too (normally); prefer the script row and
+    # fetch its hook, unless a later hook failed with no script to blame.
+    if script and (not hook or hook[0]["start_ts"] <= script[0]["start_ts"]
+                   or hook[0]["hook_id"] == script[0]["hook_id"]):
+        h = rows(con, "SELECT * FROM hook_runs WHERE hook_id = ?", [script[0]["hook_id"]])
+        first = rows(con, f"""SELECT * FROM script_runs WHERE hook_id = ? AND {SCRIPT_FAILED}
+                              ORDER BY idx LIMIT 1""", [script[0]["hook_id"]])
+        return (h[0] if h else None), (first[0] if first else script[0])
+    if hook:
+        return hook[0], None
+    return None, None
+
+
+def _cause(hook, script):
+    if hook is None and script is None:
+        return None
+    src = script or {}
+    h = hook or {}
+    return {
+        "context": src.get("context") or h.get("context"),
+        "script": src.get("path"),
+        "sha256": src.get("sha256"),
+        "exit_code": src.get("exit_code") if script else h.get("status"),
+        "signal": src.get("signal"),
+        "timed_out": bool(src.get("timed_out")),
+        "refused": src.get("refused"),
+        "runner_killed": bool(src.get("runner_killed") or h.get("runner_killed")),
+        "output": src.get("output"),
+        "job_id": src.get("job_id") or h.get("job_id"),
+        "user": src.get("user_name") or h.get("user_name"),
+        "time": src.get("start_ts") or h.get("start_ts"),
+        "hook_id": h.get("hook_id") or src.get("hook_id"),
+        "hook_status": h.get("status"),
+        "duration_ms": src.get("duration_ms"),
+        "drain_reason": contract.DRAIN_REASON.get(src.get("context") or h.get("context")),
+    }
+
+
+def _systemic(con, node, cause, since, until):
+    if not cause or not cause["script"]:
+        return None
+    t = parse_time(cause["time"])
+    lo = parse_time(since) or (t - SYSTEMIC_WINDOW)
+    hi = parse_time(until) or (t + SYSTEMIC_WINDOW)
+    params = [cause["script"], lo, hi]
+    per_node = rows(con, f"""
+        SELECT node, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures, count(*) AS runs,
+               count(*) FILTER (WHERE {SCRIPT_FAILED} AND sha256 IS NOT DISTINCT FROM ?) AS same_sha_failures
+        FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ?
+        GROUP BY node""", [cause["sha256"]] + params)
+    failed = sorted(r["node"] for r in per_node if r["failures"])
+    ok = sorted(r["node"] for r in per_node if not r["failures"])
+    others = [n for n in failed if n != node]
+    ran = len(per_node)
+    if others and len(failed) * 2 >= ran:
+        fault, why_ = "script", (f"{len(failed)} of {ran} nodes that ran it failed")
+    elif ok:
+        fault, why_ = "node", (f"only {len(failed)} of {ran} nodes that ran it failed")
+    else:
+        fault, why_ = "unknown", "no other node ran this script in the window"
+    return {
+        "count": len(failed),
+        "nodes": failed[:MAX_NODES_LISTED],
+        "nodes_truncated": len(failed) > MAX_NODES_LISTED,
+        "ok_nodes": len(ok),
+        "nodes_ran": ran,
+        "fault": fault,
+        "reason": why_,
+        "window": [iso(lo), iso(hi)],
+    }
+
+
+def _regression(con, node, cause):
+    if not cause or not cause["script"] or not cause["sha256"]:
+        return None
+    path, new = cause["script"], cause["sha256"]
+    t = parse_time(cause["time"])
+    # When did the failing version first run (anywhere), and what ran before it?
+    first_new = rows(con, "SELECT min(start_ts) AS t FROM script_runs WHERE path = ? AND sha256 = ? "
+                          "AND start_ts <= ?", [path, new, t])[0]["t"]
+    if first_new is None:
+        return {"changed": False, "old": None, "new": new, "changed_at": None}
+    fn = parse_time(first_new)
+    prev = rows(con, """SELECT sha256, max(start_ts) AS last_seen, count(*) AS runs
+                        FROM script_runs WHERE path = ? AND sha256 IS DISTINCT FROM ? AND start_ts < ?
+                          AND start_ts >= ?
+                        GROUP BY sha256 ORDER BY last_seen DESC LIMIT 1""",
+                [path, new, fn, fn - timedelta(days=30)])
+    rates = rows(con, f"""SELECT sha256, count(*) AS runs, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures
+                          FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ?
+                          GROUP BY sha256""", [path, fn - timedelta(days=7), t])
+    rate = {r["sha256"]: (r["failures"] / r["runs"] if r["runs"] else None) for r in rates}
+    first_fail = rows(con, f"""SELECT min(start_ts) AS t FROM script_runs WHERE path = ? AND sha256 = ?
+                               AND {SCRIPT_FAILED} AND start_ts >= ? AND start_ts <= ?""",
+                      [path, new, fn, t])[0]["t"]
+    if not prev:
+        return {"changed": False, "old": None, "new": new, "changed_at": None,
+                "first_failure": first_fail, "new_failure_rate": rate.get(new)}
+    old = prev[0]["sha256"]
+    ff = parse_time(first_fail) if first_fail else t
+    old_rate, new_rate = rate.get(old), rate.get(new)
+    changed = (ff - fn <= REGRESSION_WINDOW and (old_rate is None or new_rate is None
+                                                 or new_rate > old_rate))
+    return {"changed": bool(changed), "old": old, "new": new, "changed_at": iso(fn),
+            "first_failure": first_fail, "old_failure_rate": old_rate, "new_failure_rate": new_rate}
+
+
+def _gpu(con, node, around):
+    if around is None:
+        return None
+    t = parse_time(around)
+    lo, hi = t - GPU_BEFORE, t + GPU_AFTER
+    s = rows(con, f"""
+        SELECT count(*) AS samples, count(DISTINCT gpu_index) AS gpus,
+               max(temperature_c) AS temperature_max_c,
+               max(ecc_sbe) - min(ecc_sbe) AS ecc_sbe_delta,
+               max(ecc_dbe) - min(ecc_dbe) AS ecc_dbe_delta,
+               max(ecc_dbe) AS ecc_dbe_max,
+               max(retired_pages) - min(retired_pages) AS retired_pages_delta,
+               bit_or(throttle_reasons) AS throttle_reasons
+        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ?""", [node, lo, hi])[0]
+    xids = rows(con, """SELECT gpu_index, xid, min(ts) AS first_seen, count(*) AS samples
+                        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND coalesce(xid, 0) <> 0
+                        GROUP BY gpu_index, xid ORDER BY first_seen""", [node, lo, hi])
+    signals = []
+    for x in xids:
+        signals.append(f"XID {x['xid']} on GPU {x['gpu_index']} at {x['first_seen']}")
+    if s["ecc_dbe_delta"]:
+        signals.append(f"{s['ecc_dbe_delta']} new uncorrected ECC errors")
+    if s["temperature_max_c"] is not None and s["temperature_max_c"] >= HOT_C:
+        signals.append(f"temperature up to {s['temperature_max_c']:.0f} C")
+    if s["throttle_reasons"]:
+        signals.append(f"throttling (reasons bitmask {s['throttle_reasons']:#x})")
+    return {"window": [iso(lo), iso(hi)], **s, "xid": xids,
+            "suspicious": bool(signals), "signals": signals}
+
+
+def _node_events(con, node, since, until, limit=20):
+    params = [node]
+    win = window_sql("ts", since, until, params)
+    ev = rows(con, f"""SELECT ts AS time, state, reason, source, event_id FROM node_events
+                       WHERE node = ?{win} ORDER BY ts DESC LIMIT {int(limit)}""", params)
+    hook_reasons = set(contract.DRAIN_REASON.values())
+    for e in ev:
+        e["hook_drain"] = (e["reason"] or "") in hook_reasons
+    return ev
+
+
+def _evidence(con, hook, cause):
+    if not hook:
+        return []
+    ev = [{"table": "hook_runs", "row": hook}]
+    for s in rows(con, "SELECT * FROM script_runs WHERE hook_id = ? ORDER BY idx", [hook["hook_id"]]):
+        ev.append({"table": "script_runs", "row": s})
+    for r in rows(con, """SELECT seq, kind, hash, record FROM journal
+                          WHERE cluster = ? AND node = ? AND hook_id = ? ORDER BY seq""",
+                  [hook["cluster"], hook["node"], hook["hook_id"]]):
+        ev.append({"table": "journal", "seq": r["seq"], "kind": r["kind"], "hash": r["hash"],
+                   "record": r["record"]})
+    return ev
+
+
+def _is_drain(e):
+    st = (e.get("state") or "").lower()
+    return "drain" in st or "down" in st or "fail" in st
+
+
+def why(con, node, since=None, until=None) -> dict:
+    """Explain why ``node`` drained or is failing hooks (see the module doc)."""
+    if not node:
+        raise QueryError("why needs a node name")
+    node = str(node)
+    hook, script = _latest_failure(con, node, since, until)
+    events = _node_events(con, node, since, until)
+    cause = _cause(hook, script)
+    drain = next((e for e in events if _is_drain(e)), None)
+    earlier = None
+    if drain and not drain["hook_drain"] and (
+            cause is None or parse_time(cause["time"]) < parse_time(drain["time"]) - DRAIN_MATCH):
+        # The latest drain has a non-hook reason and no hook failed right
+        # before it: do not blame an older hook failure for it.
+        earlier, cause, hook = cause, None, None
+    if cause is None:
+        known = rows(con, "SELECT count(*) AS n FROM hook_runs WHERE node = ?", [node])[0]["n"]
+        if not known and not events:
+            raise NoSuchNode(f"the store has no hook run and no node event for node {node!r}: "
+                             f"check the name (as in 'sinfo -N') and the --since/--until window")
+    latest = rows(con, "SELECT hook_id, start_ts, status, context FROM hook_runs WHERE node = ? "
+                       "ORDER BY start_ts DESC LIMIT 1", [node])
+    latest_ok = bool(latest and cause and latest[0]["hook_id"] != cause["hook_id"]
+                     and not latest[0]["status"])
+    systemic = _systemic(con, node, cause, since, until)
+    regression = _regression(con, node, cause)
+    gpu = _gpu(con, node, cause["time"] if cause else (drain["time"] if drain else None))
+    out = {
+        "node": node,
+        "verdict": _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok),
+        "cause": cause,
+        "systemic": systemic,
+        "regression": regression,
+        "gpu": gpu,
+        "evidence": _evidence(con, hook, cause),
+        "node_events": events,
+        "latest_hook": latest[0] if latest else None,
+        "recovered": latest_ok,
+    }
+    if earlier:
+        out["earlier_hook_failure"] = earlier
+    return out
+
+
+def _what(cause):
+    if cause["refused"]:
+        return f"was refused ({cause['refused']})"
+    if cause["timed_out"]:
+        return "ran past its time budget and was killed"
+    if cause["runner_killed"]:
+        return "was running when the runner itself was killed"
+    if cause["signal"]:
+        return f"was killed by signal {cause['signal']} (exit {cause['exit_code']})"
+    return f"exited {cause['exit_code']}"
+
+
+def _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok):
+    if cause is None:
+        if drain:
+            return (f"{node}: no hook failure found; the node went {drain['state']} at {drain['time']} "
+                    f"with reason {drain['reason']!r} (source {drain['source']}), not caused by a hook.")
+        if events:
+            return f"{node}: no hook failure found; {len(events)} node event(s) recorded, see node_events."
+        return f"{node}: no hook failure found in the window."
+    who = cause["script"] or "the hook (no script to blame)"
+    job = f" for job {cause['job_id']}" if cause["job_id"] else ""
+    user = f" (user {cause['user']})" if cause["user"] else ""
+    parts = [f"{node}: {cause['context']} {who}"
+             + (f" [sha256 {_short(cause['sha256'])}]" if cause["sha256"] else "")
+             + f" {_what(cause)} at {cause['time']}{job}{user}"]
+    if cause["drain_reason"]:
+        parts[0] += f" -> Slurm drains with '{cause['drain_reason']}'"
+    if systemic:
+        if systemic["fault"] == "script":
+            parts.append(f"script fault: failed on {systemic['count']} of {systemic['nodes_ran']} nodes")
+        elif systemic["fault"] == "node":
+            parts.append(f"node fault: {systemic['ok_nodes']} other nodes ran it fine")
+    if regression and regression.get("changed"):
+        parts.append(f"regression: sha256 changed {_short(regression['old'])} -> "
+                     f"{_short(regression['new'])} at {regression['changed_at']}")
+    if gpu and gpu["suspicious"]:
+        parts.append("GPU: " + ", ".join(gpu["signals"][:3]))
+    if latest_ok:
+        parts.append("hooks have succeeded since")
+    return "; ".join(parts) + "."

@@ -1,0 +1,303 @@
+"""Benchmark: why / audit job / drains over a year of history, against grep.
+
+Generates (in DuckDB SQL: range() + hash-based randomness, no Python loops)
+a history of ``--rows`` script runs (default 10 million) on ``--nodes``
+nodes (default 2,000) over a year, with these failure patterns:
+
+* background noise: 1 in 10,000 script runs exits 1;
+* timeouts: 1 in 50,000 health-check runs hangs past its budget;
+* a flaky node (the first one): its GPU check fails 30 % of the time in the
+  last 30 days, with XID 79 GPU samples;
+* a systemic regression: a broken 30-health.sh is rolled out to every 7th
+  node for the last 6 hours, so their latest prolog fails (one drains row);
+* non-hook drains (Kill task failed, Not responding) as node events.
+
+It writes the DuckDB store (``collector.schema.create_all`` + INSERT) and the
+Parquet archive (partitioned by cluster/date) under --out (default /tmp,
+never the repo), plus the baseline: the same history as TensorWave-style
+per-node text logs (one file per node, a line per script start and end).
+
+Then, side by side in the same run, it times:
+
+* ``why NODE``, ``audit job JOBID``, ``drains`` on both sources;
+* the grep baseline: the node's last failure (``grep -E 'exit=[1-9]'`` over
+  the node's log, last line), and the same answer grep needs for "is it
+  systemic?" (grep every node's log for failures of that script);
+
+and prints the figures and ratios.  Usage:
+
+    .venv/bin/python tests/bench/bench_queries.py            # 10M runs (minutes)
+    .venv/bin/python tests/bench/bench_queries.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import duckdb  # noqa: E402
+
+from collector import schema  # noqa: E402
+from queries.audit import audit_job  # noqa: E402
+from queries.drains import drains  # noqa: E402
+from queries.source import open_source  # noqa: E402
+from queries.why import why  # noqa: E402
+
+T_END = "2026-12-01 00:00:00+00"
+YEAR_US = 365 * 86400 * 10**6
+PROLOG = [(0, "/etc/slurm/prolog.d/10-mounts.sh"), (1, "/etc/slurm/prolog.d/20-gpu.sh"),
+          (2, "/etc/slurm/prolog.d/30-health.sh")]
+EPILOG = [(0, "/etc/slurm/epilog.d/80-cleanup.sh"), (1, "/etc/slurm/epilog.d/90-accounting.sh")]
+TARGETS_MS = {"why": 100, "audit job": 50, "drains": 500}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def generate(work: duckdb.DuckDBPyConnection, rows: int, nodes: int):
+    """The history as plain tables in ``work`` (same columns as the store)."""
+    pairs = max(1, rows // 5)  # one (job, node) pair runs 3 prolog + 2 epilog scripts
+    scripts = ", ".join(f"({i}, 'prolog_slurmd', '{p}')" for i, p in PROLOG) + ", " + \
+        ", ".join(f"({i}, 'epilog_slurmd', '{p}')" for i, p in EPILOG)
+    work.execute(f"""
+        CREATE OR REPLACE TABLE pairs AS
+        SELECT p, (p // 2)::VARCHAR AS job_id,
+               'node' || lpad(((hash(p // 2) + p % 2) % {nodes})::VARCHAR, 4, '0') AS node,
+               TIMESTAMPTZ '{T_END}' - INTERVAL 366 DAY
+                   + to_microseconds((p * ({YEAR_US} // {pairs}))::BIGINT) AS t,
+               'user' || (hash(p // 2, 'u') % 300)::VARCHAR AS user_name
+        FROM range({pairs}) r(p)""")
+    work.execute(f"""
+        CREATE OR REPLACE TABLE s0 AS
+        SELECT p, job_id, node, user_name, x.idx, x.context, x.path,
+               t + CASE WHEN x.context = 'prolog_slurmd' THEN INTERVAL 0 SECOND
+                        ELSE INTERVAL 1 HOUR END + to_microseconds(x.idx * 40000) AS start_ts,
+               datediff('month', TIMESTAMPTZ '2025-01-01 00:00:00+00', t) AS month,
+               (x.path LIKE '%30-health.sh' AND t >= TIMESTAMPTZ '{T_END}' - INTERVAL 6 HOUR
+                    AND right(node, 4)::INTEGER % 7 = 0) AS broken,
+               (x.path LIKE '%20-gpu.sh' AND node = 'node0000'
+                    AND t >= TIMESTAMPTZ '{T_END}' - INTERVAL 30 DAY AND hash(p, 'f') % 10 < 3) AS flaky,
+               (x.path LIKE '%30-health.sh' AND hash(p, 't') % 50000 = 0) AS hang,
+               hash(p, x.idx, x.context) % 10000 = 0 AS noise
+        FROM pairs, (VALUES {scripts}) x(idx, context, path)""")
+    # A node whose prolog failed is drained: its epilog never runs.
+    work.execute("""
+        CREATE OR REPLACE TABLE script_runs AS
+        SELECT substr(md5(p::VARCHAR || ':' || context || ':' || idx), 1, 16) AS span_id,
+               substr(md5(p::VARCHAR || ':' || context), 1, 16) AS hook_id,
+               substr(md5('c1:' || job_id), 1, 32) AS trace_id, 'c1' AS cluster, node, context,
+               job_id, user_name, idx, path,
+               sha256(path || CASE WHEN broken THEN ':broken' ELSE ':' || month END) AS sha256,
+               1200 AS size, 33261 AS mode, 0 AS owner_uid, NULL::TIMESTAMPTZ AS mtime,
+               start_ts,
+               start_ts + to_microseconds(CASE WHEN hang THEN 300000000 ELSE 5000 + (hash(p, idx) % 60000)::BIGINT END)
+                   AS end_ts,
+               CASE WHEN hang THEN 300000.0 ELSE (5000 + (hash(p, idx) % 60000)::BIGINT) / 1000.0 END AS duration_ms,
+               CASE WHEN hang THEN 137 WHEN broken THEN 1 WHEN flaky THEN 2 WHEN noise THEN 1 ELSE 0 END
+                   AS exit_code,
+               CASE WHEN hang THEN 9 END AS signal, hang AS timed_out, NULL AS refused,
+               false AS runner_killed,
+               CASE WHEN hang THEN 'waiting for /dev/nvidia0 ...'
+                    WHEN broken THEN 'health: unknown option --fast'
+                    WHEN flaky THEN 'GPU 3 has fallen off the bus'
+                    WHEN noise THEN 'transient error' END AS output,
+               false AS output_truncated, NULL::VARCHAR[] AS exported, p::UBIGINT AS stream_seq
+        FROM s0
+        WHERE NOT (context = 'epilog_slurmd' AND p IN (SELECT p FROM s0 WHERE broken))
+        ORDER BY start_ts""")
+    work.execute("""
+        CREATE OR REPLACE TABLE hook_runs AS
+        SELECT hook_id, any_value(trace_id) AS trace_id, 'c1' AS cluster, any_value(node) AS node,
+               any_value(context) AS context, 'dir' AS layout, any_value(job_id) AS job_id,
+               0 AS restart_count, any_value(user_name) AS user_name, 1000 AS uid, 'gpu' AS partition,
+               any_value(node) AS nodelist, NULL AS account, NULL AS job_name, NULL AS array_job_id,
+               NULL AS array_task_id, '0,1,2,3,4,5,6,7' AS gpus,
+               min(start_ts) - INTERVAL 1 MILLISECOND AS start_ts, max(end_ts) AS end_ts,
+               sum(duration_ms) + 2 AS duration_ms,
+               coalesce(arg_min(exit_code, idx) FILTER (WHERE exit_code <> 0), 0) AS status,
+               count(*) AS n_scripts, min(idx) FILTER (WHERE exit_code <> 0) AS failed_index,
+               false AS runner_killed, []::VARCHAR[] AS warnings, 1 AS schema_version,
+               max(end_ts) AS received_ts, 0.0 AS skew_ms, min(stream_seq) AS stream_seq
+        FROM script_runs GROUP BY hook_id ORDER BY start_ts""")
+    # GPU samples: 8 GPUs per node, hourly, for the last 7 days; XID 79 on the flaky node.
+    work.execute(f"""
+        CREATE OR REPLACE TABLE gpu_samples AS
+        SELECT 'c1' AS cluster, 'node' || lpad((n % {nodes})::VARCHAR, 4, '0') AS node,
+               TIMESTAMPTZ '{T_END}' - to_microseconds((h * 3600 * 1000000)::BIGINT) AS ts,
+               g::INTEGER AS gpu_index, NULL AS uuid, 'NVIDIA H100 80GB HBM3' AS model, NULL AS job_id,
+               (hash(n, h, g) % 100) / 100.0 AS utilization, 40 * 2::BIGINT**30 AS memory_used,
+               80 * 2::BIGINT**30 AS memory_total, 350.0 AS power_w,
+               50.0 + hash(n, h, g, 't') % 30 AS temperature_c, 1980.0 AS sm_clock_mhz,
+               0::BIGINT AS ecc_sbe, 0::BIGINT AS ecc_dbe,
+               CASE WHEN n = 0 AND g = 3 AND h % 5 = 0 THEN 79 ELSE 0 END::BIGINT AS xid,
+               0::BIGINT AS retired_pages, 0::BIGINT AS throttle_reasons, 'replay' AS source
+        FROM range({nodes}) a(n), range(168) b(h), range(8) c(g)""")
+    work.execute(f"""
+        CREATE OR REPLACE TABLE node_events AS
+        SELECT md5('ev' || i) AS event_id, 'c1' AS cluster,
+               'node' || lpad((hash(i, 'n') % {nodes})::VARCHAR, 4, '0') AS node,
+               TIMESTAMPTZ '{T_END}' - to_microseconds((hash(i, 't') % {YEAR_US})::BIGINT) AS ts,
+               CASE WHEN i % 3 = 0 THEN 'DOWN' ELSE 'DRAIN' END AS state,
+               CASE WHEN i % 3 = 0 THEN 'Not responding' ELSE 'Kill task failed' END AS reason,
+               'slurmctld_epilog' AS source
+        FROM range(5000) r(i)""")
+    # The journal for the last 30 days (a record per script start and end).
+    work.execute(f"""
+        CREATE OR REPLACE TABLE journal AS
+        SELECT cluster, node, (row_number() OVER (PARTITION BY node ORDER BY start_ts, idx, k))::UBIGINT AS seq,
+               CASE k WHEN 0 THEN 'script_started' ELSE 'script_ended' END AS kind, hook_id,
+               sha256(span_id || k) AS hash, sha256(span_id || (k - 1)) AS prev,
+               '{{"exit_code":' || exit_code || ',"hook":"' || hook_id || '","index":' || idx
+                   || ',"kind":"' || CASE k WHEN 0 THEN 'script_started' ELSE 'script_ended' END
+                   || '","node":"' || node || '","path":"' || path || '","v":1}}' AS record
+        FROM script_runs, range(2) k(k)
+        WHERE start_ts >= TIMESTAMPTZ '{T_END}' - INTERVAL 30 DAY""")
+
+
+def write_store(work, db: str):
+    con = duckdb.connect(db)
+    schema.create_all(con)
+    con.close()
+    work.execute("ATTACH ? AS store", [db])
+    for t in ("script_runs", "hook_runs", "gpu_samples", "node_events", "journal"):
+        t0 = time.perf_counter()
+        work.execute(f"INSERT INTO store.{t} BY NAME SELECT * FROM {t}")
+        log(f"  store.{t}: {work.execute(f'SELECT count(*) FROM {t}').fetchone()[0]:,} rows "
+            f"in {time.perf_counter() - t0:.1f} s")
+    work.execute("DETACH store")
+
+
+def write_archive(work, archive: str):
+    os.makedirs(archive, exist_ok=True)
+    for t, col in (("script_runs", "start_ts"), ("hook_runs", "start_ts"), ("gpu_samples", "ts"),
+                   ("node_events", "ts"), ("journal", None)):
+        date = f"{col}::DATE" if col else "DATE '2026-11-30'"
+        work.execute(f"""COPY (SELECT *, {date} AS date FROM {t}) TO '{archive}/{t}'
+                         (FORMAT parquet, PARTITION_BY (cluster, date), OVERWRITE_OR_IGNORE true,
+                          FILENAME_PATTERN 'hookscope-collector-{{i}}')""")
+
+
+def write_logs(work, logs: str):
+    """TensorWave-style per-node text logs: what SREs grep today."""
+    work.execute(f"""
+        COPY (
+          SELECT node, line FROM (
+            SELECT node, start_ts AS t, 0 AS k,
+                   strftime(start_ts, '%Y-%m-%dT%H:%M:%S.%f') || ' ' || node || ' slurmd[2211]: ' || context
+                   || ' job=' || job_id || ' user=' || user_name || ' start ' || path || ' sha256=' || sha256 AS line
+            FROM script_runs
+            UNION ALL
+            SELECT node, end_ts, 1,
+                   strftime(end_ts, '%Y-%m-%dT%H:%M:%S.%f') || ' ' || node || ' slurmd[2211]: ' || context
+                   || ' job=' || job_id || ' end ' || path || ' exit=' || exit_code
+                   || CASE WHEN timed_out THEN ' timed_out' ELSE '' END
+                   || coalesce(' output=' || output, '')
+            FROM script_runs) ORDER BY node, t, k)
+        TO '{logs}' (FORMAT csv, HEADER false, QUOTE '', ESCAPE '', PARTITION_BY (node),
+                     OVERWRITE_OR_IGNORE true)""")
+
+
+def timed(fn, repeat):
+    times = []
+    result = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return result, times
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=10_000_000, help="script runs to generate")
+    ap.add_argument("--nodes", type=int, default=2000)
+    ap.add_argument("--out", default="/tmp/hookscope-bench-queries", help="work directory (not the repo)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="reuse data generated by an earlier run")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    db, archive, logs = str(out / "hookscope.duckdb"), str(out / "archive"), str(out / "logs")
+    if not (a.reuse and os.path.exists(db)):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        t0 = time.perf_counter()
+        work = duckdb.connect(str(out / "work.duckdb"))
+        work.execute(f"SET temp_directory = '{out}/tmp'")
+        generate(work, a.rows, a.nodes)
+        n = work.execute("SELECT count(*) FROM script_runs").fetchone()[0]
+        log(f"generated {n:,} script runs on {a.nodes:,} nodes in {time.perf_counter() - t0:.1f} s")
+        t0 = time.perf_counter()
+        write_store(work, db)
+        log(f"DuckDB store {db}: {os.path.getsize(db) / 2**20:.0f} MiB in {time.perf_counter() - t0:.1f} s")
+        t0 = time.perf_counter()
+        write_archive(work, archive)
+        log(f"Parquet archive {archive} in {time.perf_counter() - t0:.1f} s")
+        t0 = time.perf_counter()
+        write_logs(work, logs)
+        log(f"per-node text logs {logs} in {time.perf_counter() - t0:.1f} s")
+        work.close()
+        os.unlink(out / "work.duckdb")
+        shutil.rmtree(out / "tmp", ignore_errors=True)
+
+    # The flaky node's last failure, and a node of the systemic regression.
+    flaky, broken = "node0000", "node0007"
+    results = {}
+    for label, kw in (("duckdb", {"db": db}), ("archive", {"archive": archive})):
+        t0 = time.perf_counter()
+        con = open_source(**kw)
+        open_ms = (time.perf_counter() - t0) * 1000
+        job = con.execute("SELECT job_id FROM hook_runs WHERE node = ? ORDER BY start_ts DESC LIMIT 1",
+                          [broken]).fetchone()[0]
+        cases = {
+            "why": lambda: why(con, broken),
+            "why (flaky node)": lambda: why(con, flaky),
+            "audit job": lambda: audit_job(con, job),
+            "drains": lambda: drains(con),
+        }
+        log(f"\n== {label}: open {open_ms:.0f} ms")
+        for name, fn in cases.items():
+            res, times = timed(fn, a.repeat)
+            med = statistics.median(times)
+            results[(label, name)] = med
+            goal = TARGETS_MS.get(name.split(" (")[0])
+            verdict = "" if goal is None else (" OK" if med < goal else (" DEFECT" if med > 1000 else " over goal"))
+            log(f"  {name:<18} first {times[0]:8.1f} ms  median {med:8.1f} ms"
+                f"  (goal < {goal} ms){verdict}")
+            if name == "why":
+                log(f"    verdict: {res['verdict'][:200]}")
+            if name == "drains":
+                log(f"    {len(res)} cause(s); worst: {res[0]['count']} nodes, {res[0]['script']}")
+        con.close()
+
+    # Baseline: grep, as SREs do today.
+    node_log = f"{logs}/node={broken}/data_0.csv"
+    grep_node = ["bash", "-c", f"grep -E ' exit=[1-9]' {node_log} | tail -n 1"]
+    r, t_node = timed(lambda: subprocess.run(grep_node, capture_output=True, text=True), a.repeat)
+    last = r.stdout.strip()
+    script = last.split(" end ")[1].split(" ")[0] if " end " in last else "30-health.sh"
+    grep_all = ["bash", "-c", f"grep -rhE ' end {script} exit=[1-9]' {logs} | cut -d' ' -f2 | sort -u | wc -l"]
+    r2, t_all = timed(lambda: subprocess.run(grep_all, capture_output=True, text=True), max(1, a.repeat // 2))
+    g_node, g_all = statistics.median(t_node), statistics.median(t_all)
+    log(f"\n== grep baseline (per-node text logs)")
+    log(f"  last failure, node log only       median {g_node:8.1f} ms  -> {last[:120]}")
+    log(f"  + is it systemic (grep all nodes) median {g_all:8.1f} ms  -> {r2.stdout.strip()} node(s)")
+    why_db = results[("duckdb", "why")]
+    log("\n== ratios (grep time / hookscope time; > 1 means hookscope is faster)")
+    log(f"  why vs grep node log only:              {g_node / why_db:8.1f}x")
+    log(f"  why vs grep for the same answer (node + systemic): {(g_node + g_all) / why_db:8.1f}x "
+        f"(goal >= 50x)")
+    log(f"  why on the archive vs the same grep:    {(g_node + g_all) / results[('archive', 'why')]:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""``hookscope doctor`` on a healthy and on a broken node set-up, through the
+real CLI, against a real nats-server with per-node NKey auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.embedded import NatsServer
+from emitter import contract, doctor
+from secure import connect, load_gen_auth, run
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKSCOPE = [sys.executable, "-m", "emitter.cli"]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root (chown)")
+
+
+def _doctor(*args, env=None, timeout=30):
+    e = dict(os.environ, HOOKSCOPE_CONFIG="", **(env or {}))
+    e.pop("HOOKSCOPE_CONFIG")
+    p = subprocess.run([*HOOKSCOPE, "doctor", *args], capture_output=True, text=True, cwd=ROOT,
+                       env=e, timeout=timeout)
+    return p
+
+
+def _by_status(report, status):
+    return [c for c in report["checks"] if c["status"] == status]
+
+
+@pytest.fixture
+def healthy(tmp_path):
+    """A node set up by the book: returns (args, server)."""
+    gen = load_gen_auth()
+    gen.generate("gpu1", ["node001"], tmp_path / "auth", "nkey")
+    srv = NatsServer(store_dir=tmp_path / "nats", config=(tmp_path / "auth/auth.conf").read_text())
+    srv.start()
+    try:
+        async def mkstream():
+            from nats.js.api import StreamConfig
+
+            seed = (tmp_path / "auth/collector.nk").read_text().strip()
+            nc = await connect(srv.url, nkeys_seed_str=seed)
+            try:
+                await nc.jetstream(timeout=5).add_stream(
+                    StreamConfig(name=contract.STREAM_NAME, subjects=list(contract.STREAM_SUBJECTS)))
+            finally:
+                await nc.close()
+
+        run(mkstream())
+        prolog = tmp_path / "prolog.d"
+        prolog.mkdir(mode=0o755)
+        os.chmod(prolog, 0o755)
+        script = prolog / "10-ok.sh"
+        script.write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(script, 0o755)
+        journal = tmp_path / "journal"
+        journal.mkdir(mode=0o700)
+        os.chmod(journal, 0o700)
+        hook = ROOT / ".venv/bin/hookscope-hook"
+        slurm_conf = tmp_path / "slurm.conf"
+        slurm_conf.write_text(f"ClusterName=gpu1\nPrologEpilogTimeout=300\nProlog={hook}\nEpilog={hook}\n"
+                              "NodeName=node[001-004] CPUs=8 State=UNKNOWN\n")
+        cfg = tmp_path / "hookscope.toml"
+        cfg.write_text(f'[runner]\nnode = "node001"\njournal_dir = "{journal}"\ntimeout_s = 60\n'
+                       f'[runner.dirs]\nprolog_slurmd = "{prolog}"\n'
+                       f'[agent]\nnats = "{srv.url}"\nnkey = "{tmp_path / "auth/nodes/node001.nk"}"\n')
+        yield ["--config", str(cfg), "--slurm-conf", str(slurm_conf)], srv, tmp_path
+    finally:
+        srv.stop()
+
+
+def test_healthy_node_passes(healthy):
+    args, _srv, _ = healthy
+    p = _doctor(*args)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "FAIL" not in p.stdout
+    assert "logged in as node node001; stream HOOKSCOPE" in p.stdout, p.stdout
+    assert "Prolog, Epilog -> hookscope-hook" in p.stdout
+    rep = json.loads(_doctor(*args, "--json").stdout)
+    assert not _by_status(rep, "FAIL")
+    names = {c["name"] for c in _by_status(rep, "OK")}
+    assert {"config", "hook-dir", "journal", "creds", "nats", "gpu", "slurm.conf"} <= names
+
+
+@ROOT_ONLY
+def test_broken_node_fails_with_fixes(healthy, tmp_path):
+    args, srv, tmp = healthy
+    prolog = tmp / "prolog.d"
+    os.chmod(prolog / "10-ok.sh", 0o775)  # group-writable
+    outside = tmp / "elsewhere.sh"
+    outside.write_text("#!/bin/sh\n")
+    os.chmod(outside, 0o755)
+    os.symlink(outside, prolog / "20-link.sh")
+    (prolog / "30-noexec.sh").write_text("#!/bin/sh\n")
+    os.chmod(prolog / "30-noexec.sh", 0o644)
+    journal = tmp / "journal"
+    os.chmod(journal, 0o755)
+    forged = journal / f"{'0' * 20}-{'a' * 16}{contract.JOURNAL_SUFFIX}"
+    forged.write_text("{}\n")
+    os.chown(forged, 1000, 1000)
+    (journal / "lost").write_text("7 1700000000000000000\n")
+    bad_seed = tmp / "bad.nk"
+    bad_seed.write_text("SUNOTAVALIDSEED\n")
+    os.chmod(bad_seed, 0o644)
+    slurm_conf = tmp / "slurm-broken.conf"
+    slurm_conf.write_text("Prolog=/etc/slurm/prolog.d/*\nEpilog=/nonexistent/hookscope-hook\n")
+    cfg = tmp / "broken.toml"
+    cfg.write_text(f'[runner]\njournal_dir = "{journal}"\n[runner.dirs]\nprolog_slurmd = "{prolog}"\n'
+                   f'epilog_slurmd = "{tmp / "missing.d"}"\n'
+                   f'[agent]\nnats = "{srv.url}"\nnkey = "{bad_seed}"\n')
+    p = _doctor("--config", str(cfg), "--slurm-conf", str(slurm_conf), "--json")
+    assert p.returncode == 1, p.stdout + p.stderr
+    rep = json.loads(p.stdout)
+    fails = " | ".join(c["message"] for c in _by_status(rep, "FAIL"))
+    warns = " | ".join(c["message"] for c in _by_status(rep, "WARN"))
+    assert "10-ok.sh is writable by group (mode 0775)" in fails
+    assert "20-link.sh is a symlink to" in fails and "outside" in fails
+    assert "30-noexec.sh is not executable" in fails
+    assert "missing.d does not exist" in fails
+    assert "mode 0755; it must be root, 0700" in fails
+    assert "could write" in fails and "uid 1000" in fails
+    assert "not a valid user seed" in fails
+    assert "login to" in fails  # the server refuses the node without a valid key
+    assert "Epilog=/nonexistent/hookscope-hook: no executable there" in fails
+    assert "Prolog=/etc/slurm/prolog.d/* bypasses hookscope" in warns
+    assert "lost says 7 record(s)" in warns
+    assert all(c["fix"] for c in _by_status(rep, "FAIL")), "every FAIL says how to fix it"
+
+
+def test_unreachable_and_silent_nats_obey_the_deadline(tmp_path):
+    # a port nobody listens on, and a listener that never says INFO
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(5)
+    try:
+        silent = f"nats://127.0.0.1:{lst.getsockname()[1]}"
+        s = doctor.Setup(nats_urls=[silent], deadline_s=0.5)
+        t0 = time.monotonic()
+        res = doctor.check_nats(s)
+        assert time.monotonic() - t0 < 2.0
+        assert res[0].status == doctor.FAIL and "unreachable within 0.5s" in res[0].message
+    finally:
+        lst.close()
+
+
+def test_no_hookscope_in_slurm_conf_fails(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    inc = tmp_path / "hooks.conf"
+    inc.write_text("Prolog=/usr/local/sbin/prolog.sh   # site script\n")
+    conf.write_text(f"ClusterName=c\ninclude {inc.name}\n")
+    res = doctor.check_slurm_conf(doctor.Setup(slurm_conf=str(conf)))
+    st = {(r.status, r.message.split(":")[0]) for r in res}
+    assert (doctor.FAIL, str(conf)) in st
+    assert any(r.status == doctor.WARN and "Prolog=/usr/local/sbin/prolog.sh bypasses" in r.message for r in res)
+
+
+def test_invalid_config_is_a_fail_naming_the_file(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[runner]\nlayout = \n")
+    p = _doctor("--config", str(cfg), "--no-nats", "--json")
+    assert p.returncode == 1
+    rep = json.loads(p.stdout)
+    c = [c for c in rep["checks"] if c["name"] == "config"][0]
+    assert c["status"] == "FAIL" and str(cfg) in c["message"]
+
+
+def test_hung_gpu_library_is_abandoned():
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        doctor._call_with_deadline(lambda: time.sleep(5), 0.3)
+    assert time.monotonic() - t0 < 1.0

@@ -1,0 +1,154 @@
+"""Tamper evidence: delete, alter and swap stored rows, expect the right report
+(kind, node, position), on both sources."""
+
+import json
+
+import pytest
+from queries_scenario import build_scenario
+
+from emitter import contract as C
+from queries.source import open_source
+from queries.verify import verify_chain
+
+
+def _journal(b, node):
+    return [r for r in b.rows["journal"] if r["node"] == node]
+
+
+def _open(b, tmp_path, kind):
+    if kind == "db":
+        return open_source(db=b.write_db(tmp_path / "s.duckdb"))
+    return open_source(archive=b.write_archive(tmp_path / "archive"))
+
+
+@pytest.fixture(params=["db", "archive"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def base():
+    return build_scenario()
+
+
+def fresh():
+    # Each test tampers with its own copy of the scenario's rows.
+    return build_scenario()
+
+
+def test_untouched_store_verifies(base, tmp_path, kind):
+    con = _open(base, tmp_path, kind)
+    r = verify_chain(con)
+    assert r["ok"] is True and r["problems"] == []
+    assert r["checked"]["records"] == len(base.rows["journal"])
+    assert r["checked"]["nodes"] == len({j["node"] for j in base.rows["journal"]})
+    # n000's spool eviction explains its gap: info, not a problem.
+    assert [(i["node"], i["kind"]) for i in r["info"]] == [("n000", "evicted")]
+
+
+def test_deleted_row_is_a_gap_at_its_position(tmp_path, kind):
+    b = fresh()
+    victim = _journal(b, "fail01")[6]
+    b.rows["journal"].remove(victim)
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert not r["ok"]
+    assert [(p["node"], p["seq"], p["kind"]) for p in r["problems"]] == [("fail01", victim["seq"], "gap")]
+
+
+def test_deleted_last_rows_of_a_chain_start_are_gaps(tmp_path, kind):
+    b = fresh()
+    first = _journal(b, "hang01")[0]
+    b.rows["journal"].remove(first)
+    r = verify_chain(_open(b, tmp_path, kind), node="hang01")
+    assert [(p["seq"], p["kind"]) for p in r["problems"]] == [(1, "gap")]
+
+
+def test_altered_record_is_reported(tmp_path, kind):
+    b = fresh()
+    row = next(j for j in _journal(b, "fail01") if j["kind"] == C.K_SCRIPT_ENDED
+               and json.loads(j["record"])[C.R_EXIT] == 3)
+    rec = json.loads(row["record"])
+    rec[C.R_EXIT] = 0  # someone hides the failure in the journal itself
+    row["record"] = C.canonical_json(rec)
+    r = verify_chain(_open(b, tmp_path, kind))
+    kinds = {(p["node"], p["seq"], p["kind"]) for p in r["problems"]}
+    assert ("fail01", row["seq"], "altered") in kinds
+    assert {p["node"] for p in r["problems"]} == {"fail01"}
+
+
+def test_altered_exit_code_in_script_runs(tmp_path, kind):
+    b = fresh()
+    sr = next(s for s in b.rows["script_runs"] if s["node"] == "hang01" and s["timed_out"])
+    sr["exit_code"] = 0
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert len(r["problems"]) == 1
+    p = r["problems"][0]
+    assert (p["node"], p["kind"]) == ("hang01", "altered") and "exit_code" in p["detail"]
+    ended = next(j for j in _journal(b, "hang01") if j["kind"] == C.K_SCRIPT_ENDED
+                 and json.loads(j["record"])[C.R_PATH] == sr["path"])
+    assert p["seq"] == ended["seq"]
+
+
+def test_altered_hook_status(tmp_path, kind):
+    b = fresh()
+    hr = next(h for h in b.rows["hook_runs"] if h["node"] == "ep01" and h["status"])
+    hr["status"] = 0
+    r = verify_chain(_open(b, tmp_path, kind), node="ep01")
+    assert [(p["node"], p["kind"]) for p in r["problems"]] == [("ep01", "altered")]
+    assert "status" in r["problems"][0]["detail"]
+
+
+def test_swapped_rows_are_a_reorder(tmp_path, kind):
+    b = fresh()
+    j = _journal(b, "perm01")
+    a, c = j[2], j[3]
+    for f in ("kind", "hook_id", "hash", "prev", "record"):
+        a[f], c[f] = c[f], a[f]
+    r = verify_chain(_open(b, tmp_path, kind))
+    found = {(p["node"], p["seq"], p["kind"]) for p in r["problems"]}
+    assert ("perm01", a["seq"], "reorder") in found and ("perm01", c["seq"], "reorder") in found
+    assert {k for (_, _, k) in found} == {"reorder"}
+
+
+def test_rechained_reorder_detected_by_links(tmp_path, kind):
+    # A forger re-numbers two records and recomputes their hashes: the prev
+    # links still betray the order.
+    b = fresh()
+    j = _journal(b, "perm01")
+    a, c = j[2], j[3]
+    ra, rc = json.loads(a["record"]), json.loads(c["record"])
+    ra[C.R_SEQ], rc[C.R_SEQ] = rc[C.R_SEQ], ra[C.R_SEQ]
+    for row, rec in ((a, rc), (c, ra)):
+        rec[C.R_HASH] = C.record_hash(rec)
+        row.update(record=C.canonical_json(rec), hash=rec[C.R_HASH], prev=rec[C.R_PREV],
+                   kind=rec[C.R_KIND], hook_id=rec[C.R_HOOK_ID])
+    r = verify_chain(_open(b, tmp_path, kind), node="perm01")
+    assert not r["ok"] and "reorder" in {p["kind"] for p in r["problems"]}
+    assert all(p["node"] == "perm01" for p in r["problems"])
+
+
+def test_chain_reset(tmp_path, kind):
+    # The node lost chain.head: the writer chains on from the genesis hash.
+    # (It restarts at seq 1 too, which the store's key cannot hold beside the
+    # old records; what reaches the store is a genesis link mid-chain.)
+    b = fresh()
+    j = _journal(b, "kt01")
+    prev = C.CHAIN_GENESIS
+    for row in j[4:]:
+        rec = json.loads(row["record"])
+        rec[C.R_PREV] = prev
+        rec[C.R_HASH] = prev = C.record_hash(rec)
+        row.update(record=C.canonical_json(rec), hash=rec[C.R_HASH], prev=rec[C.R_PREV])
+    for ev in b.rows["node_events"]:
+        if ev["node"] == "kt01":
+            ev["event_id"] = next(json.loads(r["record"])[C.R_HASH] for r in j
+                                  if r["kind"] == C.K_NODE_EVENT)
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert [(p["node"], p["seq"], p["kind"]) for p in r["problems"]] == [("kt01", j[4]["seq"], "reset")]
+
+
+def test_node_filter(base, tmp_path):
+    con = _open(base, tmp_path, "db")
+    r = verify_chain(con, node="gpu01")
+    assert r["ok"] and r["checked"]["nodes"] == 1
+    assert r["checked"]["records"] == len(_journal(base, "gpu01"))

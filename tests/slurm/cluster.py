@@ -1,0 +1,526 @@
+"""A real single-node Slurm cluster (Debian's 22.05) for the integration tier.
+
+Everything lives in one temp directory: munged (as user ``munge``, with its own
+key, socket, pid, log and seed files), slurmctld and slurmd in foreground mode
+(``-D``) with their spool, state, pid and log files, and the slurm.conf that
+client commands find through ``SLURM_CONF``.  Nothing under /etc/slurm or
+/etc/munge is touched, so a developer's own cluster keeps running.
+
+Between scenarios the hook lines of slurm.conf are rewritten and the daemons
+told with ``scontrol reconfigure`` (a fraction of a second; a restart costs
+several seconds, see docs/slurm-tier.md).  A drained node is resumed with
+``scontrol update nodename=X state=resume``.
+
+Usage::
+
+    c = SlurmCluster(tmpdir)
+    c.start()                     # munged, slurmctld, slurmd; waits for idle
+    c.set_hooks(Prolog="/x/*")    # rewrite slurm.conf + reconfigure
+    job = c.sbatch("#!/bin/sh\\necho hi\\n")
+    c.wait_job(job, {"COMPLETED"})
+    c.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SBIN = "/usr/sbin"
+#: The slurm.conf hook parameters this cluster can set.
+HOOK_PARAMS = ("Prolog", "Epilog", "PrologSlurmctld", "EpilogSlurmctld",
+               "TaskProlog", "TaskEpilog", "SrunProlog", "SrunEpilog")
+CTLD_HOOKS = ("PrologSlurmctld", "EpilogSlurmctld")
+
+#: Job states after which a job will not change without outside help.
+FINAL_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL",
+    "DEADLINE", "OUT_OF_MEMORY", "PREEMPTED",
+})
+
+
+class SlurmClusterError(RuntimeError):
+    """The cluster could not be started or did not reach the expected state.
+
+    The message carries the tail of the daemon logs, which is where the
+    reason is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _daemon(path: str) -> str:
+    return path if os.path.exists(path) else shutil.which(os.path.basename(path)) or path
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"({path}: unreadable)"
+    return "\n".join(lines[-n:])
+
+
+class SlurmCluster:
+    """munged + slurmctld + slurmd, one node called after this host."""
+
+    def __init__(self, root: str | os.PathLike, *, node: str | None = None,
+                 cpus: int = 2, prolog_epilog_timeout: int = 20,
+                 cluster_name: str = "hookscope"):
+        self.root = Path(root)
+        self.node = node or socket.gethostname().split(".")[0]
+        self.cpus = cpus
+        self.prolog_epilog_timeout = prolog_epilog_timeout
+        self.cluster_name = cluster_name
+        self.conf_path = self.root / "etc" / "slurm.conf"
+        self.munge_dir = self.root / "munge"
+        self.munge_socket = self.munge_dir / "munge.socket"
+        self.log_dir = self.root / "log"
+        self.jobs_dir = self.root / "jobs"  # job scripts and their output
+        self.noop_script = self.root / "etc" / "noop-hook"
+        self.ctld_port = 0
+        self.slurmd_port = 0
+        self.hooks: dict[str, str] = {}
+        self.extra: dict[str, str] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._logs = []
+
+    # ------------------------------------------------------------ set-up
+    @property
+    def env(self) -> dict:
+        """Environment for client commands (sbatch, scontrol, sinfo ...)."""
+        e = dict(os.environ)
+        e["SLURM_CONF"] = str(self.conf_path)
+        # A job's environment (and so TaskProlog's) is the submitter's: keep
+        # the test run's own Slurm and hookscope settings out of it.
+        for k in [k for k in e if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "HOOKSCOPE_"))]:
+            if k != "SLURM_CONF":
+                del e[k]
+        return e
+
+    def conf_text(self) -> str:
+        r = self.root
+        lines = [
+            f"ClusterName={self.cluster_name}",
+            f"SlurmctldHost={self.node}(127.0.0.1)",
+            f"SlurmctldPort={self.ctld_port}",
+            f"SlurmdPort={self.slurmd_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            f"StateSaveLocation={r / 'state'}",
+            f"SlurmdSpoolDir={r / 'spool'}",
+            f"SlurmctldPidFile={r / 'run' / 'slurmctld.pid'}",
+            f"SlurmdPidFile={r / 'run' / 'slurmd.pid'}",
+            f"SlurmctldLogFile={self.log_dir / 'slurmctld.log'}",
+            f"SlurmdLogFile={self.log_dir / 'slurmd.log'}",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            f"PlugStackConfig={r / 'etc' / 'plugstack.conf'}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            "MpiDefault=none",
+            "SwitchType=switch/none",
+            "PrologFlags=Alloc",
+            f"PrologEpilogTimeout={self.prolog_epilog_timeout}",
+            # A prolog failure drains the node; tests resume it themselves.
+            # ReturnToService=2 only brings back DOWN nodes, never a DRAIN.
+            "ReturnToService=2",
+            # Fast turnaround: schedule on every event, kill quickly, keep
+            # finished jobs visible long enough for scontrol show job.
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,default_queue_depth=10",
+            "KillWait=2",
+            "MinJobAge=600",
+            "MessageTimeout=10",
+            "SlurmdTimeout=120",
+            "InactiveLimit=0",
+            "BatchStartTimeout=30",
+            "JobRequeue=1",
+        ]
+        hooks = dict(self.hooks)
+        # slurmctld decides at start-up whether PrologSlurmctld/EpilogSlurmctld
+        # exist; a reconfigure only changes their path.  Keep them always set
+        # (a no-op by default) so any scenario can switch them by reconfigure.
+        for k in CTLD_HOOKS:
+            hooks.setdefault(k, str(self.noop_script))
+        lines += [f"{k}={v}" for k, v in sorted(hooks.items())]
+        lines += [f"{k}={v}" for k, v in sorted(self.extra.items())]
+        lines += [
+            f"NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={self.node} "
+            f"CPUs={self.cpus} RealMemory=1000 State=UNKNOWN",
+            f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=10 State=UP",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def write_conf(self) -> None:
+        tmp = self.conf_path.with_suffix(".tmp")
+        tmp.write_text(self.conf_text())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.conf_path)
+
+    def _start_munged(self) -> None:
+        munge = pwd.getpwnam("munge")
+        # munged refuses a key, socket dir, log or seed that others could write.
+        self.munge_dir.mkdir(mode=0o755)
+        os.chown(self.munge_dir, munge.pw_uid, munge.pw_gid)
+        key = self.munge_dir / "munge.key"
+        with open(key, "wb") as f:
+            f.write(os.urandom(1024))
+        os.chmod(key, 0o600)
+        os.chown(key, munge.pw_uid, munge.pw_gid)
+        cmd = [_daemon(f"{SBIN}/munged"), "-F", "--force",
+               f"--socket={self.munge_socket}", f"--key-file={key}",
+               f"--pid-file={self.munge_dir / 'munged.pid'}",
+               f"--log-file={self.munge_dir / 'munged.log'}",
+               f"--seed-file={self.munge_dir / 'munged.seed'}"]
+        self._spawn("munged", cmd, user="munge")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.munge_socket.exists():
+                probe = subprocess.run(
+                    f"munge -n -S {self.munge_socket} | unmunge -S {self.munge_socket}",
+                    shell=True, capture_output=True, timeout=10)
+                if probe.returncode == 0:
+                    return
+            self._check_alive("munged")
+            time.sleep(0.05)
+        raise SlurmClusterError("munged did not answer within 15 s\n" + self.logs())
+
+    def _spawn(self, name: str, cmd: list[str], **kw) -> None:
+        out = open(self.log_dir / f"{name}.out", "ab")
+        self._logs.append(out)
+        self._procs[name] = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=self.env, cwd=self.root, **kw)
+
+    def _check_alive(self, name: str) -> None:
+        p = self._procs.get(name)
+        if p is not None and p.poll() is not None:
+            raise SlurmClusterError(f"{name} exited with status {p.returncode}\n" + self.logs())
+
+    def start(self, hooks: dict | None = None, timeout: float = 60) -> "SlurmCluster":
+        if os.geteuid() != 0:
+            raise SlurmClusterError("the Slurm tier needs root")
+        self.hooks = {k: str(v) for k, v in (hooks or {}).items() if v}
+        for d in ("etc", "state", "spool", "run", "log", "jobs"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        os.chmod(self.jobs_dir, 0o1777)
+        (self.root / "etc" / "plugstack.conf").write_text("")
+        # Who owns this cluster: reap_stale() cleans up after a killed test run.
+        (self.root / "owner").write_text(f"{os.getpid()}\n")
+        self.noop_script.write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(self.noop_script, 0o755)
+        self.ctld_port, self.slurmd_port = free_port(), free_port()
+        self.write_conf()
+        try:
+            self._start_munged()
+            self._spawn("slurmctld", [_daemon(f"{SBIN}/slurmctld"), "-D", "-i", "-f", str(self.conf_path)])
+            self._wait(lambda: self.scontrol("ping", check=False).returncode == 0,
+                       timeout, "slurmctld to answer 'scontrol ping'", ("slurmctld",))
+            self._spawn("slurmd", [_daemon(f"{SBIN}/slurmd"), "-D", "-N", self.node, "-f", str(self.conf_path)])
+            self.wait_node({"IDLE"}, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Kill every daemon this object started (by PID), then close logs."""
+        for name in ("slurmd", "slurmctld", "munged"):
+            p = self._procs.pop(name, None)
+            if p is None or p.poll() is not None:
+                continue
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        # slurmstepd processes outlive slurmd; they belong to this test run.
+        for pid, cmd in _processes():
+            if cmd.startswith("slurmstepd:") and self._stepd_is_ours(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+
+    def _stepd_is_ours(self, pid: int) -> bool:
+        return _cwd_under(pid, str(self.root))
+
+    # ------------------------------------------------------------ config
+    def set_hooks(self, timeout: float = 30, **hooks: str) -> None:
+        """Replace the hook lines (Prolog=..., Epilog=...) and reconfigure.
+
+        ``scontrol reconfigure`` makes slurmctld re-read slurm.conf and push
+        the reconfigure to slurmd, which re-reads it too; the tests then check
+        that both daemons really took the new lines (``scontrol show config``
+        is the controller's view; slurmd's is confirmed by its log)."""
+        unknown = set(hooks) - set(HOOK_PARAMS)
+        if unknown:
+            raise ValueError(f"not a hook parameter: {sorted(unknown)}")
+        self.hooks = {k: str(v) for k, v in hooks.items() if v}
+        self.write_conf()
+        self.reconfigure(timeout)
+
+    def reconfigure(self, timeout: float = 30) -> None:
+        mark = self._log_size("slurmd")
+        self.scontrol("reconfigure")
+        # slurmd logs this once it has re-read slurm.conf.
+        self._wait(lambda: "Reconfigure" in self._log_since("slurmd", mark)
+                   or "reconfigur" in self._log_since("slurmd", mark).lower(),
+                   timeout, "slurmd to reconfigure", ("slurmd", "slurmctld"))
+        self.wait_node({"IDLE"}, timeout, allow_drain=True)
+
+    # ------------------------------------------------------------ commands
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30, user: str | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        p = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True,
+                           timeout=timeout, user=user, input=input, cwd=self.jobs_dir)
+        if check and p.returncode != 0:
+            raise SlurmClusterError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def scontrol(self, *args: str, check: bool = True, timeout: float = 30):
+        return self.run("scontrol", *args, check=check, timeout=timeout)
+
+    def sbatch(self, script: str, *args: str, name: str = "job", user: str | None = None) -> int:
+        """Submit ``script`` (text); output goes to jobs/<name>-<jobid>.out."""
+        path = self.jobs_dir / f"{name}.sh"
+        path.write_text(script)
+        os.chmod(path, 0o755)
+        out = self.jobs_dir / f"{name}-%j.out"
+        p = self.run("sbatch", "--parsable", f"--output={out}", f"--job-name={name}",
+                     f"--chdir={self.jobs_dir}", *args, str(path), user=user)
+        return int(p.stdout.strip().split(";")[0])
+
+    def job_output(self, job_id: int, name: str = "job") -> str:
+        p = self.jobs_dir / f"{name}-{job_id}.out"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def job(self, job_id: int) -> dict:
+        """``scontrol show job -o`` as a dict (values up to the next key)."""
+        p = self.scontrol("show", "job", "-o", str(job_id), check=False)
+        if p.returncode != 0:
+            return {}
+        return parse_kv(p.stdout)
+
+    def node_info(self) -> dict:
+        """State (e.g. ``IDLE+DRAIN``) and Reason (without the [user@time] tail)."""
+        info = parse_kv(self.scontrol("show", "node", "-o", self.node).stdout)
+        info["Reason"] = re.sub(r"\s*\[[^\]]*\]\s*$", "", info.get("Reason", "") or "")
+        return info
+
+    def node_state(self) -> set[str]:
+        return set(self.node_info().get("State", "").split("+"))
+
+    def drain_reasons(self) -> list[str]:
+        """``sinfo -R`` reasons for this node (what an SRE would look at)."""
+        out = self.run("sinfo", "-R", "-h", "-o", "%E|%N").stdout
+        return [line.split("|")[0].strip() for line in out.splitlines()
+                if line.strip() and self.node in line.split("|")[-1]]
+
+    def resume(self, timeout: float = 30) -> None:
+        """Bring a drained node back and wait until it is IDLE."""
+        st = self.node_state()
+        if st & {"DRAIN", "DOWN", "FAIL"}:
+            self.scontrol("update", f"nodename={self.node}", "state=resume")
+        self.wait_node({"IDLE"}, timeout)
+
+    def cancel_all(self, timeout: float = 30) -> None:
+        self.run("scancel", "--full", "-w", self.node, check=False)
+        self.run("scancel", "--state=PENDING", "--user=root", check=False)
+        self._wait(lambda: not self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip(),
+                   timeout, "the queue to empty", ("slurmctld",))
+
+    # ------------------------------------------------------------ waiting
+    def wait_job(self, job_id: int, states, timeout: float = 60) -> dict:
+        """Wait until the job's JobState is one of ``states``; return the job."""
+        want = set(states)
+        last = {}
+
+        def done():
+            nonlocal last
+            last = self.job(job_id)
+            return last.get("JobState") in want
+        self._wait(done, timeout, f"job {job_id} to reach {sorted(want)} (last: "
+                   f"{last.get('JobState')} {last.get('Reason')})", ("slurmctld", "slurmd"))
+        return last
+
+    def wait_job_settled(self, job_id: int, timeout: float = 60) -> dict:
+        """Wait until the job is final, or pending and held (what slurmctld
+        does to a batch job whose prolog failed: requeue, hold); return it."""
+        last = {}
+
+        def done():
+            nonlocal last
+            last = self.job(job_id)
+            st, reason = last.get("JobState"), last.get("Reason", "")
+            return st in FINAL_STATES or (st == "PENDING" and "held" in reason.lower())
+        self._wait(done, timeout, lambda: f"job {job_id} to finish or be held (last: "
+                   f"{last.get('JobState')} {last.get('Reason')})", ("slurmctld", "slurmd"))
+        return last
+
+    def wait_node(self, states, timeout: float = 60, allow_drain: bool = False) -> dict:
+        """Wait until the node's base state is in ``states`` and (unless
+        ``allow_drain``) it carries no DRAIN/NOT_RESPONDING flag."""
+        want = set(states)
+        last = {}
+
+        def ok():
+            nonlocal last
+            last = self.node_info()
+            st = last.get("State", "").split("+")
+            if not st or st[0] not in want:
+                return False
+            bad = {"NOT_RESPONDING", "COMPLETING", "POWERING_UP"} | (set() if allow_drain else {"DRAIN"})
+            return not (set(st[1:]) & bad) and not st[0].endswith("*")
+        self._wait(ok, timeout, lambda: f"node {self.node} to be {sorted(want)} "
+                   f"(last: {last.get('State')} reason={last.get('Reason')!r})",
+                   ("slurmctld", "slurmd"))
+        return last
+
+    def wait_drained(self, timeout: float = 60) -> dict:
+        """Wait until the node carries the DRAIN flag; return node_info."""
+        last = {}
+
+        def ok():
+            nonlocal last
+            last = self.node_info()
+            return "DRAIN" in last.get("State", "")
+        self._wait(ok, timeout, lambda: f"node {self.node} to drain (last: {last.get('State')})",
+                   ("slurmctld", "slurmd"))
+        return last
+
+    def _wait(self, pred, timeout, what, daemons=()) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            for d in daemons:
+                self._check_alive(d)
+            if pred():
+                return
+            if time.monotonic() > deadline:
+                what = what() if callable(what) else what
+                raise SlurmClusterError(f"timed out after {timeout:g} s waiting for {what}\n" + self.logs())
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    # ------------------------------------------------------------ logs
+    def _log_size(self, name: str) -> int:
+        try:
+            return (self.log_dir / f"{name}.log").stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, name: str, offset: int) -> str:
+        try:
+            with open(self.log_dir / f"{name}.log", "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace") \
+            if (self.log_dir / f"{name}.log").exists() else ""
+
+    def logs(self, n: int = 25) -> str:
+        parts = []
+        for name in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out", "munged.out"):
+            p = self.log_dir / name
+            if p.exists():
+                parts.append(f"--- {p} (last {n} lines)\n{_tail(p, n)}")
+        mlog = self.munge_dir / "munged.log"
+        if mlog.exists():
+            parts.append(f"--- {mlog}\n{_tail(mlog, n)}")
+        return "\n".join(parts)
+
+
+def reap_stale(parent: str = "/tmp", prefix: str = "hookscope-slurm-") -> list[int]:
+    """Kill the daemons of clusters whose test run died (kill -9, OOM) and
+    remove their directories.
+
+    Only a directory whose ``owner`` PID is gone is touched, and only a
+    process whose command line names that directory is killed, by PID, so a
+    concurrent test run and any real Slurm on the machine are left alone."""
+    killed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return killed
+    for name in names:
+        root = os.path.join(parent, name)
+        if not name.startswith(prefix) or not os.path.isdir(root):
+            continue
+        try:
+            owner = int(Path(root, "owner").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if os.path.exists(f"/proc/{owner}"):
+            continue
+        for pid, cmd in _processes():
+            # daemons name the directory; scripts and slurmstepd run in it
+            ours = root + "/" in cmd + "/" or _cwd_under(pid, root)
+            if ours and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except OSError:
+                    pass
+        shutil.rmtree(root, ignore_errors=True)
+    return killed
+
+
+def _cwd_under(pid: int, root: str) -> bool:
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return cwd == root or cwd.startswith(root.rstrip("/") + "/")
+
+
+_KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")
+
+
+def parse_kv(text: str) -> dict:
+    """Parse one ``scontrol show ... -o`` line; values may contain spaces
+    (Reason=Prolog error [root@...]) so each runs up to the next ``Key=``."""
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    out = {}
+    matches = list(_KEY.finditer(text))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        out[m.group(1)] = text[m.end():end].strip()
+    return out
+
+
+def _processes():
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            yield int(d), cmd

@@ -1,0 +1,272 @@
+"""Issue 2, real-Slurm tier: hookscope-hook in every slot behaves exactly like
+the bare scripts, as Slurm itself sees it, and leaves the records.
+
+Each scenario is ONE test parametrized over mode: the same scripts deployed
+bare (slurm.conf names them) and under hookscope-hook (slurm.conf names the
+runner, the runner's config names the directories).  The assertions on Slurm's
+observable outcome (node state and reason, job state, job output, which
+scripts ran in what order) are shared; only the journal checks are per mode.
+"""
+
+import time
+
+import pytest
+
+from emitter import contract as C
+
+from slurm.scenario import (CONTEXT_PARAM, PROLOG_EPILOG_TIMEOUT, RUNNER_BUDGET_S,
+                            check_chain, kinds)
+
+pytestmark = pytest.mark.slurm
+
+MODES = ("bare", "hookscope")
+ALL_CONTEXTS = tuple(CONTEXT_PARAM)
+PROLOG_ERROR = C.DRAIN_REASON["prolog_slurmd"]
+
+JOB = "#!/bin/sh\necho job-ran\necho HS_TASK_VAR=${HS_TASK_VAR:-unset}\n"
+
+
+def poll(pred, timeout, what):
+    """Wait for pred() to be truthy (returning it), failing with ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
+        time.sleep(0.05)
+
+
+def hook_runs_done(sc, contexts):
+    """context -> records of its (single) finished hook run, once all are there."""
+    hooks = sc.hooks()
+    out = {}
+    for ctx in contexts:
+        runs = [r for r in hooks.get(ctx, []) if kinds(r, C.K_HOOK_ENDED)]
+        if len(runs) != 1:
+            return None
+        out[ctx] = runs[0]
+    return out
+
+
+def one(recs, kind):
+    got = kinds(recs, kind)
+    assert len(got) == 1, f"expected one {kind}, got {len(got)}: {got}"
+    return got[0]
+
+
+def test_cluster_runs_plain_job(cluster):
+    """The cluster itself (no hooks of ours): a job runs and completes."""
+    cluster.set_hooks()
+    job = cluster.sbatch("#!/bin/sh\necho plain\n", name="plain")
+    info = cluster.wait_job_settled(job)
+    assert info["JobState"] == "COMPLETED", info
+    assert cluster.job_output(job, name="plain").strip() == "plain"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_good_job_every_context(deploy, cluster, mode):
+    sc = deploy(mode)
+    job = cluster.sbatch(JOB)
+    info = cluster.wait_job_settled(job)
+    # --- what Slurm shows, identical in both modes
+    assert info["JobState"] == "COMPLETED", info
+    assert info["ExitCode"] == "0:0", info
+    assert "job-ran" in cluster.job_output(job)
+    node = cluster.wait_node({"IDLE"})
+    assert node["State"] == "IDLE", node
+    assert cluster.drain_reasons() == []
+    want = {(ctx, str(job), "50-ok") for ctx in ALL_CONTEXTS}
+    ran = poll(lambda: set(sc.ran()) >= want and sc.ran(), 15,
+               lambda: f"every context to run for job {job}; ran: {sc.ran()}")
+    assert sorted(ran) == sorted(want), "each context ran its script exactly once"
+    if mode == "bare":
+        assert not sc.journal_dir.exists()
+        return
+    # --- the records: every context, the right job, status 0, one chain
+    runs = poll(lambda: hook_runs_done(sc, ALL_CONTEXTS), 15,
+                lambda: f"a finished hook run per context; have {sorted(sc.hooks())}")
+    for ctx, recs in runs.items():
+        started = one(recs, C.K_HOOK_STARTED)
+        assert started[C.R_JOB]["job_id"] == str(job), (ctx, started)
+        assert started[C.R_NODE] == cluster.node
+        assert started[C.R_CLUSTER] == cluster.cluster_name
+        assert one(recs, C.K_HOOK_ENDED)[C.R_STATUS] == 0, ctx
+        s_start, s_end = one(recs, C.K_SCRIPT_STARTED), one(recs, C.K_SCRIPT_ENDED)
+        assert s_start[C.R_PATH] == s_end[C.R_PATH] == str(sc.path(ctx, "50-ok"))
+        assert s_end[C.R_EXIT] == 0 and not s_end[C.R_TIMED_OUT]
+        assert s_start[C.R_SEQ] < s_end[C.R_SEQ]
+    check_chain(sc.records())
+    assert sc.journal_dir.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_failing_prolog_drains_and_holds(deploy, cluster, mode):
+    sc = deploy(mode, {"prolog_slurmd": {
+        "10-runs-last": "exit 0\n",
+        "20-gpu-check": "echo 'gpu0: XID 79, fallen off the bus' >&2\nexit 3\n",
+    }})
+    mark = cluster._log_size("slurmd")
+    job = cluster.sbatch(JOB)
+    node = cluster.wait_drained()
+    info = cluster.wait_job_settled(job)
+    # --- what Slurm shows, identical in both modes
+    assert node["Reason"] == PROLOG_ERROR, node
+    assert cluster.drain_reasons() == [PROLOG_ERROR]
+    assert info["JobState"] == "PENDING" and "held" in info["Reason"], info
+    assert "job-ran" not in cluster.job_output(job)
+    # slurmd's reverse glob order, stop at the first failure: 10-runs-last never ran
+    assert [r for r in sc.ran() if r[0] == "prolog_slurmd"] == [("prolog_slurmd", str(job), "20-gpu-check")]
+    slurmd_log = cluster._log_since("slurmd", mark)
+    assert f"[job {job}] prolog failed status=3:0" in slurmd_log
+    assert "XID 79, fallen off the bus" in slurmd_log, "slurmd logs the failing output in both modes"
+    if mode == "bare":
+        return
+    runs = poll(lambda: hook_runs_done(sc, ["prolog_slurmd"]), 15, "the prolog's hook_ended record")
+    recs = runs["prolog_slurmd"]
+    assert one(recs, C.K_HOOK_STARTED)[C.R_JOB]["job_id"] == str(job)
+    ended = one(recs, C.K_SCRIPT_ENDED)
+    assert ended[C.R_PATH] == str(sc.path("prolog_slurmd", "20-gpu-check"))
+    assert ended[C.R_EXIT] == 3 and ended[C.R_SIGNAL] is None and not ended[C.R_TIMED_OUT]
+    assert "XID 79, fallen off the bus" in ended[C.R_OUTPUT]
+    hook_end = one(recs, C.K_HOOK_ENDED)
+    assert hook_end[C.R_STATUS] == 3 and hook_end[C.R_FAILED_INDEX] == 0
+    assert all(r[C.R_PATH] != str(sc.path("prolog_slurmd", "10-runs-last"))
+               for r in kinds(recs, C.K_SCRIPT_STARTED))
+
+
+def _sleepers(tag):
+    import os
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[:2] == [b"/bin/sleep", tag.encode()]:
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hung_prolog_stopped(deploy, cluster, mode):
+    tag = "317" if mode == "bare" else "318"  # a process we can find, per mode
+    sc = deploy(mode, {"prolog_slurmd": {"10-hang": f"echo hanging-now\n/bin/sleep {tag}\n"}})
+    mark = cluster._log_size("slurmd")
+    t0 = time.monotonic()
+    job = cluster.sbatch(JOB)
+    node = cluster.wait_drained(timeout=PROLOG_EPILOG_TIMEOUT + 30)
+    elapsed = time.monotonic() - t0
+    info = cluster.wait_job_settled(job)
+    # --- what Slurm shows, identical in both modes
+    assert node["Reason"] == PROLOG_ERROR, node
+    assert info["JobState"] == "PENDING" and "held" in info["Reason"], info
+    assert "job-ran" not in cluster.job_output(job)
+    assert [r[:2] for r in sc.ran() if r[0] == "prolog_slurmd"] == [("prolog_slurmd", str(job))]
+    poll(lambda: not _sleepers(tag), 10, f"the hung script's /bin/sleep {tag} to be gone")
+    slurm_timed_out = "prolog poll timeout" in cluster._log_since("slurmd", mark)
+    if mode == "bare":
+        assert slurm_timed_out, "bare: Slurm's PrologEpilogTimeout stops it"
+        assert elapsed >= PROLOG_EPILOG_TIMEOUT - 1
+        return
+    # --- hookscope: its own budget fired first, and says so
+    assert not slurm_timed_out, "the runner's budget must fire before PrologEpilogTimeout"
+    assert elapsed < PROLOG_EPILOG_TIMEOUT + 3, elapsed
+    runs = poll(lambda: hook_runs_done(sc, ["prolog_slurmd"]), 15, "the prolog's hook_ended record")
+    recs = runs["prolog_slurmd"]
+    ended = one(recs, C.K_SCRIPT_ENDED)
+    assert ended[C.R_PATH] == str(sc.path("prolog_slurmd", "10-hang"))
+    assert ended[C.R_TIMED_OUT] is True
+    assert ended[C.R_EXIT] != 0
+    assert RUNNER_BUDGET_S * 1e9 <= ended[C.R_DURATION_NS] < PROLOG_EPILOG_TIMEOUT * 1e9
+    assert "hanging-now" in (ended[C.R_OUTPUT] or "")
+    assert one(recs, C.K_HOOK_ENDED)[C.R_STATUS] != 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_task_prolog_export_reaches_job(deploy, cluster, mode):
+    sc = deploy(mode, {"prolog_task": {"50-export": (
+        "echo 'export HS_TASK_VAR=from-task-prolog'\n"
+        "echo 'print task-prolog-printed'\n"
+        "echo 'unset HS_UNSET_ME'\n")}})
+    job = cluster.sbatch(JOB + "echo HS_UNSET_ME=${HS_UNSET_ME:-gone}\n", "--export=ALL,HS_UNSET_ME=here")
+    info = cluster.wait_job_settled(job)
+    out = cluster.job_output(job)
+    # --- what the job sees, identical in both modes
+    assert info["JobState"] == "COMPLETED", info
+    assert "HS_TASK_VAR=from-task-prolog" in out, out
+    assert "HS_UNSET_ME=gone" in out, out
+    assert "task-prolog-printed" in out, out
+    assert [r for r in sc.ran() if r[0] == "prolog_task"] == [("prolog_task", str(job), "50-export")]
+    if mode == "bare":
+        return
+    runs = poll(lambda: hook_runs_done(sc, ["prolog_task"]), 15, "the TaskProlog's hook_ended record")
+    recs = runs["prolog_task"]
+    assert one(recs, C.K_HOOK_STARTED)[C.R_JOB]["job_id"] == str(job)
+    ended = one(recs, C.K_SCRIPT_ENDED)
+    assert ended[C.R_EXIT] == 0
+    assert "HS_TASK_VAR" in ended[C.R_EXPORTED]
+    assert "HS_UNSET_ME" in ended[C.R_UNSET]
+
+
+def test_job_metadata_every_context(deploy, cluster):
+    """Every context's hook_started carries the job as Slurm describes it.
+
+    Slurm does not give every hook the same variables (slurmd's prolog has
+    SLURM_NODELIST and SLURM_JOB_RESTART_COUNT, the job has SLURM_JOB_NODELIST
+    and SLURM_RESTART_COUNT); the records must agree anyway."""
+    sc = deploy("hookscope")
+    job = cluster.sbatch(JOB)
+    assert cluster.wait_job_settled(job)["JobState"] == "COMPLETED"
+    runs = poll(lambda: hook_runs_done(sc, ALL_CONTEXTS), 15,
+                lambda: f"a finished hook run per context; have {sorted(sc.hooks())}")
+    want = {"job_id": str(job), "user": "root", "uid": "0", "partition": "debug",
+            "cluster": cluster.cluster_name, "nodelist": cluster.node}
+    wrong = {}
+    for ctx, recs in runs.items():
+        md = one(recs, C.K_HOOK_STARTED)[C.R_JOB]
+        bad = {k: md.get(k) for k, v in want.items() if md.get(k) != v}
+        if bad:
+            wrong[ctx] = bad
+    assert not wrong, f"job metadata differs from Slurm's ({want}) in: {wrong}"
+
+
+def test_requeued_job_after_fix_and_resume(deploy, cluster):
+    """The SRE's loop on a real drain: a prolog fails (node drained, job
+    requeued and held), the script is fixed, the node resumed, the job
+    released; it then runs, and its records say it is the job's restart 1,
+    so the retry is not mixed up with the failed attempt."""
+    sc = deploy("hookscope", {"prolog_slurmd": {"20-check": "exit 4\n"}})
+    job = cluster.sbatch(JOB)
+    assert cluster.wait_drained()["Reason"] == PROLOG_ERROR
+    assert "held" in cluster.wait_job_settled(job)["Reason"]
+    fixed = sc.path("prolog_slurmd", "20-check")
+    fixed.write_text(fixed.read_text().replace("exit 4", "exit 0"))
+    cluster.resume()
+    cluster.scontrol("release", str(job))
+    info = cluster.wait_job(job, {"COMPLETED"}, timeout=60)
+    assert info["Restarts"] == "1", info
+    assert "job-ran" in cluster.job_output(job)
+    prologs = poll(lambda: [r for r in sc.hooks().get("prolog_slurmd", []) if kinds(r, C.K_HOOK_ENDED)]
+                   if len(sc.hooks().get("prolog_slurmd", [])) == 2 else None, 15, "two prolog runs")
+    statuses = sorted(one(r, C.K_HOOK_ENDED)[C.R_STATUS] for r in prologs)
+    assert statuses == [0, 4]
+    runs = poll(lambda: hook_runs_done_last(sc, ALL_CONTEXTS), 15, "the retry's hook runs")
+    for ctx, recs in runs.items():
+        md = one(recs, C.K_HOOK_STARTED)[C.R_JOB]
+        assert (md["job_id"], md["restart_count"]) == (str(job), "1"), (ctx, md)
+
+
+def hook_runs_done_last(sc, contexts):
+    """context -> the records of its latest finished run, once each has one
+    (a finished run whose hook_started is after the job's requeue)."""
+    hooks = sc.hooks()
+    out = {}
+    for ctx in contexts:
+        runs = [r for r in hooks.get(ctx, []) if kinds(r, C.K_HOOK_ENDED)]
+        if not runs:
+            return None
+        out[ctx] = max(runs, key=lambda r: r[0][C.R_SEQ])
+    return out
