@@ -215,7 +215,7 @@ class Collector:
                         await self._finish(pending)
                         pending = None
                     await loop.run_in_executor(self._writer, self.store.maybe_snapshot, True)
-                    if once and time.monotonic() - last_msg > idle_exit:
+                    if once and time.monotonic() - last_msg > idle_exit and await self._drained():
                         break
                     continue
                 last_msg = time.monotonic()
@@ -245,6 +245,16 @@ class Collector:
                 except BaseException:
                     pass
         return self.metrics.snapshot()
+
+    async def _drained(self) -> bool:
+        """Nothing left for this durable: none pending and none awaiting an ack
+        (messages a killed instance had fetched come back after ack_wait)."""
+        try:
+            info = await asyncio.wait_for(self.js.consumer_info(C.STREAM_NAME, self.cfg.durable),
+                                          self.cfg.request_timeout)
+        except Exception:
+            return False
+        return not info.num_pending and not info.num_ack_pending
 
     async def _sleep(self, s):
         try:

@@ -256,46 +256,95 @@ def overview(con, since=None, until=None):
         "latency": latency,
         "slowest_scripts": slowest,
         "failing_scripts": failing,
-        "nodes": problem_nodes(con, since_t, until_t),
+        "problems": problem_nodes(con, since_t, until_t),
     }
 
 
-def problem_nodes(con, since, until, limit=25):
-    """Drained and failing nodes, each with its ``why`` verdict."""
+#: why() costs ~0.1 s per node on a 10M-run store, so the overview asks it once
+#: per drain group (one broken script on 300 nodes is one row) and for the
+#: first few nodes drained without a failing hook; the node page has the rest.
+MAX_GROUPS = 5
+MAX_EVENT_VERDICTS = 3
+
+
+def _why_verdict(why_fn, con, node, since, until):
+    if why_fn is None:
+        return None
+    try:
+        return (why_fn(con, node, since=since, until=until) or {}).get("verdict")
+    except Exception as exc:  # one node's analysis must not take the overview down
+        return f"(why failed for {node}: {exc})"
+
+
+def problem_nodes(con, since, until):
+    """Drained and failing nodes: drain groups (nodes whose latest hook failed,
+    grouped by cause) and nodes drained with no failing hook, each row with a
+    ``why`` verdict (for a group: of its most recently failed node)."""
     drains_fn, why_fn = _queries("drains", "drains"), _queries("why", "why")
-    out = []
     if drains_fn is not None:
-        for group in drains_fn(con, since=since, until=until) or []:
-            for node in group.get("nodes") or ([group["node"]] if group.get("node") else []):
-                out.append({"node": node, "context": group.get("context"), "script": group.get("script")
-                            or group.get("path"), "cause_count": group.get("count")})
+        groups = drains_fn(con, since=since, until=until) or []
     else:
-        out = _rows(con, f"""
-            SELECT node, context, NULL AS script, NULL AS cause_count FROM (
-                SELECT node, context, status, row_number() OVER (PARTITION BY node ORDER BY start_ts DESC) AS rn
-                FROM hook_runs WHERE start_ts >= ? AND start_ts < ?
-                  AND context IN ('prolog_slurmd', 'epilog_slurmd'))
-            WHERE rn = 1 AND {_status_sql()} ORDER BY node""", [since, until])
-    # Nodes drained with no failing hook still belong here (why says so).
-    seen = {r["node"] for r in out}
-    for r in _rows(con, """
-            SELECT node, arg_max(state, ts) AS state FROM node_events
-            WHERE ts >= ? AND ts < ? GROUP BY node ORDER BY node""", [since, until]):
-        if r["node"] not in seen and str(r["state"] or "").upper().startswith(("DRAIN", "DOWN", "FAIL")):
-            out.append({"node": r["node"], "context": None, "script": None, "cause_count": None})
-            seen.add(r["node"])
-    out = out[:limit]
+        groups = _rows(con, f"""
+            SELECT h.context, s.path AS script, s.sha256, count(*) AS count, list(h.node ORDER BY h.node) AS nodes,
+                   max(h.start_ts) AS last_failure, arg_max(h.node, h.start_ts) AS last_node
+            FROM (SELECT * FROM hook_runs WHERE start_ts >= ? AND start_ts < ?
+                  QUALIFY row_number() OVER (PARTITION BY cluster, node ORDER BY start_ts DESC) = 1) h
+            LEFT JOIN script_runs s ON s.hook_id = h.hook_id AND s.idx = h.failed_index
+            WHERE {_status_sql("h.status")} GROUP BY ALL ORDER BY count DESC, last_failure DESC""",
+                       [since, until])
+    out = []
+    for g in groups[:MAX_GROUPS]:
+        nodes = list(g.get("nodes") or [])
+        rep = g.get("last_node")
+        if rep is None and nodes:
+            newest = _one(con, "SELECT node FROM hook_runs WHERE list_contains(?, node) "
+                               "AND start_ts >= ? AND start_ts < ? ORDER BY start_ts DESC LIMIT 1",
+                          [nodes, since, until])
+            rep = newest["node"] if newest else nodes[0]
+        out.append({"kind": "hook", "nodes": nodes, "count": g.get("count", len(nodes)),
+                    "context": g.get("context"), "script": g.get("script"), "sha256": g.get("sha256"),
+                    "failures": g.get("failures"), "state": None, "reason": g.get("drain_reason"),
+                    "verdict_node": rep, "verdict": None})
+    seen = {n for r in out for n in r["nodes"]} | {n for g in groups[MAX_GROUPS:] for n in g.get("nodes") or []}
+    events = _rows(con, """
+        SELECT node, arg_max(state, ts) AS state, arg_max(reason, ts) AS reason, max(ts) AS time
+        FROM node_events WHERE ts >= ? AND ts < ? GROUP BY node ORDER BY max(ts) DESC, node""", [since, until])
+    states = {e["node"]: e for e in events}
     for r in out:
-        r["state"] = (_one(con, "SELECT state, reason FROM node_events WHERE node = ? "
-                               "ORDER BY ts DESC LIMIT 1", [r["node"]]) or {}).get("state")
-        if why_fn is None:
-            r["verdict"] = None
+        drained = [states[n]["state"] for n in r["nodes"] if n in states]
+        r["state"] = drained[0] if drained and len(set(drained)) == 1 else ("mixed" if drained else None)
+    k = 0
+    for e in events:
+        if e["node"] in seen or not str(e["state"] or "").upper().startswith(("DRAIN", "DOWN", "FAIL")):
             continue
-        try:
-            r["verdict"] = (why_fn(con, r["node"], since=since, until=until) or {}).get("verdict")
-        except Exception as exc:  # one node's analysis must not take the overview down
-            r["verdict"] = f"(why failed: {exc})"
+        out.append({"kind": "event", "nodes": [e["node"]], "count": 1, "context": None, "script": None,
+                    "sha256": None, "failures": None, "state": e["state"], "reason": e["reason"],
+                    "verdict_node": e["node"] if k < MAX_EVENT_VERDICTS else None, "verdict": None})
+        k += 1
+    _fill_verdicts(con, why_fn, [r for r in out if r["verdict_node"]], since, until)
     return out
+
+
+def _fill_verdicts(con, why_fn, rows, since, until):
+    """why() for each row, a few at a time: each call is a handful of small
+    scans that leave most of DuckDB's threads idle."""
+    if why_fn is None or not rows:
+        return
+    if len(rows) == 1 or not hasattr(con, "cursor"):
+        for r in rows:
+            r["verdict"] = _why_verdict(why_fn, con, r["verdict_node"], since, until)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(r):
+        cur = con.cursor()  # a DuckDB connection is not for concurrent use; cursors are
+        try:
+            r["verdict"] = _why_verdict(why_fn, cur, r["verdict_node"], since, until)
+        finally:
+            cur.close()
+
+    with ThreadPoolExecutor(max_workers=min(3, len(rows)), thread_name_prefix="why") as ex:
+        list(ex.map(one, rows))
 
 
 # ---------------------------------------------------------------- job
@@ -472,17 +521,19 @@ def summary(con):
         since = parse_time(t["since"]) - timedelta(seconds=1)
         until = parse_time(t["until"]) + timedelta(seconds=1)
         nodes = problem_nodes(con, since, until)
-    return {**(t or {}), "nodes": nodes}
+    return {**(t or {}), "problems": nodes}
 
 
 def summary_text(s, url=None):
     """The paragraph ``make demo`` prints after its run."""
     parts = [f"{s.get('jobs', 0)} jobs ran {s.get('hook_runs', 0)} hook runs "
              f"({s.get('failed_hooks', 0)} failed)."]
-    if s.get("nodes"):
-        parts.append(" ".join(
-            f"{n['node']} is {str(n.get('state') or 'failing').lower()}: {n.get('verdict') or 'no verdict (queries library missing)'}."
-            for n in s["nodes"]))
+    problems = s.get("problems") or []
+    if problems:
+        for p in problems:
+            who = ", ".join(p["nodes"][:5]) + (f" and {len(p['nodes']) - 5} more" if len(p["nodes"]) > 5 else "")
+            state = f" ({str(p['state']).lower()})" if p.get("state") else ""
+            parts.append(f"{who}{state}: {p.get('verdict') or 'see the node page for the verdict'}")
     else:
         parts.append("No node is drained or failing its hooks.")
     if url:

@@ -326,18 +326,35 @@ def _why_block(why):
 
 def overview_page(d, assets):
     t = d["totals"] or {}
+    n_bad = sum(len(p["nodes"]) for p in d["problems"])
     stats = render('<div class="stats">{s}</div>', s=join([
         stat("hook runs", t.get("hook_runs", 0)),
         stat("failed hooks", t.get("failed_hooks", 0), bad=bool(t.get("failed_hooks"))),
         stat("jobs", t.get("jobs", 0)), stat("nodes", t.get("nodes", 0)),
-        stat("drained / failing nodes", len(d["nodes"]), bad=bool(d["nodes"]))]))
+        stat("drained / failing nodes", n_bad, bad=bool(n_bad))]))
     w = d["window"]
     win = render('<p class="muted">{a} → {b} · ?since=7d&amp;until=… to change</p>',
                  a=fmt_time(w["since"]), b=fmt_time(w["until"]))
-    nodes = table(["node", "state", "failing hook", "why"], [
-        [link(node_url(n["node"]), n["node"]), n.get("state") or "", join(
-            [n.get("context") or "", " ", link(script_url(n["script"]), n["script"]) if n.get("script") else ""]),
-         n.get("verdict") or ""] for n in d["nodes"]], tid="problem-nodes")
+    def _nodes(p):
+        shown = [link(node_url(n), n) for n in p["nodes"][:12]]
+        more = [render(' <span class="muted">and {n} more</span>', n=len(p["nodes"]) - 12)] if len(p["nodes"]) > 12 else []
+        return join([join(shown, ", ")] + more)
+
+    def _cause(p):
+        if p["kind"] == "event":
+            return render('<span class="muted">no failing hook; node event: {r}</span>', r=p.get("reason") or "")
+        script = link(script_url(p["script"]), p["script"]) if p.get("script") else "(no script to blame)"
+        return join([p.get("context") or "", " ", script, " ", short_sha(p.get("sha256")) if p.get("sha256") else "",
+                     " ", ", ".join(p.get("failures") or [])])
+
+    def _verdict(p):
+        if p.get("verdict"):
+            return p["verdict"]
+        return link(node_url(p["nodes"][0]), "see the node page for the why verdict") if p["nodes"] else ""
+
+    nodes = table(["nodes", "count", "state", "cause", "why"], [
+        [_nodes(p), p["count"], p.get("state") or "", _cause(p), _verdict(p)] for p in d["problems"]],
+        tid="problem-nodes")
     pmax = max([r["p99_ms"] or 0 for r in d["latency"]] or [0])
     lat = table(["context", "runs", "failures", "p50", "p99", ""], [
         [r["context"], r["runs"], r["failures"], fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]),

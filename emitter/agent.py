@@ -67,6 +67,8 @@ class AgentSettings:
     gpu_timeout_s: float = 2.0
     dcgm_job_map_dir: str | None = None
     metrics_backlog: int = 360  # metric rounds kept in memory while NATS is down
+    batch_files: int = 64  # journal files per pipelined export
+    batch_bytes: int = 4 * 1024 * 1024
     extra: dict = field(default_factory=dict)
 
     #: environment variable for each setting that has one
@@ -284,26 +286,40 @@ class Agent:
                 out.append(s.as_dict(job.get("job_id")))
         return out
 
-    def ship_file(self, jf: spool.JournalFile) -> bool:
-        """Publish one file and delete it after the PubAck.  False: try later."""
-        self._report_damage(jf)
-        if not jf.entries:
-            spool.remove(jf.path)  # nothing readable; the damage report says so
-            return True
+    def _spans_of(self, jf: spool.JournalFile) -> list:
         abandoned = jf.mtime_ns if jf.state == spool.ABANDONED else None
         data = otlp.encode_trace(jf.entries, abandoned_ts=abandoned, gpu_snapshots=self._snapshots(jf))
-        spans = otlp.sdk_spans(otlp.decode_trace(data))
+        return otlp.sdk_spans(otlp.decode_trace(data))
+
+    def ship_files(self, files: list) -> bool:
+        """Export the spans of several files in one SpanExporter call (one
+        message per file, pipelined); delete them all after every PubAck.
+        False: nothing deleted, try again later (acked ones are then duplicates
+        the stream drops)."""
+        spans, todo = [], []
+        for jf in files:
+            self._report_damage(jf)
+            if not jf.entries:
+                spool.remove(jf.path)  # nothing readable; the damage report says so
+                continue
+            spans.extend(self._spans_of(jf))
+            todo.append(jf)
+        if not todo:
+            return True
         result = self.exporter.export(spans)
         if result.name != "SUCCESS":
             self.stats.failures += 1
             self._note_outage(self.exporter.last_error)
             return False
-        if getattr(self.exporter.last_ack, "duplicate", False):
-            self.stats.duplicates += 1
-        spool.remove(jf.path)
-        self.stats.files += 1
-        self.stats.records += len(jf.entries)
+        self.stats.duplicates += sum(1 for a in self.exporter.last_acks if getattr(a, "duplicate", False))
+        for jf in todo:
+            spool.remove(jf.path)
+            self.stats.files += 1
+            self.stats.records += len(jf.entries)
         return True
+
+    def ship_file(self, jf: spool.JournalFile) -> bool:
+        return self.ship_files([jf])
 
     def _note_outage(self, why) -> None:
         if self._outage_since is None:
@@ -316,26 +332,58 @@ class Agent:
             self._outage_since = None
         self._backoff = self.s.backoff_min_s
 
-    def run_once(self) -> tuple[int, int]:
+    def run_once(self, files=None) -> tuple[int, int]:
         """Ship every ready file in order; (shipped, still waiting).  Stops at the
-        first failure so files leave the journal in sequence order."""
-        files = self.scan()
+        first failure so files leave the journal in sequence order.  Damage
+        reports written during the pass are new files: ship them in the same call."""
+        total = 0
+        for _ in range(3):
+            reports = self.stats.damage_reports
+            shipped, left = self._pass(files)
+            files = None
+            total += shipped
+            if left or self.stats.damage_reports == reports:
+                return total, left
+        return total, left
+
+    def _pass(self, files=None) -> tuple[int, int]:
+        files = self.scan() if files is None else files
         ready = spool.ready(files)
-        shipped = 0
-        for jf in ready:
-            if self._stop.is_set():
-                break
-            try:
-                ok = self.ship_file(jf)
-            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
-                self.log(f"shipping {jf.path} failed: {type(exc).__name__}: {exc}")
-                ok = False
-            if not ok:
-                return shipped, len(ready) - shipped
-            shipped += 1
-        if ready:
+        shipped = i = 0
+        while i < len(ready) and not self._stop.is_set():
+            window, size = [], 0
+            while i + len(window) < len(ready) and len(window) < self.s.batch_files \
+                    and size < self.s.batch_bytes:
+                jf = ready[i + len(window)]
+                window.append(jf)
+                size += jf.size
+            if self._try(window):
+                shipped += len(window)
+                i += len(window)
+                continue
+            # The window failed: go file by file, to ship what can be shipped
+            # before the failing file and to tell an outage from a bad file.
+            for jf in window:
+                if self._try([jf]):
+                    shipped += 1
+                    i += 1
+                    continue
+                if "over the" in (self.exporter.last_error or "") or "max_payload" in (self.exporter.last_error or ""):
+                    self.log(f"cannot ship {jf.path}: {self.exporter.last_error}; it stays in the "
+                             "journal (the spool bound evicts it) and the files after it go on")
+                    i += 1
+                    continue
+                return shipped, len(ready) - i
+        if ready and shipped:
             self._note_ok()
-        return shipped, len(ready) - shipped
+        return shipped, len(ready) - i
+
+    def _try(self, window) -> bool:
+        try:
+            return self.ship_files(window)
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+            self.log(f"shipping {window[0].path} (+{len(window) - 1}) failed: {type(exc).__name__}: {exc}")
+            return False
 
     # ------------------------------------------------------------ GPUs
     def start_gpu(self, thread: bool = True) -> None:
@@ -401,12 +449,12 @@ class Agent:
         ``once`` left files behind because NATS was unreachable."""
         os.makedirs(self.s.journal, mode=0o700, exist_ok=True)
         try:
-            self.scan()  # learn the GPU job map before the first GPU round
+            files = self.scan()  # learn the GPU job map before the first GPU round
             self.start_gpu(thread=not once)
             if once:
                 if self.gpu is not None:
                     self.gpu_round()  # the snapshot the hook spans below carry
-                shipped, left = self.run_once()
+                shipped, left = self.run_once(files)
                 if left:
                     self.log(f"{left} journal file(s) not shipped ({self.exporter.last_error}); "
                              "they stay in the journal for the next run")

@@ -92,10 +92,14 @@ def config_path(path=None):
 
 
 def load_config(path=None):
-    """Parse and validate the config file; ``{}`` when the default file is absent."""
+    """Parse and validate the config file; ``{}`` when the default file is absent.
+
+    A validated parse is cached (marshal, keyed by the file's identity and
+    mtime/ctime) because importing tomllib costs 4-30 ms, more than a hook.
+    """
     p, explicit = config_path(path)
     try:
-        fd = os.open(p, os.O_RDONLY)
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(p, "file not found", "create it (see docs/config.md) or fix the path") from None
@@ -103,10 +107,97 @@ def load_config(path=None):
     except OSError as exc:
         raise ConfigError(p, f"cannot open ({exc.strerror})", "check its permissions") from None
     try:
+        st = os.fstat(fd)
+        stamp = (os.path.abspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = _cache_get(stamp)
+        if cached is not None:
+            os.close(fd)
+            return cached
         with os.fdopen(fd, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise ConfigError(p, f"cannot read ({exc.strerror})", "check the file and its disk") from None
+    cfg = _parse(p, data)
+    _cache_put(stamp, cfg)
+    return cfg
+
+
+def _cache_file(config_path):
+    """One cache file per (euid, config path): concurrent users of other files never thrash it."""
+    d = os.environ.get("HOOKSCOPE_CACHE_DIR")
+    if not d:
+        if os.geteuid() == 0:
+            d = "/run/hookscope"
+        else:
+            rt = os.environ.get("XDG_RUNTIME_DIR")
+            if not rt:
+                return None
+            d = os.path.join(rt, "hookscope")
+    from emitter.journal import _sha256
+
+    key = _sha256(os.fsencode(config_path)).hexdigest()[:16]
+    return os.path.join(d, f"config.{os.geteuid()}.{key}.marshal")
+
+
+def _cache_get(stamp):
+    """The cached config for ``stamp``, trusted only if we own it and nobody else can write it."""
+    path = _cache_file(stamp[0])
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        dst = os.stat(os.path.dirname(path))
+        euid = os.geteuid()
+        if st.st_uid != euid or st.st_mode & 0o077 or dst.st_uid != euid or dst.st_mode & 0o022:
+            return None
+        import marshal
+
+        data = b""
+        while True:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            data += b
+        got_stamp, cfg = marshal.loads(data)
+        return cfg if got_stamp == stamp else None
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _cache_put(stamp, cfg):
+    """Best effort: a cache that cannot be written only costs the next hook a parse."""
+    path = _cache_file(stamp[0])
+    if path is None:
+        return
+    import marshal
+
+    try:
+        data = marshal.dumps((stamp, cfg))
+    except ValueError:  # a value marshal cannot hold (TOML datetimes): no cache
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _parse(p, data):
     import tomllib
 
     try:

@@ -2,10 +2,10 @@
 
 For sites that run no agent.  Called by the runner after the scripts and the
 ``hook_ended`` record; it must never raise, never change the exit status and
-never take longer than ``deadline_s`` (default 0.3 s) *including its own
-imports*.  So it speaks the NATS protocol over one raw socket (stdlib only:
-INFO / CONNECT / SUB / HPUB / wait for the JetStream PubAck), every read and
-write bounded by the time left.  The file is deleted only after the PubAck;
+never delay the hook.  The publish runs in a detached grandchild killed by
+SIGALRM at ``deadline_s`` (default 0.3 s, imports included); it speaks the
+NATS protocol over one raw socket (INFO / CONNECT / SUB / HPUB, then the
+JetStream PubAck), every read and write bounded by the time left.  The file is deleted only after the PubAck;
 anything not sent stays in the journal for the agent or the next run, and
 the stable ``Nats-Msg-Id`` makes a later re-send harmless.
 
@@ -185,25 +185,65 @@ def _publish_file(conn, path, inbox, sid):
         return False  # gone, or damaged: the agent reports damage properly
     if jf.state not in (spool.COMPLETE,):
         return False
-    data = otlp.encode_trace(jf.entries)
-    req = otlp.decode_trace(data)
-    cluster, node = otlp.resource_of(req)
-    headers = {c.HDR_MSG_ID: c.message_id(cluster, node, c.SIGNAL_SPANS, otlp.message_key(req)),
-               c.HDR_SCHEMA: str(c.SCHEMA_VERSION), c.HDR_CONTENT_TYPE: c.CONTENT_TYPE_TRACES}
-    reply = conn.request(c.subject(c.SIGNAL_SPANS, cluster, node), headers, data, inbox, sid)
-    ack = conn.json.loads(reply)
-    if not isinstance(ack, dict) or "error" in ack or "seq" not in ack:
-        return False
+    req = otlp.decode_trace(otlp.encode_trace(jf.entries))
+    for key, part in otlp.split_requests(req):  # the agent's exporter splits the same way
+        cluster, node = otlp.resource_of(part)
+        headers = {c.HDR_MSG_ID: c.message_id(cluster, node, c.SIGNAL_SPANS, key),
+                   c.HDR_SCHEMA: str(c.SCHEMA_VERSION), c.HDR_CONTENT_TYPE: c.CONTENT_TYPE_TRACES}
+        reply = conn.request(c.subject(c.SIGNAL_SPANS, cluster, node), headers, part.SerializeToString(),
+                             inbox, sid)
+        ack = conn.json.loads(reply)
+        if not isinstance(ack, dict) or "error" in ack or "seq" not in ack:
+            return False
     spool.remove(path)
     return True
 
 
-def ship(journal_dir, hook_file, deadline_s=0.3, config=None):
+def ship(journal_dir, hook_file, deadline_s=0.3, config=None, detach=True):
     """Publish ``hook_file`` (and, time permitting, older complete files) and
-    delete what JetStream acknowledged.  Never raises; returns None."""
+    delete what JetStream acknowledged.  Never raises; returns None.
+
+    ``detach`` (the default): the work runs in a detached grandchild (fork,
+    setsid, stdio on /dev/null, killed by SIGALRM at the deadline), so the
+    runner pays one fork (~2 ms) whether NATS is up, down or slow, and
+    slurmd's output pipe closes when the runner exits.  ``detach=False`` does
+    it in this process, bounded by the same deadline.
+    """
+    try:
+        deadline_s = max(0.0, float(deadline_s if deadline_s is not None else 0.3))
+        if not detach:
+            _ship_now(journal_dir, hook_file, deadline_s, config)
+            return None
+        pid = os.fork()
+        if pid:
+            os.waitpid(pid, 0)  # the intermediate child exits at once
+            return None
+    except BaseException:  # noqa: BLE001 - never into the runner
+        return None
+    # Intermediate child: new session (out of the hook's process group, which
+    # slurmd kills when the hook ends), fork again so nobody has to reap us.
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        fd = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(fd, target)
+        os.closerange(3, 1024)
+        import signal
+
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the deadline kills us, whatever we do
+        signal.setitimer(signal.ITIMER_REAL, max(deadline_s, 0.001))
+        _ship_now(journal_dir, hook_file, deadline_s, config)
+    except BaseException:  # noqa: BLE001
+        pass
+    os._exit(0)
+
+
+def _ship_now(journal_dir, hook_file, deadline_s, config):
     start = time.monotonic()
     try:
-        end = start + max(0.0, float(deadline_s if deadline_s is not None else 0.3))
+        end = start + deadline_s
         cfg = _settings(config)
         conn = None
         for url in cfg["servers"]:

@@ -261,8 +261,8 @@ def check_journal(s: Setup) -> list[Check]:
         elif stat.S_ISLNK(fst.st_mode):
             bad.append(f"{entry} (symlink)")
     if bad:
-        out.append(Check(name, FAIL, f"{d}: {len(bad)} file(s) a non-root user could write; the agent ignores "
-                                     f"them: {', '.join(bad[:5])}",
+        out.append(Check(name, FAIL, f"{d}: {len(bad)} file(s) a non-root user could have written (possible "
+                                     f"forgery; not evidence): {', '.join(bad[:5])}",
                          f"inspect and remove them; then chmod 0700 {d}"))
     lost = _read_lost(os.path.join(d, "lost"))
     if lost:
@@ -593,20 +593,21 @@ def check_slurm_conf(s: Setup) -> list[Check]:
         if not val:
             continue
         if os.path.basename(val).startswith(HOOK_BINARY):
-            wired.append(key)
-            if not (os.path.isfile(val) and os.access(val, os.X_OK)):
+            if os.path.isfile(val) and os.access(val, os.X_OK):
+                wired.append(key)
+            else:
                 out.append(Check("slurm.conf", FAIL, f"{key}={val}: no executable there; every {key} would fail "
                                                      "(and drain the node)",
                                  f"install hookscope so {val} exists, or point {key} at the installed "
                                  f"{HOOK_BINARY} (which {HOOK_BINARY})"))
         else:
             out.append(Check("slurm.conf", WARN, f"{key}={val} bypasses hookscope (not observed)",
-                             f"{key}=/usr/local/bin/{HOOK_BINARY} and list the old scripts' dir in "
+                             f"{key}=/opt/hookscope/bin/{HOOK_BINARY} and list the old scripts' dir in "
                              "[runner.dirs]; see deploy/slurm/hookscope.conf.snippet"))
-    if not wired:
+    if not wired and not any(c.status == FAIL for c in out):
         out.append(Check("slurm.conf", FAIL, f"{path}: no Prolog/Epilog/... line points to {HOOK_BINARY}",
                          "add the lines from deploy/slurm/hookscope.conf.snippet and 'scontrol reconfigure'"))
-    else:
+    if wired:
         out.insert(0, Check("slurm.conf", OK, f"{path}: {', '.join(wired)} -> {HOOK_BINARY}"))
     pet = conf.get("prologepilogtimeout")
     if pet and s.timeout_s and pet.isdigit() and s.timeout_s >= int(pet):

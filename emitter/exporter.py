@@ -103,6 +103,41 @@ class JetStreamPublisher:
                 await self._drop()
             raise PublishError(f"publish to {subject} failed: {name}: {exc}") from None
 
+    async def _publish_many(self, items, timeout):
+        """Send every message before waiting (pipelined, in order on one
+        connection), then collect the PubAcks; raises on the first failure."""
+        js = await self._ensure()
+        tasks = [asyncio.ensure_future(js.publish(subj, data, timeout=timeout, headers=hdrs))
+                 for subj, data, hdrs in items]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout + 0.5)
+        except asyncio.TimeoutError:
+            for t in tasks:
+                t.cancel()
+            results = [asyncio.TimeoutError()]
+        for r, (subj, data, _) in zip(results, items):
+            if isinstance(r, BaseException):
+                name = type(r).__name__
+                if self._nc is None or not self._nc.is_connected:
+                    await self._drop()
+                if "MaxPayload" in name:
+                    raise PublishError(f"message of {len(data)} bytes exceeds the server's max_payload "
+                                       f"on {subj}")
+                raise PublishError(f"publish to {subj} failed: {name}: {r}")
+        return results
+
+    def publish_many(self, items, timeout: float | None = None) -> list:
+        """[(subject, data, msg_id, content_type)] -> PubAcks, all or PublishError."""
+        timeout = timeout or self.opts.request_timeout
+        prepared = [(subj, data, natsio.headers_for(mid, ct)) for subj, data, mid, ct in items]
+        outer = timeout + self.opts.connect_timeout * (len(self.opts.servers) + 1) \
+            + self.opts.request_timeout * 2 + 1.0
+        with self._lock:
+            acks = self._call(self._publish_many(prepared, timeout), outer)
+        self.published += len(acks)
+        self.duplicates += sum(1 for a in acks if getattr(a, "duplicate", False))
+        return acks
+
     def connect(self, timeout: float | None = None) -> None:
         """Connect (and set up streams) now; raises NatsUnavailable/PublishError."""
         t = timeout or self.opts.connect_timeout * (len(self.opts.servers) + 1) + self.opts.request_timeout * 2
@@ -143,12 +178,14 @@ class JetStreamPublisher:
 class NatsSpanExporter(SpanExporter):
     """OpenTelemetry SpanExporter publishing OTLP protobuf to JetStream.
 
-    One ``export()`` = one ``ExportTraceServiceRequest`` message on
-    ``hookscope.spans.<cluster>.<node>`` (taken from the spans' resource),
-    ``Nats-Msg-Id`` from the batch's hook ID, so a retry after a crash is
-    dropped by the stream's duplicate window.  Never raises; every call is
-    bounded by ``timeout`` seconds.  ``last_error`` says why the last export
-    failed (the agent logs it).
+    ``export()`` sends one ``ExportTraceServiceRequest`` message per hook (the
+    hook span and its script spans) or per standalone span, on
+    ``hookscope.spans.<cluster>.<node>`` (from the spans' resource), with
+    ``Nats-Msg-Id`` from the hook ID, so a retry after a crash is dropped by
+    the stream's duplicate window.  The messages of one call are pipelined
+    and the call returns SUCCESS only when every one was acked.  Never
+    raises; every call is bounded by ``timeout`` seconds.  ``last_error``
+    says why the last export failed (the agent logs it).
     """
 
     def __init__(self, publisher: JetStreamPublisher | None = None, *,
@@ -162,6 +199,7 @@ class NatsSpanExporter(SpanExporter):
         self.max_bytes = max_bytes
         self.last_error: str | None = None
         self.last_ack = None
+        self.last_acks: list = []
         self._shutdown = False
 
     def export(self, spans: Sequence) -> SpanExportResult:
@@ -171,16 +209,18 @@ class NatsSpanExporter(SpanExporter):
         if not spans:
             return SpanExportResult.SUCCESS
         try:
-            req = otlp.encode_sdk_spans(spans)
-            data = req.SerializeToString()
-            if len(data) > self.max_bytes:
-                self.last_error = (f"batch of {len(spans)} spans is {len(data)} bytes, over the "
-                                   f"{self.max_bytes}-byte message limit")
-                return SpanExportResult.FAILURE
-            cluster, node = otlp.resource_of(req)
-            msg_id = c.message_id(cluster, node, c.SIGNAL_SPANS, otlp.message_key(req))
-            self.last_ack = self.publisher.publish(c.subject(c.SIGNAL_SPANS, cluster, node), data,
-                                                   msg_id, c.CONTENT_TYPE_TRACES, self.timeout)
+            items = []
+            for key, req in otlp.split_requests(otlp.encode_sdk_spans(spans)):
+                data = req.SerializeToString()
+                cluster, node = otlp.resource_of(req)
+                if len(data) > self.max_bytes:
+                    self.last_error = (f"message {key} is {len(data)} bytes, over the "
+                                       f"{self.max_bytes}-byte limit")
+                    return SpanExportResult.FAILURE
+                items.append((c.subject(c.SIGNAL_SPANS, cluster, node), data,
+                              c.message_id(cluster, node, c.SIGNAL_SPANS, key), c.CONTENT_TYPE_TRACES))
+            self.last_acks = self.publisher.publish_many(items, self.timeout)
+            self.last_ack = self.last_acks[-1]
             self.last_error = None
             return SpanExportResult.SUCCESS
         except Exception as exc:  # the SDK contract: never raise into the caller

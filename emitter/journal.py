@@ -222,20 +222,6 @@ def _lost_bytes(n, since):
     return (f"{n} {since}".ljust(_LOST_WIDTH - 1) + "\n").encode("ascii")
 
 
-def add_lost(directory, n, since_ns):
-    """Add ``n`` lost records to ``<dir>/lost`` in place; False if even that failed."""
-    count, since, fd = _read_lost(directory)
-    if fd is None:
-        return False
-    try:
-        os.pwrite(fd, _lost_bytes(count + n, since or since_ns), 0)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 # ------------------------------------------------------------------ eviction
 def _file_summary(path, size):
     """(complete, first_seq, last_seq) by scanning the canonical text, no json."""

@@ -211,8 +211,10 @@ def _entry(path, knobs, strict, euid, dir_path, dir_st, real_dir):
         return Entry(path, SKIP, f"cannot stat ({exc.strerror})", None, knobs["non_executable"] == "skip_warn")
     if strict:
         if _stat.S_ISLNK(lst.st_mode) and real_dir is not None:
+            # Inside the directory at any depth is fine: a Kubernetes ConfigMap
+            # mount is "10-x -> ..data/10-x", "..data -> ..2024_.../".
             target = os.path.realpath(path)
-            if os.path.dirname(target) != real_dir:
+            if not target.startswith(real_dir.rstrip("/") + "/"):
                 return Entry(path, REFUSE, f"symlink {path} points outside {dir_path} (to {target}); "
                              "copy the script into the directory", st)
         why = check_strict(path, st, dir_path, dir_st, euid)

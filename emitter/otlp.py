@@ -156,16 +156,21 @@ def _event(span: Span, name: str, ts: int, attrs: dict) -> None:
     _attrs(ev.attributes, attrs)
 
 
-def _gpu_event_attrs(sample: dict) -> dict:
-    a = {
-        c.A_GPU_INDEX: sample.get("index"),
-        c.A_GPU_ID: sample.get("uuid"),
-        c.A_GPU_MODEL: sample.get("model"),
-        c.A_GPU_VENDOR: sample.get("vendor"),
-        c.A_GPU_SOURCE: sample.get("source"),
-    }
-    for name, value in (sample.get("metrics") or {}).items():
-        a[name] = value
+def _gpu_event_attrs(samples: Sequence[dict]) -> dict:
+    """One snapshot event for all of a hook's GPUs: parallel arrays, one
+    element per GPU (OTel attribute arrays are homogeneous and null-free, so a
+    field missing on any GPU is left out, and numbers are floats if any is)."""
+    samples = sorted(samples, key=lambda s: s.get("index") or 0)
+    a = {}
+    for attr, key in ((c.A_GPU_INDEX, "index"), (c.A_GPU_ID, "uuid"), (c.A_GPU_MODEL, "model"),
+                      (c.A_GPU_VENDOR, "vendor"), (c.A_GPU_SOURCE, "source")):
+        vals = [s.get(key) for s in samples]
+        if all(v is not None for v in vals):
+            a[attr] = vals
+    for name in c.GPU_METRICS:
+        vals = [(s.get("metrics") or {}).get(name) for s in samples]
+        if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            a[name] = [float(v) for v in vals] if any(isinstance(v, float) for v in vals) else vals
     return a
 
 
@@ -261,8 +266,9 @@ def _hook_spans(spans, entries, cluster, abandoned_ts, gpu_snapshots) -> None:
                 c.R_EVICTED_FILES: rec.get(c.R_EVICTED_FILES),
                 c.R_EVICTED_BYTES: rec.get(c.R_EVICTED_BYTES),
                 c.R_EVICTED_SEQS: rec.get(c.R_EVICTED_SEQS)})
-    for snap in gpu_snapshots:
-        _event(hook, c.E_GPU_SNAPSHOT, snap.get("ts") or hook.start_time_unix_nano, _gpu_event_attrs(snap))
+    if gpu_snapshots:
+        ts = max(_int(s.get("ts")) for s in gpu_snapshots) or hook.start_time_unix_nano
+        _event(hook, c.E_GPU_SNAPSHOT, ts, _gpu_event_attrs(gpu_snapshots))
     killed_any = False
     failed = status not in (None, 0)
     for index in sorted(scripts):
@@ -276,8 +282,7 @@ def _hook_spans(spans, entries, cluster, abandoned_ts, gpu_snapshots) -> None:
         hook.status.code = Status.STATUS_CODE_ERROR
         hook.status.message = "runner killed before the hook ended" if killed_any else \
             "runner died before the hook ended"
-        if not killed_any:
-            _event(hook, c.E_KILLED, end_of_abandoned, {})
+        _event(hook, c.E_KILLED, end_of_abandoned, {})
     elif failed or status not in (None, 0):
         hook.status.code = Status.STATUS_CODE_ERROR
         hook.status.message = f"exit status {status}"
@@ -342,9 +347,10 @@ def _script_span(span, tid, hook_sid, hook_id, index, slot, killed, end_ts) -> b
 
 def _standalone_span(span, raw, rec, cluster) -> None:
     kind = rec.get(c.R_KIND)
-    key = rec.get(c.R_HOOK_ID) or str(rec.get(c.R_HASH) or "")[:16] or str(rec.get(c.R_SEQ))
+    own = str(rec.get(c.R_HASH) or "")[:16] or str(rec.get(c.R_SEQ))
+    key = rec.get(c.R_HOOK_ID) or own  # write_standalone: one file ID for the file's records
     span.trace_id = _hex_id(c.trace_id(cluster, "hook:" + str(key), 0), 16)
-    span.span_id = _hex_id(key if rec.get(c.R_HOOK_ID) else str(rec.get(c.R_HASH) or "")[:16], 8)
+    span.span_id = _hex_id(own, 8)  # unique per record, stable across retries
     span.kind = Span.SPAN_KIND_INTERNAL
     span.start_time_unix_nano = span.end_time_unix_nano = _int(rec.get(c.R_TS))
     if kind == c.K_NODE_EVENT:
@@ -559,17 +565,43 @@ def encode_sdk_spans(spans) -> ExportTraceServiceRequest:
 
 
 def message_key(req: ExportTraceServiceRequest) -> str:
-    """The Nats-Msg-Id key of a trace request: the hook ID of its hook span,
-    else (a standalone file) the first span's ID.  Stable across retries."""
-    first = None
+    """The Nats-Msg-Id key of a one-message request (see split_requests): the
+    hook span's ID (= the hook ID), or a standalone span's own ID."""
     for rs in req.resource_spans:
         for ss in rs.scope_spans:
             for sp in ss.spans:
-                first = first or sp
-                for kv in sp.attributes:
-                    if kv.key == c.A_HOOK_ID and kv.value.string_value:
-                        return kv.value.string_value
-    return first.span_id.hex() if first is not None else "empty"
+                return (sp.parent_span_id or sp.span_id).hex()
+    return "empty"
+
+
+def split_requests(req: ExportTraceServiceRequest) -> list:
+    """One request per message: a hook span with its script spans, or one
+    standalone span.  Returns [(key, request)], key = message_key.  The
+    agent's exporter and direct mode both publish through this, so a record
+    always travels under the same Nats-Msg-Id whoever sends it."""
+    groups: dict = {}
+    order = []
+    for ri, rs in enumerate(req.resource_spans):
+        for si, ss in enumerate(rs.scope_spans):
+            for sp in ss.spans:
+                k = (ri, si, (sp.parent_span_id or sp.span_id))
+                if k not in groups:
+                    groups[k] = []
+                    order.append(k)
+                groups[k].append(sp)
+    if len(order) == 1:
+        return [(order[0][2].hex(), req)]
+    out = []
+    for k in order:
+        ri, si, key = k
+        part = ExportTraceServiceRequest()
+        rs = part.resource_spans.add()
+        rs.resource.CopyFrom(req.resource_spans[ri].resource)
+        ss = rs.scope_spans.add()
+        ss.scope.CopyFrom(req.resource_spans[ri].scope_spans[si].scope)
+        ss.spans.extend(groups[k])
+        out.append((key.hex(), part))
+    return out
 
 
 def resource_of(req) -> tuple[str, str]:

@@ -35,7 +35,8 @@ except ImportError:
 _SIGTERM, _SIGKILL, _SIGINT = _signal.SIGTERM, _signal.SIGKILL, _signal.SIGINT
 #: Reset to SIG_DFL in the child: Python ignores SIGPIPE/SIGXFSZ, which a
 #: script would otherwise inherit (subprocess's restore_signals does the same).
-_CHILD_SIGDEF = (_signal.SIGPIPE, _signal.SIGXFSZ, _SIGTERM, _SIGINT, _signal.SIGHUP, _signal.SIGQUIT)
+_CHILD_SIGDEF = (_signal.SIGPIPE, _signal.SIGXFSZ, _SIGTERM, _SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
+                 _signal.SIGCHLD)
 _FORWARD_KILL_AFTER_S = 0.005
 _READ = 65536
 
@@ -214,8 +215,7 @@ class Runner:
             poller.register(pidfd, select.POLLIN)
         except (AttributeError, OSError):
             pidfd = None
-        status = None
-        while status is None:
+        while True:
             now = time.monotonic()
             wake = [t for t in (deadline, self._kill_at) if t is not None]
             if pidfd is None:
@@ -229,9 +229,9 @@ class Runner:
                 if fd == pidfd:
                     continue
                 self._read(fd, open_fds, poller, tail, parser, passthrough)
-            w = os.waitpid(pid, os.WNOHANG)
-            if w[0] == pid:
-                status = w[1]
+            # WNOWAIT: the script stays a zombie, so its PID (= its group ID)
+            # cannot be reused before the group is killed below.
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 break
             now = time.monotonic()
             if self._kill_at is not None and now >= self._kill_at:
@@ -249,6 +249,7 @@ class Runner:
         # this), then the pipes are drained without waiting for a writer that
         # escaped the group.
         _killpg(pid, _SIGKILL)
+        status = os.waitpid(pid, 0)[1]
         for fd in list(open_fds):
             os.set_blocking(fd, False)
             while fd in open_fds:
@@ -317,8 +318,15 @@ class Runner:
         return self._redactor(result.output.decode("utf-8", "replace"))
 
     def _j(self, kind, fields):
+        # The journal never raises OSError; this also contains a bug of ours,
+        # so recording can fail but running the scripts cannot.
         if self.journal is not None:
-            self.journal.append(kind, fields)
+            try:
+                self.journal.append(kind, fields)
+            except Exception as exc:  # noqa: BLE001
+                _write_all(self.stderr_fd, f"hookscope: journal disabled for this hook after an internal "
+                                           f"error ({type(exc).__name__}: {exc}); scripts still run\n".encode())
+                self.journal = None
 
     # ---------------------------------------------------------------- the hook
     def run(self, entries, warnings=()):
@@ -342,6 +350,9 @@ class Runner:
             c.R_WARNINGS: list(warnings),
         })
         try:
+            # An inherited SIGCHLD=SIG_IGN would auto-reap our scripts and hide
+            # their status from waitpid.
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
             old_term = _signal.signal(_SIGTERM, self._on_signal)
             old_int = _signal.signal(_SIGINT, self._on_signal)
         except ValueError:  # not the main thread (library use): no forwarding
@@ -475,5 +486,8 @@ def run(settings, context, dirs, env=None, journal_dir=None, stdout_fd=1, stderr
     try:
         status = r.run(entries, list(extra_warnings) + warnings)
     finally:
-        journal.close()
+        try:
+            journal.close()
+        except Exception:  # noqa: BLE001 - the status is already decided
+            pass
     return status, journal

@@ -108,6 +108,8 @@ def _open_archive(archive: str):
             f"archive directory {archive} does not exist: pass the collector's archive root "
             f"(the directory holding hook_runs/, script_runs/, ...) with --archive")
     con = duckdb.connect(":memory:")
+    # Every query reads the same files' footers again: keep them in memory.
+    con.execute("SET parquet_metadata_cache = true")
     for table in schema.ARCHIVE_TABLES:
         tdir = os.path.join(archive, table)
         has_files = os.path.isdir(tdir) and any(
@@ -123,12 +125,34 @@ def _open_archive(archive: str):
             raise SourceError(f"cannot read the archive files under {tdir}: {exc}") from exc
         sel = ", ".join(f"CAST({name} AS {typ}) AS {name}" if name in have else f"NULL::{typ} AS {name}"
                         for name, typ in table_columns(table))
-        keys = ", ".join(schema.KEYS[table])
-        # A redelivery after a crash can archive the same rows twice: keep one.
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {sel} FROM {src} "
-                    f"QUALIFY row_number() OVER (PARTITION BY {keys}) = 1")
+        con.execute(f"CREATE OR REPLACE VIEW _src_{table} AS SELECT {sel} FROM {src}")
+        _dedup_view(con, table)
     _empty_view(con, "ingest_state")
     return con
+
+
+def _dedup_view(con, table: str) -> None:
+    """``table`` over ``_src_<table>`` with one row per ``schema.KEYS`` key.
+
+    A redelivery after a crash can archive the same rows twice, but such
+    duplicates are rare.  A window over the whole table on every query would
+    cost seconds (and blocks filter pushdown), so the duplicated keys are
+    found once here; rows with other keys are read as they are, so a query's
+    filters (node, job, time) still reach the Parquet scan.
+    """
+    keys = ", ".join(schema.KEYS[table])
+    dup = f"_dup_{table}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {dup} AS SELECT {keys} FROM _src_{table} "
+                f"GROUP BY ALL HAVING count(*) > 1")
+    if not con.execute(f"SELECT count(*) FROM {dup}").fetchone()[0]:
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _src_{table}")
+        return
+    cols = ", ".join(f"s.{n}" for n, _ in table_columns(table))
+    con.execute(f"""CREATE OR REPLACE VIEW {table} AS
+        SELECT {cols} FROM _src_{table} s ANTI JOIN {dup} d USING ({keys})
+        UNION ALL
+        SELECT {cols} FROM _src_{table} s SEMI JOIN {dup} d USING ({keys})
+        QUALIFY row_number() OVER (PARTITION BY {", ".join("s." + k for k in schema.KEYS[table])}) = 1""")
 
 
 def open_source(db: str | None = None, archive: str | None = None, *, quiet: bool = False):

@@ -17,7 +17,7 @@ The answer is built from the store only (no Slurm command is run):
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from emitter import contract
 from queries import QueryError
@@ -30,6 +30,11 @@ GPU_BEFORE = timedelta(minutes=30)
 GPU_AFTER = timedelta(minutes=5)
 #: A sha256 change this long before the first failure counts as a regression.
 REGRESSION_WINDOW = timedelta(hours=24)
+#: How far back the regression check looks for the version change.
+REGRESSION_LOOKBACK = timedelta(days=30)
+#: Failure rates of the old and new version are compared over this much history.
+REGRESSION_RATE_WINDOW = timedelta(days=7)
+REGRESSION_MIN_RATE_RISE = 0.01
 #: A non-hook drain this long after the last hook failure is its own event.
 DRAIN_MATCH = timedelta(minutes=10)
 HOT_C = 85.0
@@ -44,26 +49,63 @@ def _short(sha):
     return sha[:12] if sha else "?"
 
 
-def _latest_failure(con, node, since, until):
+#: Where ``why`` looks for the latest failure first: recent windows are cheap
+#: (the store is in time order, so DuckDB's zone maps skip older row groups),
+#: and most questions are about a recent drain.  The last step is unbounded.
+SEARCH_WINDOWS = (timedelta(days=2), timedelta(days=30), None)
+
+
+def _latest_failure(con, node, since, until, latest):
+    """(hook row, deciding script row) of the node's latest failed hook."""
+    lo, hi = parse_time(since), parse_time(until)
+    anchor = parse_time(latest["start_ts"]) + HOOK_SPAN if latest else hi or datetime.now(timezone.utc)
+    if hi:
+        anchor = min(anchor, hi)
+    for width in SEARCH_WINDOWS:
+        start = lo if width is None else max(lo, anchor - width) if lo else anchor - width
+        found = _latest_failure_in(con, node, start, hi)
+        if found[0] or found[1] or (lo is not None and start <= lo):
+            return found
+    return None, None
+
+
+def _latest_failure_in(con, node, lo, hi):
     params = [node]
-    win = window_sql("start_ts", since, until, params)
+    win = window_sql("start_ts", lo, hi, params)
     hook = rows(con, f"""SELECT * FROM hook_runs WHERE node = ?{win} AND {HOOK_FAILED}
                          ORDER BY start_ts DESC LIMIT 1""", params)
     params = [node]
-    win = window_sql("start_ts", since, until, params)
+    win = window_sql("start_ts", lo, hi, params)
     script = rows(con, f"""SELECT * FROM script_runs WHERE node = ?{win} AND {SCRIPT_FAILED}
                            ORDER BY start_ts DESC, idx LIMIT 1""", params)
     # A failed script's hook failed too (normally); prefer the script row and
     # fetch its hook, unless a later hook failed with no script to blame.
     if script and (not hook or hook[0]["start_ts"] <= script[0]["start_ts"]
                    or hook[0]["hook_id"] == script[0]["hook_id"]):
-        h = rows(con, "SELECT * FROM hook_runs WHERE hook_id = ?", [script[0]["hook_id"]])
-        first = rows(con, f"""SELECT * FROM script_runs WHERE hook_id = ? AND {SCRIPT_FAILED}
-                              ORDER BY idx LIMIT 1""", [script[0]["hook_id"]])
+        h = rows(con, "SELECT * FROM hook_runs WHERE node = ? AND hook_id = ? AND start_ts <= ? "
+                      "AND start_ts >= ?",
+                 [node, script[0]["hook_id"], parse_time(script[0]["start_ts"]),
+                  parse_time(script[0]["start_ts"]) - HOOK_SPAN])
+        hook = h or hook
+        first = _hook_scripts(con, hook[0], failed_only=True) if h else []
         return (h[0] if h else None), (first[0] if first else script[0])
     if hook:
         return hook[0], None
     return None, None
+
+
+#: Longest a hook can run (scripts start within this after their hook started).
+HOOK_SPAN = timedelta(days=1)
+
+
+def _hook_scripts(con, hook, failed_only=False):
+    """The script rows of one hook, found through the node and time bounds
+    (zone maps) rather than a scan of every script run's hook_id."""
+    t = parse_time(hook["start_ts"])
+    flt = f" AND {SCRIPT_FAILED}" if failed_only else ""
+    return rows(con, f"""SELECT * FROM script_runs WHERE node = ? AND hook_id = ?
+                         AND start_ts >= ? AND start_ts <= ?{flt} ORDER BY idx""",
+                [hook["node"], hook["hook_id"], t, t + HOOK_SPAN])
 
 
 def _cause(hook, script):
@@ -92,33 +134,41 @@ def _cause(hook, script):
 
 
 def _systemic(con, node, cause, since, until):
+    """Did the same script version fail on other nodes in the window?
+
+    Counted over the nodes that ran the failing sha256 (a version rolled out
+    to a few nodes and failing on all of them is a script fault, even if the
+    old version runs fine elsewhere); failures of other versions of the
+    script are reported beside it.
+    """
     if not cause or not cause["script"]:
         return None
     t = parse_time(cause["time"])
     lo = parse_time(since) or (t - SYSTEMIC_WINDOW)
     hi = parse_time(until) or (t + SYSTEMIC_WINDOW)
-    params = [cause["script"], lo, hi]
     per_node = rows(con, f"""
-        SELECT node, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures, count(*) AS runs,
-               count(*) FILTER (WHERE {SCRIPT_FAILED} AND sha256 IS NOT DISTINCT FROM ?) AS same_sha_failures
+        SELECT node, sha256 IS NOT DISTINCT FROM ? AS same, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures
         FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ?
-        GROUP BY node""", [cause["sha256"]] + params)
-    failed = sorted(r["node"] for r in per_node if r["failures"])
-    ok = sorted(r["node"] for r in per_node if not r["failures"])
+        GROUP BY ALL""", [cause["sha256"], cause["script"], lo, hi])
+    same = [r for r in per_node if r["same"]]
+    failed = sorted(r["node"] for r in same if r["failures"])
+    ok = sorted(r["node"] for r in same if not r["failures"])
+    other_failed = sorted({r["node"] for r in per_node if not r["same"] and r["failures"]})
     others = [n for n in failed if n != node]
-    ran = len(per_node)
+    ran = len(same)
     if others and len(failed) * 2 >= ran:
-        fault, why_ = "script", (f"{len(failed)} of {ran} nodes that ran it failed")
+        fault, why_ = "script", f"{len(failed)} of {ran} nodes that ran this version failed"
     elif ok:
-        fault, why_ = "node", (f"only {len(failed)} of {ran} nodes that ran it failed")
+        fault, why_ = "node", f"only {len(failed)} of {ran} nodes that ran this version failed"
     else:
-        fault, why_ = "unknown", "no other node ran this script in the window"
+        fault, why_ = "unknown", "no other node ran this version of the script in the window"
     return {
         "count": len(failed),
         "nodes": failed[:MAX_NODES_LISTED],
         "nodes_truncated": len(failed) > MAX_NODES_LISTED,
         "ok_nodes": len(ok),
         "nodes_ran": ran,
+        "other_versions_failed_nodes": len(other_failed),
         "fault": fault,
         "reason": why_,
         "window": [iso(lo), iso(hi)],
@@ -126,38 +176,44 @@ def _systemic(con, node, cause, since, until):
 
 
 def _regression(con, node, cause):
+    """Did the failing sha256 replace another version shortly before its
+    failures began?  Looked for within REGRESSION_LOOKBACK of the failure."""
     if not cause or not cause["script"] or not cause["sha256"]:
         return None
     path, new = cause["script"], cause["sha256"]
     t = parse_time(cause["time"])
-    # When did the failing version first run (anywhere), and what ran before it?
+    lo = t - REGRESSION_LOOKBACK
     first_new = rows(con, "SELECT min(start_ts) AS t FROM script_runs WHERE path = ? AND sha256 = ? "
-                          "AND start_ts <= ?", [path, new, t])[0]["t"]
+                          "AND start_ts >= ? AND start_ts <= ?", [path, new, lo, t])[0]["t"]
     if first_new is None:
         return {"changed": False, "old": None, "new": new, "changed_at": None}
     fn = parse_time(first_new)
-    prev = rows(con, """SELECT sha256, max(start_ts) AS last_seen, count(*) AS runs
+    prev = rows(con, """SELECT sha256, max(start_ts) AS last_seen
                         FROM script_runs WHERE path = ? AND sha256 IS DISTINCT FROM ? AND start_ts < ?
                           AND start_ts >= ?
                         GROUP BY sha256 ORDER BY last_seen DESC LIMIT 1""",
-                [path, new, fn, fn - timedelta(days=30)])
-    rates = rows(con, f"""SELECT sha256, count(*) AS runs, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures
+                [path, new, fn, fn - REGRESSION_LOOKBACK])
+    rates = rows(con, f"""SELECT sha256, count(*) AS runs, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures,
+                                 min(start_ts) FILTER (WHERE {SCRIPT_FAILED} AND start_ts >= ?) AS first_failure
                           FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ?
-                          GROUP BY sha256""", [path, fn - timedelta(days=7), t])
+                          GROUP BY sha256""", [fn, path, fn - REGRESSION_RATE_WINDOW, t])
     rate = {r["sha256"]: (r["failures"] / r["runs"] if r["runs"] else None) for r in rates}
-    first_fail = rows(con, f"""SELECT min(start_ts) AS t FROM script_runs WHERE path = ? AND sha256 = ?
-                               AND {SCRIPT_FAILED} AND start_ts >= ? AND start_ts <= ?""",
-                      [path, new, fn, t])[0]["t"]
+    first_fail = next((r["first_failure"] for r in rates if r["sha256"] == new), None)
+    base = {"new": new, "first_failure": first_fail, "new_failure_rate": rate.get(new),
+            "lookback": [iso(lo), iso(t)]}
     if not prev:
-        return {"changed": False, "old": None, "new": new, "changed_at": None,
-                "first_failure": first_fail, "new_failure_rate": rate.get(new)}
+        # Nothing else ran within the lookback: no change to blame.
+        return {"changed": False, "old": None, "changed_at": None, **base}
     old = prev[0]["sha256"]
     ff = parse_time(first_fail) if first_fail else t
     old_rate, new_rate = rate.get(old), rate.get(new)
-    changed = (ff - fn <= REGRESSION_WINDOW and (old_rate is None or new_rate is None
-                                                 or new_rate > old_rate))
-    return {"changed": bool(changed), "old": old, "new": new, "changed_at": iso(fn),
-            "first_failure": first_fail, "old_failure_rate": old_rate, "new_failure_rate": new_rate}
+    # The new version must fail clearly more than the old one did, across all
+    # nodes: a node-local fault that began the day of a roll-out is no regression.
+    changed = (ff - fn <= REGRESSION_WINDOW and (
+        old_rate is None or new_rate is None
+        or new_rate > max(2 * old_rate, old_rate + REGRESSION_MIN_RATE_RISE)))
+    return {"changed": bool(changed), "old": old, "changed_at": iso(fn), "old_failure_rate": old_rate,
+            **base}
 
 
 def _gpu(con, node, around):
@@ -205,7 +261,7 @@ def _evidence(con, hook, cause):
     if not hook:
         return []
     ev = [{"table": "hook_runs", "row": hook}]
-    for s in rows(con, "SELECT * FROM script_runs WHERE hook_id = ? ORDER BY idx", [hook["hook_id"]]):
+    for s in _hook_scripts(con, hook):
         ev.append({"table": "script_runs", "row": s})
     for r in rows(con, """SELECT seq, kind, hash, record FROM journal
                           WHERE cluster = ? AND node = ? AND hook_id = ? ORDER BY seq""",
@@ -225,7 +281,12 @@ def why(con, node, since=None, until=None) -> dict:
     if not node:
         raise QueryError("why needs a node name")
     node = str(node)
-    hook, script = _latest_failure(con, node, since, until)
+    params = [node]
+    win = window_sql("start_ts", since, until, params)
+    latest = rows(con, f"SELECT hook_id, start_ts, status, context, runner_killed FROM hook_runs "
+                       f"WHERE node = ?{win} ORDER BY start_ts DESC LIMIT 1", params)
+    latest = latest[0] if latest else None
+    hook, script = _latest_failure(con, node, since, until, latest)
     events = _node_events(con, node, since, until)
     cause = _cause(hook, script)
     drain = next((e for e in events if _is_drain(e)), None)
@@ -235,15 +296,13 @@ def why(con, node, since=None, until=None) -> dict:
         # The latest drain has a non-hook reason and no hook failed right
         # before it: do not blame an older hook failure for it.
         earlier, cause, hook = cause, None, None
-    if cause is None:
+    if cause is None and latest is None and not events:
         known = rows(con, "SELECT count(*) AS n FROM hook_runs WHERE node = ?", [node])[0]["n"]
-        if not known and not events:
+        if not known:
             raise NoSuchNode(f"the store has no hook run and no node event for node {node!r}: "
                              f"check the name (as in 'sinfo -N') and the --since/--until window")
-    latest = rows(con, "SELECT hook_id, start_ts, status, context FROM hook_runs WHERE node = ? "
-                       "ORDER BY start_ts DESC LIMIT 1", [node])
-    latest_ok = bool(latest and cause and latest[0]["hook_id"] != cause["hook_id"]
-                     and not latest[0]["status"])
+    latest_ok = bool(latest and cause and latest["hook_id"] != cause["hook_id"]
+                     and not latest["status"] and not latest["runner_killed"])
     systemic = _systemic(con, node, cause, since, until)
     regression = _regression(con, node, cause)
     gpu = _gpu(con, node, cause["time"] if cause else (drain["time"] if drain else None))
@@ -256,7 +315,7 @@ def why(con, node, since=None, until=None) -> dict:
         "gpu": gpu,
         "evidence": _evidence(con, hook, cause),
         "node_events": events,
-        "latest_hook": latest[0] if latest else None,
+        "latest_hook": latest,
         "recovered": latest_ok,
     }
     if earlier:

@@ -97,7 +97,9 @@ def test_overview_shows_what_its_json_twin_says(server, page):
     lat = page.page.locator("#latency tbody tr td:first-child").all_inner_texts()
     assert lat == [r["context"] for r in d["latency"]]
     assert page.page.locator("#problem-nodes tbody tr td:first-child").all_inner_texts() == \
-        [n["node"] for n in d["nodes"]]
+        [", ".join(p["nodes"]) for p in d["problems"]]
+    assert page.page.locator("#problem-nodes tbody tr td:last-child").all_inner_texts() == \
+        [p["verdict"] for p in d["problems"]]
     chart = embedded(page)[0]
     assert chart["x"] == d["runs_over_time"]["t"]
     assert [s["values"] for s in chart["series"]] == [d["runs_over_time"]["runs"], d["runs_over_time"]["failures"]]

@@ -27,7 +27,10 @@ class NatsCluster:
         self.servers: list[NatsServer] = []
         for i in range(n):
             others = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i)
-            conf = (f"cluster {{\n  name: {name}\n  listen: 127.0.0.1:{routes[i]}\n"
+            # max_file_store: the stream reserves contract max_bytes (20 GiB) per
+            # replica; placement fails on a small test disk without a larger limit.
+            conf = (f"jetstream {{\n  max_file_store: 1T\n}}\n"
+                    f"cluster {{\n  name: {name}\n  listen: 127.0.0.1:{routes[i]}\n"
                     f"  routes: [{others}]\n}}\n")
             self.servers.append(NatsServer(store_dir=self.base / f"n{i}", config=conf, name=f"n{i}"))
 

@@ -125,7 +125,7 @@ def test_broken_node_fails_with_fixes(healthy, tmp_path):
     assert "30-noexec.sh is not executable" in fails
     assert "missing.d does not exist" in fails
     assert "mode 0755; it must be root, 0700" in fails
-    assert "could write" in fails and "uid 1000" in fails
+    assert "could have written" in fails and "uid 1000" in fails
     assert "not a valid user seed" in fails
     assert "login to" in fails  # the server refuses the node without a valid key
     assert "Epilog=/nonexistent/hookscope-hook: no executable there" in fails

@@ -48,6 +48,13 @@ def _hooks(pl: Pipeline, tmp: Path, nodes=("node001", "node002"), jobs=range(1, 
     return d
 
 
+def _age(files, seconds: float = 3600) -> None:
+    """Make files look older than the agent's abandon grace (instead of sleeping)."""
+    past = time.time() - seconds
+    for f in files:
+        os.utime(f, (past, past))
+
+
 def _drain(pl: Pipeline, nodes=("node001", "node002")):
     for node in nodes:
         p = pl.agent_once(node)
@@ -110,8 +117,9 @@ def test_one_of_three_clustered_servers_killed(tmp_path):
             pl.snapshot_journals()
             # the collector creates the streams with 3 replicas
             pl.collect_once(extra=["--replicas", "3"])
+            assert _replicas(pl.url) == 3
             for n in nodes:
-                pl.start_agent(n)
+                pl.start_agent(n, extra=["--no-create-streams"])
             wait_for(lambda: all(not pl.pending_files(n) for n in nodes), 60, what="shipped")
             cl.servers[0].kill()
             _hooks(pl, tmp_path, nodes, jobs=range(3, 6))
@@ -123,6 +131,19 @@ def test_one_of_three_clustered_servers_killed(tmp_path):
             pl.assert_exact()
         finally:
             pl.close()
+
+
+def _replicas(url: str) -> int:
+    async def go():
+        import nats
+
+        nc = await nats.connect(url.split(","), connect_timeout=3, max_reconnect_attempts=1)
+        try:
+            return (await nc.jetstream(timeout=5).stream_info(contract.STREAM_NAME)).config.num_replicas
+        finally:
+            await nc.close()
+
+    return asyncio.run(asyncio.wait_for(go(), 20))
 
 
 # ---------------------------------------------------------------- process faults
@@ -174,8 +195,7 @@ def test_runner_sigkill_mid_script_is_recorded(pl, tmp_path):
     # also "fails"; what matters is that the run is recorded.
     files = pl.pending_files(node)
     assert len(files) == 1
-    past = time.time() - 3600  # older than the agent's abandon grace
-    os.utime(files[0], (past, past))
+    _age(files)
     pl.snapshot_journals()
     p = pl.agent_once(node)
     assert p.returncode == 0, p.stderr
@@ -201,6 +221,7 @@ def test_journal_disk_full(pl, tmp_path):
         assert statuses == [want] * len(statuses), (statuses, want)
         lost = (j / "lost").read_text().split()
         assert int(lost[0]) > 0, "the runner must count the records it could not write"
+        _age(pl.pending_files(node))  # runners that could not finish their file are gone: abandoned
         pl.snapshot_journals()
         _drain(pl, (node,))  # frees the space
         pl.run_hook(node, write_scripts(tmp_path / "ok.d", SCRIPTS), 99)
@@ -227,6 +248,7 @@ def test_journal_truncated_or_corrupt(pl, tmp_path):
     lines = bad.read_bytes().split(b"\n")
     lines[1] = b'{"kind": "script_started", garbage'
     bad.write_bytes(b"\n".join(lines))
+    _age([torn])  # a torn file's runner is dead: abandoned once past the grace
     j = pl.node(node).journaled
     lost = {k for k, rec in j.items() if not _intact(rec, torn, bad)}
     assert len(lost) == 2  # the torn hook_ended and the garbled script_started
@@ -284,7 +306,8 @@ def test_clock_skew_one_hour(pl, tmp_path, hours):
     for (hook_id, start, skew) in pl.query("SELECT hook_id, epoch_ns(start_ts), skew_ms FROM hook_runs"):
         rec = next(r for r in pl.node("node001").journaled.values()
                    if r[contract.R_HOOK_ID] == hook_id and r[contract.R_KIND] == contract.K_HOOK_STARTED)
-        assert start == rec[contract.R_TS], "times are stored as the node saw them"
+        # TIMESTAMPTZ keeps microseconds: the node's time, truncated to the us
+        assert start == rec[contract.R_TS] // 1000 * 1000, "times are stored as the node saw them"
         assert abs(skew + hours * 3600_000) < 120_000, f"skew {skew} ms not flagged as {-hours} h"
 
 
@@ -319,12 +342,16 @@ def test_gpu_library_hang_does_not_stall_export(pl, tmp_path):
     node = "node001"
     _hooks(pl, tmp_path, (node,), jobs=range(1, 4))
     pl.snapshot_journals()
-    fixture = next((Path(__file__).resolve().parents[2] / "emitter/fixtures/gpu").glob("*nvidia*"))
+    fixture = sorted((Path(__file__).resolve().parents[2] / "emitter/fixtures/gpu").glob("*.xml"))[0]
+    cfg = tmp_path / "gpu-hang.toml"
+    cfg.write_text(f'[agent]\ngpu = "replay"\ngpu_replay = "{fixture}"\ngpu_replay_block_s = 120.0\n'
+                   'gpu_timeout_s = 0.5\n')
     t0 = time.monotonic()
-    p = pl.agent_once(node, timeout=60, extra=["--gpu", "replay", "--gpu-replay", str(fixture), "--gpu-block"])
+    p = pl.agent_once(node, timeout=60, extra=["--config", str(cfg)])
     took = time.monotonic() - t0
     assert p.returncode == 0, p.stdout + p.stderr
     assert not pl.pending_files(node)
     assert took < 20, f"agent --once took {took:.1f}s with a hung GPU library"
+    assert "did not return within" in p.stderr, "the hung backend must be reported"
     pl.collect_once()
     pl.assert_exact()

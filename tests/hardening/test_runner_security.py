@@ -85,3 +85,27 @@ def test_secrets_are_redacted_before_the_journal(tmp_path):
     raw = b"".join(f.read_bytes() for f in pl.node("node001").journal.glob("*.jsonl"))
     assert b"REDACTED" in raw
     assert token.encode() not in raw and aws.encode() not in raw
+
+
+def test_journal_file_writable_by_non_root_is_ignored_and_reported(tmp_path, nats_server):
+    """A file a user could have written is not evidence: never shipped as a hook
+    run, and reported (journal_error) so the audit shows the tampering attempt."""
+    d = write_scripts(tmp_path / "prolog.d", {"10-ok.sh": "exit 0\n"})
+    pl = Pipeline(tmp_path, nats_server)
+    assert pl.run_hook("node001", d, 1).returncode == 0
+    # a forged hook file: well-formed records, but owned by uid 1000 and 0666
+    assert pl.run_hook("forger", d, 666).returncode == 0
+    (forged,) = pl.pending_files("forger")
+    target = pl.node("node001").journal / os.path.basename(forged)
+    os.rename(forged, target)
+    os.chown(target, 1000, 1000)
+    os.chmod(target, 0o666)
+    forged_hook = target.name.split("-")[1].split(".")[0]
+    pl.snapshot_journals()
+    p = pl.agent_once("node001")
+    pl.collect_once()
+    hooks = {h for (h,) in pl.query("SELECT hook_id FROM hook_runs")}
+    assert forged_hook not in hooks, "a user-writable journal file must not be shipped as a hook run"
+    assert len(hooks) == 1
+    errs = pl.query("SELECT record FROM journal WHERE kind = ?", [contract.K_JOURNAL_ERROR])
+    assert any(target.name in r for (r,) in errs), (p.stderr, errs)

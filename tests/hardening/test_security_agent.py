@@ -151,3 +151,29 @@ def test_natsio_connect_options(server, pki):
     with pytest.raises(natsio.NatsUnavailable, match="uthoriz"):
         run(natsio.connect(bad))
     _ = asyncio  # (asyncio used via run)
+
+
+def test_whole_pipeline_with_the_right_credentials(server, pki, tmp_path):
+    """runner -> agent (node001's identity) -> nats-server -> collector (the
+    collector identity) -> DuckDB: exact counts, with auth (and mTLS) on."""
+    pl = _one_hook(tmp_path, server)
+    pl.snapshot_journals()
+    args, env = _agent_args(server, pki, "node001")
+    p = pl.agent_once("node001", extra=args, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ext = ".nk" if server.mode == "nkey" else ".pass"
+    secret = server.auth_dir / f"collector{ext}"
+    if server.mode == "nkey":
+        cargs, cenv = ["--nkey", str(secret)], {}
+    else:
+        cargs, cenv = ["--user", server.gen.COLLECTOR_USER], {"HOOKSCOPE_NATS_PASSWORD": secret.read_text().strip()}
+    if server.tls:
+        cargs += ["--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"])]
+    import os
+    import subprocess
+
+    c = subprocess.run(pl.collect_cmd(True) + cargs, env=pl.env("collector", cenv), capture_output=True,
+                       text=True, timeout=90, cwd=pl.tmp)
+    assert c.returncode == 0, c.stdout + c.stderr
+    pl.assert_exact()
+    _ = os

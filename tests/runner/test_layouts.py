@@ -162,3 +162,16 @@ def test_strict_refuses_writable_script_in_plan(tmp_path):
     os.chmod(tmp_path, 0o755)
     (e,), _ = L.plan([str(tmp_path)], L.knobs_for("slurm"), strict=True, euid=os.geteuid())
     assert e.action == L.REFUSE and str(p) in e.reason and "o+w" in e.reason
+
+
+def test_strict_accepts_configmap_style_symlinks(tmp_path):
+    """Kubernetes ConfigMap volume: 10-gpu.sh -> ..data/10-gpu.sh, ..data -> ..2024_x/."""
+    d = tmp_path / "prolog.d"
+    real = mkscript(d / "..2024_01_01_00_00_00.1", "10-gpu.sh")
+    os.symlink("..2024_01_01_00_00_00.1", d / "..data")
+    os.symlink("..data/10-gpu.sh", d / "10-gpu.sh")
+    entries, _ = L.plan([str(d)], L.knobs_for("slinky"), strict=True, euid=os.geteuid())
+    runs = [e for e in entries if e.action == L.RUN]
+    assert [e.path for e in runs] == [str(d / "10-gpu.sh")]
+    assert all(e.action == L.SKIP for e in entries if e.path.startswith(str(d / "..")))
+    assert real.exists()

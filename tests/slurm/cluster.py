@@ -363,7 +363,7 @@ class SlurmCluster:
             nonlocal last
             last = self.job(job_id)
             return last.get("JobState") in want
-        self._wait(done, timeout, f"job {job_id} to reach {sorted(want)} (last: "
+        self._wait(done, timeout, lambda: f"job {job_id} to reach {sorted(want)} (last: "
                    f"{last.get('JobState')} {last.get('Reason')})", ("slurmctld", "slurmd"))
         return last
 

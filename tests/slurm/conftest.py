@@ -109,12 +109,12 @@ def deploy(cluster, etc_config, request):
     (and, for mode "hookscope", /etc/hookscope/hookscope.toml) at them, reconfigure."""
     made = []
 
-    def _deploy(mode, scripts=None):
+    def _deploy(mode, scripts=None, **kw):
         if mode == "hookscope":
             r = hook_missing_reason()
             require(r is None, r or "")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-        sc = Scenario(cluster.root / "scenarios" / f"{name}-{len(made)}", scripts or {})
+        sc = Scenario(cluster.root / "scenarios" / f"{name}-{len(made)}", scripts or {}, **kw)
         made.append(sc)
         if mode == "hookscope":
             etc_config.parent.mkdir(mode=0o755, exist_ok=True)

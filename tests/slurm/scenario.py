@@ -80,12 +80,14 @@ class Scenario:
     ``scripts`` maps context -> {file name: script text, or (text, mode)}.
     A text without ``#!`` is a body: it gets ``#!/bin/sh`` and a first line
     that appends ``<context> <job id> <file name>`` to the marker file.
-    Contexts left out get one harmless marker script, so every slot that
+    Contexts left out get one harmless marker script (``{}`` leaves the
+    directory empty), so every slot that
     hookscope fills has something to run (an empty directory is a failure
     under the ``slurm`` layout, exactly as an empty glob is for slurmd)."""
 
     base: Path
     scripts: dict = field(default_factory=dict)
+    budget_s: float = RUNNER_BUDGET_S  # [runner] timeout_s; 0 = none
 
     def __post_init__(self):
         self.base = Path(self.base)
@@ -101,7 +103,7 @@ class Scenario:
             d.mkdir(exist_ok=True)
             os.chmod(d, 0o755)
             self.dirs[ctx] = d
-            files = self.scripts.get(ctx) or {"50-ok": "exit 0\n"}
+            files = self.scripts[ctx] if ctx in self.scripts else {"50-ok": "exit 0\n"}
             for name, spec in files.items():
                 text, mode = (spec if isinstance(spec, tuple) else (spec, 0o755))
                 if not text.startswith("#!"):
@@ -139,7 +141,7 @@ class Scenario:
             CONFIG_HEADER + "; the original is restored afterwards",
             "[runner]",
             f"journal_dir = {json.dumps(str(self.journal_dir))}",
-            f"timeout_s = {RUNNER_BUDGET_S}",
+            f"timeout_s = {self.budget_s}",
             f"kill_grace_s = {RUNNER_GRACE_S}",
             "",
             "[runner.dirs]",

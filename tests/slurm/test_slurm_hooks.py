@@ -136,6 +136,23 @@ def test_failing_prolog_drains_and_holds(deploy, cluster, mode):
                for r in kinds(recs, C.K_SCRIPT_STARTED))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_prolog_dir(deploy, cluster, mode):
+    """slurmd fails a Prolog glob that matches nothing; the runner's slurm
+    layout does the same (its empty_ok opt-out is not set here)."""
+    sc = deploy(mode, {"prolog_slurmd": {}})
+    job = cluster.sbatch(JOB)
+    node = cluster.wait_drained()
+    info = cluster.wait_job_settled(job)
+    assert node["Reason"] == PROLOG_ERROR, node
+    assert info["JobState"] == "PENDING" and "held" in info["Reason"], info
+    if mode == "bare":
+        return
+    recs = poll(lambda: hook_runs_done(sc, ["prolog_slurmd"]), 15, "the prolog's hook_ended record")
+    end = one(recs["prolog_slurmd"], C.K_HOOK_ENDED)
+    assert end[C.R_STATUS] != 0 and end[C.R_N_SCRIPTS] == 0, end
+
+
 def _sleepers(tag):
     import os
     out = []
@@ -222,8 +239,10 @@ def test_job_metadata_every_context(deploy, cluster):
     assert cluster.wait_job_settled(job)["JobState"] == "COMPLETED"
     runs = poll(lambda: hook_runs_done(sc, ALL_CONTEXTS), 15,
                 lambda: f"a finished hook run per context; have {sorted(sc.hooks())}")
+    # No accounting here: slurmctld's hooks get SLURM_JOB_ACCOUNT="(null)",
+    # slurmd's none at all; both mean "no account".
     want = {"job_id": str(job), "user": "root", "uid": "0", "partition": "debug",
-            "cluster": cluster.cluster_name, "nodelist": cluster.node}
+            "cluster": cluster.cluster_name, "nodelist": cluster.node, "account": None}
     wrong = {}
     for ctx, recs in runs.items():
         md = one(recs, C.K_HOOK_STARTED)[C.R_JOB]
@@ -246,6 +265,8 @@ def test_requeued_job_after_fix_and_resume(deploy, cluster):
     fixed.write_text(fixed.read_text().replace("exit 4", "exit 0"))
     cluster.resume()
     cluster.scontrol("release", str(job))
+    # slurmctld delays a requeued job (Reason=BeginTime); the SRE says "now".
+    cluster.scontrol("update", f"jobid={job}", "starttime=now")
     info = cluster.wait_job(job, {"COMPLETED"}, timeout=60)
     assert info["Restarts"] == "1", info
     assert "job-ran" in cluster.job_output(job)
@@ -254,9 +275,10 @@ def test_requeued_job_after_fix_and_resume(deploy, cluster):
     statuses = sorted(one(r, C.K_HOOK_ENDED)[C.R_STATUS] for r in prologs)
     assert statuses == [0, 4]
     runs = poll(lambda: hook_runs_done_last(sc, ALL_CONTEXTS), 15, "the retry's hook runs")
-    for ctx, recs in runs.items():
-        md = one(recs, C.K_HOOK_STARTED)[C.R_JOB]
-        assert (md["job_id"], md["restart_count"]) == (str(job), "1"), (ctx, md)
+    got = {ctx: (one(recs, C.K_HOOK_STARTED)[C.R_JOB]["job_id"],
+                 one(recs, C.K_HOOK_STARTED)[C.R_JOB]["restart_count"]) for ctx, recs in runs.items()}
+    assert got == {ctx: (str(job), "1") for ctx in ALL_CONTEXTS}, \
+        f"(job_id, restart_count) per context of the retry: {got}"
 
 
 def hook_runs_done_last(sc, contexts):
@@ -270,3 +292,28 @@ def hook_runs_done_last(sc, contexts):
             return None
         out[ctx] = max(runs, key=lambda r: r[0][C.R_SEQ])
     return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_slurm_timeout_kills_the_runner(deploy, cluster, mode):
+    """With no budget of its own, hookscope-hook is what slurmd kills at
+    PrologEpilogTimeout (SIGTERM to its process group, SIGKILL 10 ms later).
+    Slurm's outcome is unchanged, the hung script does not outlive the hook,
+    and the journal already names the script that was running."""
+    tag = "315" if mode == "bare" else "316"
+    sc = deploy(mode, {"prolog_slurmd": {"10-hang": f"echo stuck\n/bin/sleep {tag}\n"}}, budget_s=0)
+    mark = cluster._log_size("slurmd")
+    job = cluster.sbatch(JOB)
+    node = cluster.wait_drained(timeout=PROLOG_EPILOG_TIMEOUT + 30)
+    info = cluster.wait_job_settled(job)
+    assert node["Reason"] == PROLOG_ERROR, node
+    assert info["JobState"] == "PENDING" and "held" in info["Reason"], info
+    assert "prolog poll timeout" in cluster._log_since("slurmd", mark)
+    poll(lambda: not _sleepers(tag), 10, lambda: f"the hung script /bin/sleep {tag} to be gone: {_sleepers(tag)}")
+    if mode == "bare":
+        return
+    hooks = poll(lambda: sc.hooks().get("prolog_slurmd"), 10, "the prolog's journal file")
+    assert len(hooks) == 1
+    started = one(hooks[0], C.K_SCRIPT_STARTED)
+    assert started[C.R_PATH] == str(sc.path("prolog_slurmd", "10-hang"))
+    assert one(hooks[0], C.K_HOOK_STARTED)[C.R_JOB]["job_id"] == str(job)

@@ -108,6 +108,8 @@ def assert_cause(why, cluster, sc, job, context, script, exit_code=None, output=
     cause = why["cause"]
     assert cause is not None, f"why found no hook failure: {why}"
     assert cause["context"] == context, cause
+    # what why says Slurm did is what sinfo -R showed
+    assert cause.get("drain_reason") == C.DRAIN_REASON[context] == cluster.drain_reasons()[0], cause
     assert cause["script"] == str(sc.path(context, script)), cause
     assert str(cause["job_id"]) == str(job), cause
     assert cause["user"] == "root", cause

@@ -1,0 +1,124 @@
+"""Benchmark: hookscope's runner vs Debian run-parts on the same directory.
+
+Side by side in one run, interleaved (run-parts, hookscope-hook, hookscope run,
+run-parts, ...), medians over many repetitions, ratio printed:
+
+  (a) 10 no-op scripts           goal <= 1.5x run-parts, > 2.5x is a defect
+  (b) 10 scripts sleeping 20 ms  goal <= 1.02x
+
+hookscope runs through the installed lean launchers, i.e. exactly what
+slurm.conf calls: ``hookscope-hook`` (context from SLURM_SCRIPT_CONTEXT,
+directory and run-parts layout from a config file, journal with the default
+fdatasync) and ``hookscope run --layout run-parts --dir ...``.  The journal
+files are removed between repetitions, outside the timing, as a running
+agent would ship them.  ``python -I -S -c pass`` is printed as the floor: the
+interpreter start-up no Python runner can go below.
+
+Run: make bench   (or .venv/bin/python tests/bench/bench_runner.py [--reps N])
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(os.environ.get("HOOKSCOPE_VENV", ROOT / ".venv")) / "bin"
+
+
+def spawn_wait(argv, env):
+    """Wall time of one process run, with as little harness overhead as possible."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        t0 = time.perf_counter()
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1),
+                                                                (os.POSIX_SPAWN_DUP2, devnull, 0)])
+        _, status = os.waitpid(pid, 0)
+        dt = time.perf_counter() - t0
+    finally:
+        os.close(devnull)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: {argv} exited {os.waitstatus_to_exitcode(status)}")
+    return dt
+
+
+def make_dir(base, name, body):
+    d = base / name
+    d.mkdir()
+    for i in range(10):
+        p = d / f"{i:02d}-script"
+        p.write_text("#!/bin/sh\n" + body + "\n")
+        p.chmod(0o755)
+    return d
+
+
+def clean_journal(j):
+    if j.exists():
+        for p in j.glob("*.jsonl"):
+            p.unlink()
+
+
+def bench_case(label, hook_dir, base, reps, warmup=5):
+    journal = base / f"journal-{hook_dir.name}"
+    cfg = base / f"{hook_dir.name}.toml"
+    cfg.write_text(f'[runner]\nlayout = "run-parts"\njournal_dir = "{journal}"\n'
+                   f'[runner.dirs]\nprolog_slurmd = "{hook_dir}"\n')
+    run_parts = shutil.which("run-parts") or "/usr/bin/run-parts"
+    base_env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_JOB_USER": "root"}
+    hook_env = dict(base_env, SLURM_SCRIPT_CONTEXT="prolog_slurmd", HOOKSCOPE_CONFIG=str(cfg))
+    del hook_env["PATH"]  # slurmd's case: the runner supplies its safe PATH
+    cmds = {
+        "floor: python -I -S -c pass": ([str(VENV_BIN / "python"), "-I", "-S", "-c", "pass"], base_env),
+        "run-parts --exit-on-error": ([run_parts, "--exit-on-error", str(hook_dir)], base_env),
+        "hookscope-hook (slurm.conf)": ([str(VENV_BIN / "hookscope-hook")], hook_env),
+        "hookscope run --layout run-parts": ([str(VENV_BIN / "hookscope"), "run", "--context", "prolog_slurmd",
+                                              "--layout", "run-parts", "--dir", str(hook_dir), "--journal",
+                                              str(journal)], dict(base_env, HOOKSCOPE_CONFIG=str(cfg))),
+    }
+    times = {k: [] for k in cmds}
+    for i in range(warmup + reps):
+        for name, (argv, env) in cmds.items():
+            dt = spawn_wait(argv, env)
+            clean_journal(journal)
+            if i >= warmup:
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ref = med["run-parts --exit-on-error"]
+    print(f"\n({label})  {reps} interleaved repetitions, medians")
+    for name, m in med.items():
+        q = statistics.quantiles(times[name], n=10)
+        print(f"  {name:<36} {m * 1000:8.2f} ms   p10 {q[0] * 1000:7.2f}  p90 {q[-1] * 1000:7.2f}   "
+              f"ratio {m / ref:5.2f}x")
+    return med["hookscope-hook (slurm.conf)"] / ref, med["hookscope run --layout run-parts"] / ref
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=200, help="repetitions for (a); (b) uses reps/5")
+    args = ap.parse_args(argv)
+    first = (VENV_BIN / "hookscope-hook").read_text().splitlines()[0]
+    if "-IS" not in first:
+        print(f"note: {VENV_BIN}/hookscope-hook is pip's wrapper, not the lean launcher; "
+              f"run 'python -m emitter.launcher install .venv' first")
+    base = Path(tempfile.mkdtemp(prefix="hookscope-bench-"))
+    try:
+        noop = make_dir(base, "noop", "exit 0")
+        sleepy = make_dir(base, "sleep20", "sleep 0.02")
+        a_hook, a_run = bench_case("a: 10 no-op scripts", noop, base, args.reps)
+        b_hook, b_run = bench_case("b: 10 scripts x 20 ms", sleepy, base, max(10, args.reps // 5))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print("\nverdict:")
+    print(f"  (a) hookscope-hook {a_hook:.2f}x, hookscope run {a_run:.2f}x run-parts  "
+          f"(goal <= 1.5x, defect > 2.5x): {'goal met' if a_hook <= 1.5 else 'within bound' if a_hook <= 2.5 else 'DEFECT'}")
+    print(f"  (b) hookscope-hook {b_hook:.3f}x, hookscope run {b_run:.3f}x run-parts  "
+          f"(goal <= 1.02x): {'goal met' if b_hook <= 1.02 else 'missed'}")
+    return 0 if a_hook <= 2.5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Soak: N minutes (default 30) at a target of 2,000 hook runs/s.
+
+Generator processes write hook journals (the runner's own writer, as in
+bench_load.py) into the journals of a few simulated nodes at the target rate;
+one real ``hookscope agent`` process per node journal ships them; one real
+``hookscope collect`` process stores them.  Every ``--sample`` seconds it
+records agent and collector RSS (/proc/PID/status VmRSS), consumer lag
+(messages in the stream not yet acked by the durable consumer) and the journal
+backlog (files waiting on the nodes).  At the end: achieved rate, RSS at start
+and end per process, the RSS slope over the second half (memory must not grow
+without bound), lag, and an exact stored-vs-journaled count.
+
+Usage: bench_soak.py [--minutes 30] [--rate 2000] [--agents 4] [--generators 2] [--scripts 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_load import CLUSTER, consumer_state, ensure_streams, sim_hook, start_collector, stop, store_counts  # noqa: E402
+from collector.embedded import NatsServer  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    """RSS of a process and its children (a click command may fork helpers)."""
+    total = 0
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def _generator(base: str, nodes: list[str], rate: float, seconds: float, n_scripts: int, counter, go):
+    """Write hooks round-robin over ``nodes`` at ``rate``/s for ``seconds``."""
+    go.wait()
+    t0 = time.monotonic()
+    i = 0
+    recs = 0
+    while True:
+        now = time.monotonic() - t0
+        if now >= seconds:
+            break
+        due = int(now * rate) + 1
+        while i < due:
+            node = nodes[i % len(nodes)]
+            recs += sim_hook(os.path.join(base, node), node, 100000 + i, n_scripts,
+                             fail_index=0 if i % 50 == 0 else None)
+            i += 1
+        time.sleep(0.002)
+    with counter.get_lock():
+        counter.value += recs
+
+
+def start_agent(url: str, journal: Path, node: str, log: Path):
+    f = open(log, "ab")
+    p = subprocess.Popen([sys.executable, "-m", "emitter.cli", "agent", "--nats", url, "--journal", str(journal),
+                          "--node", node, "--cluster", CLUSTER, "--gpu", "none", "--no-create-streams"],
+                         stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         start_new_session=True, cwd=ROOT)
+    f.close()
+    return p
+
+
+def backlog(base: Path) -> int:
+    return sum(1 for _ in base.rglob("*.jsonl"))
+
+
+def lag(url: str) -> int | None:
+    try:
+        msgs, last, pending, ack_pending, floor = asyncio.run(consumer_state(url))
+        return last - floor
+    except Exception:
+        return None
+
+
+def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of RSS over the second half of the run."""
+    half = samples[len(samples) // 2:]
+    if len(half) < 2:
+        return 0.0
+    n = len(half)
+    mx = sum(t for t, _ in half) / n
+    my = sum(v for _, v in half) / n
+    den = sum((t - mx) ** 2 for t, _ in half) or 1.0
+    return sum((t - mx) * (v - my) for t, v in half) / den * 60
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--rate", type=float, default=2000, help="target hook runs per second, all nodes together")
+    ap.add_argument("--agents", type=int, default=4, help="simulated nodes, one real agent process each")
+    ap.add_argument("--generators", type=int, default=2)
+    ap.add_argument("--scripts", type=int, default=2, help="scripts per hook")
+    ap.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
+    ap.add_argument("--keep")
+    a = ap.parse_args(argv)
+    work = Path(a.keep or tempfile.mkdtemp(prefix="hookscope-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
+    journals = work / "journals"
+    nodes = [f"soak{i:03d}" for i in range(a.agents)]
+    seconds = a.minutes * 60
+    ctx = mp.get_context("fork")
+    srv = NatsServer(store_dir=work / "nats").start()
+    procs = {}
+    samples: dict[str, list] = {}
+    lags, backlogs = [], []
+    try:
+        ensure_streams(srv.url)
+        procs["collector"] = start_collector(srv.url, work / "store.duckdb", work / "archive", work / "collector.log")
+        for n in nodes:
+            (journals / n).mkdir(parents=True, exist_ok=True)
+            procs[f"agent-{n}"] = start_agent(srv.url, journals / n, n, work / f"agent-{n}.log")
+        time.sleep(3.0)  # start-up, then the first RSS sample is the baseline
+        counter, go = ctx.Value("q", 0), ctx.Event()
+        gens = [ctx.Process(target=_generator, args=(str(journals), nodes[g::a.generators] or nodes,
+                                                     a.rate / a.generators, seconds, a.scripts, counter, go))
+                for g in range(a.generators)]
+        for g in gens:
+            g.start()
+        t0 = time.monotonic()
+        go.set()
+        next_sample = 0.0
+        while any(g.is_alive() for g in gens):
+            el = time.monotonic() - t0
+            if el >= next_sample:
+                for name, p in procs.items():
+                    samples.setdefault(name, []).append((el, rss_mb(p.pid)))
+                lags.append((el, lag(srv.url)))
+                backlogs.append((el, backlog(journals)))
+                next_sample += a.sample
+            time.sleep(0.2)
+        t_gen = time.monotonic() - t0
+        for g in gens:
+            g.join(10)
+        records = counter.value
+        # drain: until the journals are empty and the consumer caught up
+        t_end = time.monotonic() + 600
+        while time.monotonic() < t_end and (backlog(journals) or (lag(srv.url) or 0) > 0):
+            time.sleep(0.5)
+        t_drain = time.monotonic() - t0 - t_gen
+        for name, p in procs.items():
+            samples.setdefault(name, []).append((time.monotonic() - t0, rss_mb(p.pid)))
+        for p in procs.values():
+            stop(p)
+        counts = store_counts(work / "store.duckdb")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        srv.stop()
+    hooks = counts["hook_runs"]
+    print(f"soak: {a.minutes:g} min target {a.rate:g} hook runs/s, {a.agents} nodes/agents, "
+          f"{a.generators} generators, {a.scripts} scripts/hook")
+    print(f"  achieved: {hooks} hook runs in {t_gen:.0f} s = {hooks / t_gen:.0f}/s written; "
+          f"drain after the end {t_drain:.1f} s")
+    for name, s in samples.items():
+        print(f"  RSS {name:<16} start {s[0][1]:7.1f} MB  end {s[-1][1]:7.1f} MB  max {max(v for _, v in s):7.1f} MB  "
+              f"2nd-half slope {slope_mb_per_min(s):+6.2f} MB/min")
+    lv = [v for _, v in lags if v is not None]
+    print(f"  consumer lag (msgs not yet acked): max {max(lv, default=0)}, last during run {lv[-1] if lv else 0}")
+    print(f"  journal backlog (files on nodes): max {max((v for _, v in backlogs), default=0)}")
+    ok = counts["journal"] == records and counts["dups"] == 0
+    print(f"  stored journal records {counts['journal']} vs journaled {records}, duplicates {counts['dups']}: "
+          + ("OK" if ok else "DEFECT"))
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""End to end against real nats-server processes and real DuckDB files."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import duckdb
+import pytest
+
+from collector import decode as D
+from collector import schema
+from collector.consumer import Collector, CollectorConfig
+from collector.embedded import EmbeddedCluster
+from collector.metrics import serve_metrics
+from collector.rebuild import from_archive, from_stream
+from emitter import contract as C
+from emitter import otlp
+from gen import Node, gpu_message, hook_message
+from harness import (collect_once, compare_stores, counts, http_get, metric_value, no_duplicates,
+                     publish, start_collect_process, wait_for)
+
+pytestmark = pytest.mark.slow
+
+
+def workload(n_hooks=30, n_nodes=3, fail_every=7):
+    """Messages plus what they must store."""
+    nodes = [Node(f"node{i:03d}") for i in range(n_nodes)]
+    msgs, hooks, scripts, records = [], 0, 0, 0
+    for i in range(n_hooks):
+        node = nodes[i % n_nodes]
+        fail = 2 if i % fail_every == 0 else None
+        subj, mid, payload, recs = hook_message(node, job_id=str(100 + i // n_nodes), fail_index=fail)
+        msgs.append((subj, mid, payload))
+        hooks += 1
+        scripts += 3 if fail is not None else 8
+        records += len(recs)
+    for node in nodes:
+        subj, mid, payload, _ = gpu_message(node)
+        msgs.append((subj, mid, payload))
+        rec = node.node_event()
+        msgs.append((C.subject(C.SIGNAL_SPANS, node.cluster, node.node),
+                     C.message_id(node.cluster, node.node, C.SIGNAL_SPANS, rec[C.R_HASH][:16]),
+                     otlp.encode_trace([rec])))
+        records += 1
+    expect = {"hook_runs": hooks, "script_runs": scripts, "journal": records,
+              "gpu_samples": 8 * n_nodes, "node_events": n_nodes}
+    return msgs, expect
+
+
+def assert_expected(db, expect):
+    got = counts(db)
+    for t, n in expect.items():
+        assert got[t] == n, (t, got[t], n)
+    no_duplicates(db)
+    return got
+
+
+def test_collect_exact_counts_duplicates_and_replay(nats_server, tmp_path):
+    msgs, expect = workload()
+    publish(nats_server.url, msgs)
+    # the same messages again: half with the same Nats-Msg-Id (JetStream drops
+    # them), half with new IDs (stored twice in the stream: the store dedupes)
+    publish(nats_server.url, msgs[:10] + [(s, (m or "") + ".again", p) for s, m, p in msgs[10:20]])
+    db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
+    stats = collect_once(nats_server.url, db, arch)
+    assert stats["messages"] == len(msgs) + 10
+    got = assert_expected(db, expect)
+    assert got["dead_letters"] == 0
+    # replay: a second consumer reading from sequence 1 into the same file
+    collect_once(nats_server.url, db, arch, instance="replay", durable="replay")
+    assert counts(db) == dict(got, ingest_state=2)
+    # archive union deduped by key equals the store
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    from_archive(str(arch), str(rebuilt), progress=False)
+    assert compare_stores(db, rebuilt) == {}
+
+
+def _bad_messages():
+    node = Node("bad01")
+    spans = C.subject(C.SIGNAL_SPANS, node.cluster, node.node)
+    good_subj, _, good, recs = hook_message(node, n_scripts=2)
+    req = otlp.trace_request(recs)
+    req.resource_spans[0].scope_spans[0].spans[1].span_id = b"\x02" * 8
+    bad_ids = req.SerializeToString()
+    req = otlp.trace_request(recs)
+    for kv in req.resource_spans[0].resource.attributes:
+        if kv.key == C.A_SERVICE_NAME:
+            kv.value.string_value = "someone-else"
+    foreign = req.SerializeToString()
+    req = otlp.trace_request(recs)
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    keep = [kv for kv in span.attributes if kv.key != C.A_RECORDS]
+    del span.attributes[:]
+    span.attributes.extend(keep)
+    missing = req.SerializeToString()
+    _, old = Node("bad02").hook(ts=10**9, n_scripts=1)
+    _, new = Node("bad03").hook(n_scripts=1)
+    _, typed = Node("bad04").hook(n_scripts=1)
+    typed[2] = dict(typed[2], exit_code="zero")
+    return {
+        D.DL_MALFORMED: (spans, None, b"\x0a\x05\xff\xff\xff"),
+        D.DL_NOT_OURS: (spans, None, foreign),
+        D.DL_MISSING: (spans, None, missing),
+        D.DL_OVERSIZED: (spans, None, b"\x0a" * 16000),  # over the collector's limit below
+        D.DL_BAD_TIMESTAMP: (spans, None, otlp.encode_trace(old)),
+        D.DL_TOO_NEW: (spans, None, otlp.encode_trace([dict(r, v=C.SCHEMA_VERSION + 1) for r in new])),
+        D.DL_BAD_IDS: (spans, None, bad_ids),
+        D.DL_BAD_RECORD: (spans, None, otlp.encode_trace(typed)),
+        D.DL_BAD_SUBJECT: None,  # not on the stream's subjects: cannot reach the collector
+    }
+
+
+def test_dead_letter_every_class_through_nats(nats_server, tmp_path):
+    bad = _bad_messages()
+    msgs, expect = workload(n_hooks=6)
+    oversized_payload = bad[D.DL_OVERSIZED][2]
+    sendable = [v for v in bad.values() if v is not None]
+    # interleave bad and good: bad input must not block or lose the good
+    mixed = []
+    for i, m in enumerate(msgs):
+        mixed.append(m)
+        if i < len(sendable):
+            mixed.append(sendable[i])
+    mixed += sendable[len(msgs):]
+    publish(nats_server.url, mixed)
+    db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
+    limit = len(oversized_payload) - 1000  # the good hook messages of workload() are smaller
+    assert max(len(p) for _, _, p in msgs) < limit
+    stats = collect_once(nats_server.url, db, arch, max_message_bytes=limit)
+    want = sorted(r for r, v in bad.items() if v is not None)
+    con = duckdb.connect(str(db), read_only=True)
+    reasons = sorted(r for (r,) in con.execute("SELECT reason FROM dead_letters").fetchall())
+    payloads = con.execute("SELECT reason, payload, size, subject FROM dead_letters").fetchall()
+    con.close()
+    assert reasons == want
+    for reason, payload, size, subj in payloads:
+        assert payload == bad[reason][2] and size == len(payload) and subj == bad[reason][0]
+    assert stats["dead_letters"] == {r: 1 for r in want}
+    # the good messages are all there
+    ok = dict(expect)
+    ok["journal"] = expect["journal"]
+    assert_expected(db, ok)
+    # and every dead letter is on its subject in the DLQ stream
+    import nats
+
+    async def dlq():
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        info = await js.stream_info(C.DLQ_STREAM_NAME)
+        sub = await js.subscribe(f"{C.SUBJECT_DEADLETTER}.>", ordered_consumer=True)
+        got = []
+        for _ in range(info.state.messages):
+            m = await sub.next_msg(timeout=5)
+            got.append((m.subject, m.headers.get("Hookscope-Deadletter-Reason")))
+        await nc.close()
+        return info.state.messages, got
+
+    n, got = asyncio.run(dlq())
+    assert n == len(want)
+    assert sorted(got) == sorted((C.deadletter_subject(r), r) for r in want)
+
+
+def test_kill9_mid_batch_then_restart_exact_counts(nats_server, tmp_path):
+    msgs, expect = workload(n_hooks=1500, n_nodes=50, fail_every=1000)
+    publish(nats_server.url, msgs)
+    db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
+    port = _free_port()
+    p = start_collect_process(nats_server.url, db, arch, extra=["--batch", "50"],
+                              metrics=f"127.0.0.1:{port}")
+    try:
+        def started():
+            try:
+                return metric_value(http_get(f"http://127.0.0.1:{port}/metrics"),
+                                    "hookscope_collector_messages_total") >= 100
+            except OSError:
+                return False
+        wait_for(started, 60, what="the collector to commit some batches")
+        # readers: the live file is locked, the snapshot opens read-only
+        with pytest.raises(duckdb.Error):
+            duckdb.connect(str(db), read_only=True)
+        wait_for(lambda: os.path.exists(schema.snapshot_path(str(db))), 10, what="a snapshot")
+        con = duckdb.connect(schema.snapshot_path(str(db)), read_only=True)
+        assert con.execute("SELECT count(*) FROM hook_runs").fetchone()[0] > 0
+        con.close()
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    partial = counts(db)["hook_runs"]
+    assert partial < 1500, "killed too late to test anything"
+    collect_once(nats_server.url, db, arch, instance="p1")
+    assert_expected(db, expect)
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    from_archive(str(arch), str(rebuilt), progress=False)
+    assert compare_stores(db, rebuilt) == {}
+
+
+def test_sigterm_finishes_batch_acks_and_exits(nats_server, tmp_path):
+    msgs, expect = workload(n_hooks=1000, n_nodes=20, fail_every=1000)
+    publish(nats_server.url, msgs)
+    db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
+    port = _free_port()
+    p = start_collect_process(nats_server.url, db, arch, extra=["--batch", "50"], metrics=f"127.0.0.1:{port}")
+    try:
+        wait_for(lambda: _messages(port) >= 50, 60, what="first commits")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err.decode()[-2000:]
+    assert b"stored" in err
+    done = counts(db)
+    # what was committed was acked: a fresh run stores exactly the rest
+    collect_once(nats_server.url, db, arch, instance="p1")
+    assert_expected(db, expect)
+    assert done["hook_runs"] <= expect["hook_runs"]
+
+
+def _messages(port):
+    try:
+        return metric_value(http_get(f"http://127.0.0.1:{port}/metrics"), "hookscope_collector_messages_total")
+    except OSError:
+        return 0
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_in_thread(cfg):
+    col = Collector(cfg)
+    loop = asyncio.new_event_loop()
+    result = {}
+
+    def main():
+        async def go():
+            try:
+                result["stats"] = await col.run()
+            finally:
+                await col.close_nats()
+        loop.run_until_complete(go())
+
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+
+    def stop():
+        loop.call_soon_threadsafe(col.stop)
+        t.join(30)
+        col.close()
+        return result.get("stats")
+    return col, stop
+
+
+def test_nats_restart_mid_ingest_exact_counts(nats_server, tmp_path):
+    msgs, expect = workload(n_hooks=400, n_nodes=10)
+    half = len(msgs) // 2
+    publish(nats_server.url, msgs[:half])
+    db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
+    col, stop = _run_in_thread(CollectorConfig(nats_url=nats_server.url, db=str(db), archive=str(arch),
+                                               instance="r1", batch=20, fsync=False))
+    try:
+        wait_for(lambda: col.metrics.snapshot()["messages"] >= 20, 30, what="first batch")
+        nats_server.restart()
+        publish(nats_server.url, msgs[half:])
+        wait_for(lambda: col.metrics.snapshot()["messages"] >= len(msgs), 60, what="all messages")
+    finally:
+        stop()
+    assert_expected(db, expect)
+
+
+def test_rebuild_from_archive_and_stream_equal_live(nats_server, tmp_path):
+    msgs, expect = workload(n_hooks=40)
+    bad = _bad_messages()
+    msgs += [bad[D.DL_MALFORMED], bad[D.DL_BAD_TIMESTAMP]]
+    publish(nats_server.url, msgs)
+    publish(nats_server.url, [(s, (m or "x") + ".dup", p) for s, m, p in msgs[:5]])
+    db, arch = tmp_path / "live.duckdb", tmp_path / "archive"
+    collect_once(nats_server.url, db, arch, batch=16)
+    assert counts(db)["dead_letters"] == 2
+    a = tmp_path / "from-archive.duckdb"
+    from_archive(str(arch), str(a), progress=False)
+    s = tmp_path / "from-stream.duckdb"
+    res = from_stream(nats_server.url, str(s), progress=False)
+    assert res["messages"] == len(msgs) + 5
+    assert compare_stores(db, a) == {}
+    assert compare_stores(db, s) == {}
+    assert counts(a)["hook_runs"] == expect["hook_runs"]
+
+
+def test_two_collectors_share_one_durable(nats_server, tmp_path):
+    msgs, expect = workload(n_hooks=1200, n_nodes=30, fail_every=1000)
+    publish(nats_server.url, msgs)
+    arch = tmp_path / "archive"  # shared; file names carry the instance name
+    procs = [start_collect_process(nats_server.url, tmp_path / f"c{i}.duckdb", arch, name=f"c{i}",
+                                   extra=["--once", "--batch", "20"]) for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()[-2000:]
+    split = [counts(tmp_path / f"c{i}.duckdb")["hook_runs"] for i in range(2)]
+    assert sum(split) == expect["hook_runs"], split  # each message went to exactly one
+    assert all(n > 0 for n in split), split
+    con = duckdb.connect()
+    g = str(arch / "raw" / "**" / "*.parquet")
+    n, distinct = con.execute(f"SELECT count(*), count(DISTINCT stream_seq) FROM read_parquet('{g}')").fetchone()
+    assert n == distinct == len(msgs)  # archived exactly once in the union
+    union = tmp_path / "union.duckdb"
+    from_archive(str(arch), str(union), progress=False)
+    assert_expected(union, expect)
+
+
+def test_three_node_cluster_r3_kill_one_mid_ingest(tmp_path):
+    cluster = EmbeddedCluster(tmp_path / "cluster").start()
+    try:
+        msgs, expect = workload(n_hooks=300, n_nodes=10)
+        half = len(msgs) // 2
+        publish(cluster.urls, msgs[:half], replicas=3)
+        db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
+        col, stop = _run_in_thread(CollectorConfig(nats_url=cluster.urls, db=str(db), archive=str(arch),
+                                                   instance="k1", batch=20, replicas=3, fsync=False))
+        try:
+            wait_for(lambda: col.metrics.snapshot()["messages"] >= 20, 30, what="first batch")
+            cluster.servers[0].kill()  # SIGKILL one of three mid-ingest
+            publish(",".join(s.url for s in cluster.servers[1:]), msgs[half:], replicas=3)
+            wait_for(lambda: col.metrics.snapshot()["messages"] >= len(msgs), 90, what="all messages")
+        finally:
+            stop()
+        assert_expected(db, expect)
+    finally:
+        cluster.stop()
+
+
+def test_metrics_endpoint_reports_ingest(nats_server, tmp_path):
+    msgs, expect = workload(n_hooks=5)
+    publish(nats_server.url, msgs + [_bad_messages()[D.DL_MALFORMED]])
+    cfg = CollectorConfig(nats_url=nats_server.url, db=str(tmp_path / "h.duckdb"), archive=None, fsync=False)
+    col, stop = _run_in_thread(cfg)
+    srv = serve_metrics(col.metrics, "127.0.0.1:0")
+    try:
+        wait_for(lambda: col.metrics.snapshot()["messages"] >= len(msgs) + 1, 30, what="ingest")
+        text = http_get(f"http://127.0.0.1:{srv.server_address[1]}/metrics")
+    finally:
+        srv.shutdown()
+        stop()
+    assert metric_value(text, "hookscope_collector_messages_total") == len(msgs) + 1
+    assert metric_value(text, "hookscope_collector_spans_total") == 5 * 9 + 3
+    assert 'hookscope_collector_dead_letters_total{reason="malformed"} 1' in text
+    assert "hookscope_collector_consumer_lag_messages 0" in text
+    assert metric_value(text, "hookscope_collector_store_bytes") > 0
+    assert "hookscope_collector_commit_seconds_count" in text
+
+
+def test_cli_collect_embedded_default(tmp_path):
+    """No --nats: the embedded nats-server starts next to the DB and stops on exit."""
+    db = tmp_path / "store" / "h.duckdb"
+    r = subprocess.run([*__import__("harness").HOOKSCOPE, "collect", "--db", str(db), "--once",
+                        "--nats-port", "0"], capture_output=True, text=True, timeout=60,
+                       cwd=str(__import__("harness").ROOT))
+    assert r.returncode == 0, r.stderr
+    assert "embedded nats-server" in r.stderr and "stored 0 messages" in r.stderr
+    assert (tmp_path / "store" / "nats" / "jetstream").is_dir()
+    assert counts(db)["hook_runs"] == 0
+    out = subprocess.run([*__import__("harness").HOOKSCOPE, "collect", "--help"], capture_output=True, text=True,
+                         cwd=str(__import__("harness").ROOT))
+    assert "Example:" in out.stdout
