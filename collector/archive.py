@@ -5,7 +5,9 @@ Layout (``schema.ARCHIVE_TABLES``)::
     <archive>/<table>/cluster=<c>/date=<YYYY-MM-DD>/<consumer>-<first:012d>-<last:012d>.parquet
 
 Hive-partitioned, plain Parquet (zstd, microsecond UTC timestamps), readable
-as-is by DuckDB, Spark and Trino.  Each file is written under a temporary
+as-is by DuckDB, Spark and Trino.  The ``cluster`` column lives only in the
+partition path (%-escaped like Hive; read it with ``hive_partitioning`` and
+``hive_types={'cluster': VARCHAR}`` so a cluster named "001" stays a string).  Each file is written under a temporary
 name, fsynced, renamed into place and its directory fsynced, so a reader
 never sees half a file.  The ``date`` is the day the stream received the
 message (UTC), so a replay writes into the same partition.
@@ -137,8 +139,8 @@ def read_sql(root: str, table: str) -> str:
         return f"SELECT {cols} FROM ({_empty_sql(table)})"
     keys = ", ".join(schema.KEYS[table])
     order = "stream_seq" if "stream_seq" in sch.names else "filename"
-    src = (f"read_parquet('{table_glob(root, table)}', hive_partitioning=false, "
-           f"union_by_name=true, filename=true)")
+    src = (f"read_parquet('{table_glob(root, table)}', hive_partitioning=true, "
+           f"hive_types={{'cluster': VARCHAR, 'date': DATE}}, union_by_name=true, filename=true)")
     return (f"SELECT {cols} FROM {src} "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1")
 

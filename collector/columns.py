@@ -73,9 +73,15 @@ def to_arrow(table: str, rows: list) -> pa.Table:
 
 
 def partition_value(cluster) -> str:
-    """The archive's ``cluster=`` directory: the name itself when path-safe."""
-    from emitter.contract import subject_token
-    return subject_token(cluster) if cluster else "_unknown"
+    """The archive's ``cluster=`` directory value: the name, %-escaped as Hive
+    does (DuckDB, Spark and Trino decode it back)."""
+    from urllib.parse import quote
+    return quote(str(cluster), safe="") if cluster else "_unknown"
+
+
+#: tables whose ``cluster`` column lives in the partition path, not in the files
+#: (Spark and Trino refuse a column that is both in the data and the partition)
+PARTITION_COLUMNS = ("cluster",)
 
 
 _DATE_CACHE: dict = {}
@@ -150,12 +156,17 @@ class Batch:
         """
         parts = self.arrow_by_partition()
         merged: dict = {}
-        for tables in parts.values():
+        archive: dict = {}
+        for part, tables in parts.items():
+            out = archive[part] = {}
             for t, tb in tables.items():
                 if t != "raw":
                     merged.setdefault(t, []).append(tb)
+                if "cluster" in tb.schema.names:
+                    tb = tb.drop_columns(["cluster"])
+                out[t] = tb
         store = {t: (tbs[0] if len(tbs) == 1 else pa.concat_tables(tbs)) for t, tbs in merged.items()}
-        return parts, store
+        return archive, store
 
 
 def check_rows(result) -> str | None:

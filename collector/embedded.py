@@ -201,7 +201,14 @@ class EmbeddedCluster:
             nc = await nats.connect(servers=[s.url for s in self.servers if s.running],
                                     connect_timeout=2, max_reconnect_attempts=1)
             try:
-                await nc.jetstream(timeout=2).account_info()
+                # a replicated stream can be placed only once every peer has
+                # joined the JetStream meta group: probe with one
+                from nats.js.api import StreamConfig
+
+                js = nc.jetstream(timeout=3)
+                await js.add_stream(StreamConfig(name="HOOKSCOPE_PROBE", subjects=["_hookscope.probe"],
+                                                 num_replicas=len(self.servers)))
+                await js.delete_stream("HOOKSCOPE_PROBE")
             finally:
                 await nc.close()
 

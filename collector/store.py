@@ -60,7 +60,11 @@ class Store:
             if "lock" in str(exc).lower():
                 raise StoreLocked(f"{self.path} is open for writing by another process ({exc}); "
                                   "run one collector per DuckDB file (give each its own --db)") from exc
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+            if "not a valid" in str(exc).lower():
+                raise StoreError(f"{self.path} is not a usable DuckDB file ({exc}); move it away and "
+                                 "run 'hookscope rebuild' to recreate it from the archive") from exc
+            raise StoreError(f"cannot open {self.path}: {exc}; check the path, free space and "
+                             "permissions") from exc
         except duckdb.Error as exc:
             raise StoreError(f"{self.path} is not a usable DuckDB file ({exc}); move it away and "
                              "run 'hookscope rebuild' to recreate it from the archive") from exc

@@ -2,8 +2,9 @@
 dict.  The HTML page and its JSON twin are both rendered from that dict, so
 they cannot disagree.
 
-Audit rows, ``why`` verdicts and drains come from the queries library (it owns
-that analysis); charts use bound-parameter SQL over the store tables here.
+The store is opened, and audit rows, ``why`` verdicts and drains come, from
+the queries library (it owns that analysis); charts use bound-parameter SQL
+over the store tables here.
 Every user-supplied value reaches DuckDB as a bound parameter; the only
 strings formatted into SQL are the constant metric column names below.
 """
@@ -44,43 +45,27 @@ DEFAULT_WINDOW = timedelta(days=7)
 
 # ---------------------------------------------------------------- store access
 def _queries(module, name):
-    """A queries-library function, or None when that part is not installed."""
-    try:
-        mod = __import__(f"queries.{module}", fromlist=[name])
-    except ImportError:
-        return None
-    return getattr(mod, name, None)
+    """A queries-library function (the library is part of hookscope; tests patch this)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"queries.{module}"), name)
 
 
 def open_store(db=None, archive=None):
-    """A read-only DuckDB connection on the store (a file or a Parquet archive)."""
-    open_source = _queries("source", "open_source")
-    if open_source is not None:
-        try:
-            return open_source(db=db, archive=archive)
-        except DashboardError:
-            raise
-        except Exception as exc:  # QueryError and DuckDB errors carry the file name
-            raise StoreUnavailable(str(exc)) from exc
-    # Without the queries library only a DuckDB file can be read.
-    if archive:
-        raise StoreUnavailable(f"reading the archive {archive} needs queries.source (install the queries package)")
-    if not db:
-        raise StoreUnavailable("no store given: pass --db FILE (the collector's DuckDB file) or --archive DIR")
-    import duckdb
-    from collector.schema import snapshot_path
+    """A read-only DuckDB connection on the store (a file or a Parquet archive).
 
-    for path in (db, snapshot_path(db)):
-        if not os.path.exists(path):
-            continue
-        try:
-            return duckdb.connect(path, read_only=True)
-        except duckdb.IOException as exc:  # locked by the collector: try its snapshot
-            last = exc
-    if not os.path.exists(db):
-        raise StoreUnavailable(f"{db}: no such store file; start the collector or pass the right --db")
-    raise StoreUnavailable(f"{db}: cannot open read-only ({last}); is the collector publishing "
-                           f"{snapshot_path(db)}?")
+    Given both (as ``hookscope serve`` does), the DuckDB file wins: it is
+    complete up to the last snapshot; the archive is read only when no file
+    is there yet."""
+    if db and archive:
+        if os.path.exists(db):
+            archive = None
+        else:
+            db = None
+    try:
+        return _queries("source", "open_source")(db=db, archive=archive)
+    except Exception as exc:  # QueryError and DuckDB errors name the file and what to do
+        raise StoreUnavailable(str(exc)) from exc
 
 
 # ---------------------------------------------------------------- helpers
@@ -268,8 +253,6 @@ MAX_EVENT_VERDICTS = 3
 
 
 def _why_verdict(why_fn, con, node, since, until):
-    if why_fn is None:
-        return None
     try:
         return (why_fn(con, node, since=since, until=until) or {}).get("verdict")
     except Exception as exc:  # one node's analysis must not take the overview down
@@ -281,17 +264,7 @@ def problem_nodes(con, since, until):
     grouped by cause) and nodes drained with no failing hook, each row with a
     ``why`` verdict (for a group: of its most recently failed node)."""
     drains_fn, why_fn = _queries("drains", "drains"), _queries("why", "why")
-    if drains_fn is not None:
-        groups = drains_fn(con, since=since, until=until) or []
-    else:
-        groups = _rows(con, f"""
-            SELECT h.context, s.path AS script, s.sha256, count(*) AS count, list(h.node ORDER BY h.node) AS nodes,
-                   max(h.start_ts) AS last_failure, arg_max(h.node, h.start_ts) AS last_node
-            FROM (SELECT * FROM hook_runs WHERE start_ts >= ? AND start_ts < ?
-                  QUALIFY row_number() OVER (PARTITION BY cluster, node ORDER BY start_ts DESC) = 1) h
-            LEFT JOIN script_runs s ON s.hook_id = h.hook_id AND s.idx = h.failed_index
-            WHERE {_status_sql("h.status")} GROUP BY ALL ORDER BY count DESC, last_failure DESC""",
-                       [since, until])
+    groups = drains_fn(con, since=since, until=until) or []
     out = []
     for g in groups[:MAX_GROUPS]:
         nodes = list(g.get("nodes") or [])
@@ -328,7 +301,7 @@ def problem_nodes(con, since, until):
 def _fill_verdicts(con, why_fn, rows, since, until):
     """why() for each row, a few at a time: each call is a handful of small
     scans that leave most of DuckDB's threads idle."""
-    if why_fn is None or not rows:
+    if not rows:
         return
     if len(rows) == 1 or not hasattr(con, "cursor"):
         for r in rows:
@@ -374,8 +347,7 @@ def job(con, job_id):
                epoch(coalesce(end_ts, start_ts)) AS t1, duration_ms, user_name AS user, output,
                output_truncated
         FROM script_runs WHERE job_id = ? ORDER BY start_ts, node, idx""", [job_id])
-    audit_fn = _queries("audit", "audit_job")
-    audit = audit_fn(con, job_id) if audit_fn is not None else None
+    audit = _queries("audit", "audit_job")(con, job_id)
     since = datetime.fromisoformat(meta["first_hook"].replace("Z", "+00:00")) - timedelta(minutes=1)
     until = datetime.fromisoformat(meta["last_hook"].replace("Z", "+00:00")) + timedelta(minutes=1)
     gpu = _gpu_series(con, "job_id = ?", [job_id], since, until)
@@ -417,13 +389,10 @@ def node(con, node_name, since=None, until=None):
     events = _rows(con, """
         SELECT ts AS time, state, reason, source FROM node_events
         WHERE node = ? ORDER BY ts DESC LIMIT 50""", [node_name])
-    why_fn = _queries("why", "why")
-    why = None
-    if why_fn is not None:
-        try:
-            why = why_fn(con, node_name, since=since_t, until=until_t)
-        except Exception as exc:  # e.g. a node known only from GPU samples
-            why = {"node": node_name, "verdict": None, "error": str(exc)}
+    try:
+        why = _queries("why", "why")(con, node_name, since=since_t, until=until_t)
+    except Exception as exc:  # e.g. a node known only from GPU samples
+        why = {"node": node_name, "verdict": None, "error": str(exc)}
     return {"page": "node", "node": node_name,
             "window": {"since": _jsonable(since_t), "until": _jsonable(until_t), "bucket_s": bucket},
             "runs_over_time": {"t": [r[0] for r in series], "runs": [r[1] for r in series],
@@ -480,8 +449,7 @@ def script(con, path, since=None, until=None):
                start_ts AS start, duration_ms, output
         FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts < ? AND {FAILED_SQL}
         ORDER BY start_ts DESC LIMIT 50""", w)
-    audit_fn = _queries("audit", "audit_script")
-    audit = audit_fn(con, path, since_t, until_t) if audit_fn is not None else None
+    audit = _queries("audit", "audit_script")(con, path, since_t, until_t)
     return {"page": "script", "path": path,
             "window": {"since": _jsonable(since_t), "until": _jsonable(until_t), "bucket_s": bucket},
             "versions": versions, "versions_over_time": {"t": t, "counts": [per[s] for s in shas]},

@@ -182,6 +182,14 @@ def server_assets():
                          '<script src="/static/dash.js"></script>')}
 
 
+def window_line(w, base):
+    """The window shown, and links to common ones (relative to now)."""
+    sep = "&" if "?" in base else "?"
+    links = join(link(f"{base}{sep}since={r}", r) for r in ("24h", "7d", "30d", "365d"))
+    return render('<p class="muted ranges">{a} → {b} · show the last{l} · <a href="{d}">newest data</a></p>',
+                  a=fmt_time(w["since"]), b=fmt_time(w["until"]), l=links, d=base)
+
+
 # ---------------------------------------------------------------- charts
 def _epoch(iso):
     from dashboards.data import parse_time
@@ -290,7 +298,7 @@ def waterfall(hooks, scripts, width=1000):
 # ---------------------------------------------------------------- pages
 def _why_block(why):
     if not why:
-        return Markup('<p class="muted">No explanation available (queries library missing).</p>')
+        return Markup('<p class="muted">No explanation available.</p>')
     if why.get("error"):
         return render('<p class="muted">{e}</p>', e=why["error"])
     rows = []
@@ -332,9 +340,7 @@ def overview_page(d, assets):
         stat("failed hooks", t.get("failed_hooks", 0), bad=bool(t.get("failed_hooks"))),
         stat("jobs", t.get("jobs", 0)), stat("nodes", t.get("nodes", 0)),
         stat("drained / failing nodes", n_bad, bad=bool(n_bad))]))
-    w = d["window"]
-    win = render('<p class="muted">{a} → {b} · ?since=7d&amp;until=… to change</p>',
-                 a=fmt_time(w["since"]), b=fmt_time(w["until"]))
+    win = window_line(d["window"], "/")
     def _nodes(p):
         shown = [link(node_url(n), n) for n in p["nodes"][:12]]
         more = [render(' <span class="muted">and {n} more</span>', n=len(p["nodes"]) - 12)] if len(p["nodes"]) > 12 else []
@@ -413,7 +419,7 @@ def node_page(d, assets):
     events = table(["time", "state", "reason", "source"],
                    [[fmt_time(e["time"]), e.get("state"), e.get("reason"), e.get("source")] for e in d["events"]],
                    tid="events")
-    body = join([card("Why", _why_block(d.get("why")), cid="why"),
+    body = join([window_line(d["window"], node_url(d["node"])), card("Why", _why_block(d.get("why")), cid="why"),
                  card("Hook runs and failures over time", chart("runs", "runs per bucket", 2)),
                  gpu_section("gpu", d["gpu"], "GPU health over time"),
                  card("Failed scripts", fails), card("Node events", events),
@@ -445,7 +451,8 @@ def script_page(d, assets):
     chart_spec = _ts_chart("versions", "Runs per version", "runs", vot["t"], [
         {"label": v["sha256"][:12], "values": vot["counts"][i]} for i, v in enumerate(d["versions"])], kind="bars",
         window=d["window"], step=d["window"]["bucket_s"])
-    body = join([card("Versions over time", chart("versions", "runs per version", len(d["versions"]))),
+    body = join([window_line(d["window"], script_url(d["path"])),
+                 card("Versions over time", chart("versions", "runs per version", len(d["versions"]))),
                  card("Failure rate and duration per version", vers),
                  card("Nodes running a different version", ref + diff),
                  card("Recent failures", fails)])

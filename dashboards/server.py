@@ -37,6 +37,7 @@ STATIC = {
     "uPlot.LICENSE": "text/plain; charset=utf-8",
 }
 RELOAD_CHECK_S = 5.0
+RETRY_OPEN_S = 2.0
 _TOKEN_OK = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 
@@ -56,8 +57,17 @@ class Store:
     def __init__(self, db=None, archive=None):
         self.db, self.archive = db, archive
         self._lock = threading.Lock()
-        self._con = data.open_store(db=db, archive=archive)
+        self._con, self._error = None, None
         self._stamp, self._checked = self._files_stamp(), time.monotonic()
+        try:
+            self._con = data.open_store(db=db, archive=archive)
+        except data.StoreUnavailable as exc:
+            # A store that exists but cannot be read yet (the collector holds
+            # the file and has not published its first snapshot): serve 503
+            # and retry.  A store that is not there at all is a usage error.
+            if not any(p and os.path.exists(p) for p in (db, archive)):
+                raise
+            self._error = str(exc)
 
     def _files_stamp(self):
         if not self.db:
@@ -75,6 +85,17 @@ class Store:
     def cursor(self):
         with self._lock:
             now = time.monotonic()
+            if self._con is None:
+                if now - self._checked > RETRY_OPEN_S:
+                    self._checked = now
+                    try:
+                        self._con = data.open_store(db=self.db, archive=self.archive)
+                        self._stamp, self._error = self._files_stamp(), None
+                    except data.StoreUnavailable as exc:
+                        self._error = str(exc)
+                if self._con is None:
+                    raise data.StoreUnavailable(f"the store is not readable yet: {self._error}")
+                return self._con.cursor()
             if self.db and now - self._checked > RELOAD_CHECK_S:
                 self._checked = now
                 stamp = self._files_stamp()
@@ -92,7 +113,8 @@ class Store:
 
     def close(self):
         with self._lock:
-            self._con.close()
+            if self._con is not None:
+                self._con.close()
 
 
 def _is_loopback(host):
@@ -265,6 +287,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND, str(exc), want_json)
         except data.BadRequest as exc:
             return self._error(HTTPStatus.BAD_REQUEST, str(exc), want_json)
+        except data.StoreUnavailable as exc:
+            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), want_json)
         except Exception as exc:  # report, never leak a traceback to the browser
             traceback.print_exc(file=sys.stderr)
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR,

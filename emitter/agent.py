@@ -162,7 +162,8 @@ class AgentSettings:
             password=self.password, token=self.token, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
             tls_key=self.tls_key, connect_timeout=self.connect_timeout_s,
             max_reconnect_attempts=max(1, int(self.max_reconnect_attempts)),
-            request_timeout=self.publish_timeout_s, name=f"hookscope-agent-{self.node}")
+            request_timeout=self.publish_timeout_s, name=f"hookscope-agent-{self.node}",
+            inbox_prefix=c.inbox_prefix(self.node))
 
 
 @dataclass
@@ -226,7 +227,8 @@ class Agent:
 
     # ------------------------------------------------------------ journal
     def scan(self) -> list[spool.JournalFile]:
-        files = spool.scan(self.s.journal, grace_s=self.s.abandon_grace_s, stale_s=self.s.stale_after_s)
+        files = spool.scan(self.s.journal, full=False, grace_s=self.s.abandon_grace_s,
+                           stale_s=self.s.stale_after_s)
         changed = False
         present = set()
         for jf in files:
@@ -288,8 +290,8 @@ class Agent:
 
     def _spans_of(self, jf: spool.JournalFile) -> list:
         abandoned = jf.mtime_ns if jf.state == spool.ABANDONED else None
-        data = otlp.encode_trace(jf.entries, abandoned_ts=abandoned, gpu_snapshots=self._snapshots(jf))
-        return otlp.sdk_spans(otlp.decode_trace(data))
+        req = otlp.fitted_trace(jf.entries, abandoned_ts=abandoned, gpu_snapshots=self._snapshots(jf))
+        return otlp.sdk_spans(req)
 
     def ship_files(self, files: list) -> bool:
         """Export the spans of several files in one SpanExporter call (one
@@ -298,6 +300,9 @@ class Agent:
         the stream drops)."""
         spans, todo = [], []
         for jf in files:
+            jf = spool.load_full(jf)
+            if jf is None:
+                continue  # shipped by direct mode meanwhile
             self._report_damage(jf)
             if not jf.entries:
                 spool.remove(jf.path)  # nothing readable; the damage report says so
@@ -316,6 +321,7 @@ class Agent:
             spool.remove(jf.path)
             self.stats.files += 1
             self.stats.records += len(jf.entries)
+            jf.entries = []  # memory stays flat through a big backlog
         return True
 
     def ship_file(self, jf: spool.JournalFile) -> bool:

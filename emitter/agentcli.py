@@ -44,10 +44,9 @@ def agent(nats, creds, nkey, user, tls_ca, tls_cert, tls_key, journal, once, nod
     Every complete (or abandoned) hook file becomes one OTLP ExportTraceServiceRequest
     on hookscope.spans.<cluster>.<node>; a file is deleted only after the JetStream ack.
 
+    \b
     Example:
-
-        hookscope agent --nats nats://collector:4222 --creds /etc/hookscope/agent.creds
-
+        hookscope agent --nats nats://collector:4222 --nkey /etc/hookscope/node.nk
         hookscope agent --once --journal /var/spool/hookscope/journal --gpu none
     """
     from emitter.agent import Agent, AgentSettings
@@ -61,7 +60,12 @@ def agent(nats, creds, nkey, user, tls_ca, tls_cert, tls_key, journal, once, nod
             create_streams=False if no_create_streams else None, gpu=gpu, gpu_replay=gpu_replay,
             gpu_interval_s=gpu_interval_s, gpu_timeout_s=gpu_timeout_s, dcgm_job_map_dir=dcgm_job_map_dir)
     except EmitterError as exc:
-        raise click.ClickException(str(exc)) from None
+        msg = str(exc)
+        if msg.startswith("config:"):
+            from emitter.config import config_path as _cp
+
+            msg = f"hookscope config {_cp(config_path)[0]}:{msg[len('config:'):]}"
+        raise click.ClickException(msg) from None
     a = Agent(settings)
 
     def _term(signum, frame):

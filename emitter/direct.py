@@ -47,6 +47,7 @@ def _settings(config):
         "password": pick("password", "HOOKSCOPE_NATS_PASSWORD"),
         "token": pick("token", "HOOKSCOPE_NATS_TOKEN"),
         "creds": pick("creds", "HOOKSCOPE_NATS_CREDS"),
+        "nkey": pick("nkey", "HOOKSCOPE_NATS_NKEY"),
         "tls_ca": pick("tls_ca", "HOOKSCOPE_NATS_TLS_CA"),
         "tls_cert": pick("tls_cert", "HOOKSCOPE_NATS_TLS_CERT"),
         "tls_key": pick("tls_key", "HOOKSCOPE_NATS_TLS_KEY"),
@@ -59,6 +60,7 @@ class _Conn:
     def __init__(self, url, cfg, end):
         self.end = end
         self.buf = b""
+        self.inboxes = {}
         rest = url.split("://", 1)[-1]
         scheme = url.split("://", 1)[0] if "://" in url else "nats"
         auth, _, hostport = rest.rpartition("@")
@@ -89,8 +91,8 @@ class _Conn:
             opts["user"], opts["pass"] = user, password or ""
         if cfg.get("token"):
             opts["auth_token"] = cfg["token"]
-        if info.get("nonce") and cfg.get("creds"):
-            opts.update(_sign_creds(cfg["creds"], info["nonce"]))
+        if info.get("nonce") and (cfg.get("creds") or cfg.get("nkey")):
+            opts.update(_sign(cfg, info["nonce"]))
         self.send(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
         while True:
             line = self.readline()
@@ -128,6 +130,16 @@ class _Conn:
         data, self.buf = self.buf[:n], self.buf[n + 2:]
         return data
 
+    def inbox(self, prefix):
+        """(reply subject, sid) under ``prefix`` (the node's own inbox, which
+        is all a node may subscribe to under docs/security.md's permissions)."""
+        if prefix not in self.inboxes:
+            sid = len(self.inboxes) + 1
+            subj = f"{prefix}.{os.urandom(8).hex()}"
+            self.send(b"SUB %s %d\r\n" % (subj.encode(), sid))
+            self.inboxes[prefix] = (subj, sid)
+        return self.inboxes[prefix]
+
     def request(self, subject, headers, payload, inbox, sid):
         """HPUB with a reply inbox; returns the reply payload (the PubAck JSON)."""
         hdr = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
@@ -158,24 +170,30 @@ class _Conn:
             pass
 
 
-def _sign_creds(path, nonce):
-    """JWT + nonce signature, only when the nkeys package is present."""
+def _sign(cfg, nonce):
+    """Nonce signature for a .creds file (JWT + seed) or an nkey seed file,
+    only when the nkeys package is present (ImportError: the agent ships it)."""
     import base64
     import re
 
-    import nkeys  # ImportError -> the agent ships this file later
+    import nkeys
 
-    with open(path) as f:
-        text = f.read()
-    blocks = re.findall(r"-----BEGIN [^-]+-----\s*(.+?)\s*------END", text, re.S)
-    if len(blocks) < 2:
-        raise OSError(f"creds file {path} lacks a JWT and a seed")
-    kp = nkeys.from_seed(blocks[1].strip().encode())
+    if cfg.get("creds"):
+        with open(cfg["creds"]) as f:
+            text = f.read()
+        blocks = re.findall(r"-----BEGIN [^-]+-----\s*(.+?)\s*------END", text, re.S)
+        if len(blocks) < 2:
+            raise OSError(f"creds file {cfg['creds']} lacks a JWT and a seed")
+        jwt, seed = blocks[0].strip(), blocks[1].strip()
+    else:
+        with open(cfg["nkey"]) as f:
+            seed, jwt = f.read().strip(), None
+    kp = nkeys.from_seed(seed.encode())
     sig = base64.urlsafe_b64encode(kp.sign(nonce.encode())).decode().rstrip("=")
-    return {"jwt": blocks[0].strip(), "sig": sig}
+    return {"jwt": jwt, "sig": sig} if jwt else {"nkey": kp.public_key.decode(), "sig": sig}
 
 
-def _publish_file(conn, path, inbox, sid):
+def _publish_file(conn, path):
     """Encode and publish one journal file; True after a good PubAck."""
     from emitter import contract as c
     from emitter import otlp, spool
@@ -185,9 +203,10 @@ def _publish_file(conn, path, inbox, sid):
         return False  # gone, or damaged: the agent reports damage properly
     if jf.state not in (spool.COMPLETE,):
         return False
-    req = otlp.decode_trace(otlp.encode_trace(jf.entries))
+    req = otlp.fitted_trace(jf.entries)
     for key, part in otlp.split_requests(req):  # the agent's exporter splits the same way
         cluster, node = otlp.resource_of(part)
+        inbox, sid = conn.inbox(c.inbox_prefix(node))
         headers = {c.HDR_MSG_ID: c.message_id(cluster, node, c.SIGNAL_SPANS, key),
                    c.HDR_SCHEMA: str(c.SCHEMA_VERSION), c.HDR_CONTENT_TYPE: c.CONTENT_TYPE_TRACES}
         reply = conn.request(c.subject(c.SIGNAL_SPANS, cluster, node), headers, part.SerializeToString(),
@@ -255,9 +274,7 @@ def _ship_now(journal_dir, hook_file, deadline_s, config):
         if conn is None:
             return None
         try:
-            inbox = "_INBOX.hookscope." + os.urandom(8).hex()
-            conn.send(b"SUB %s 1\r\n" % inbox.encode())
-            if not _publish_file(conn, str(hook_file), inbox, 1):
+            if not _publish_file(conn, str(hook_file)):
                 return None
             # Time left: ship the backlog the agent (or earlier runs) left.
             from emitter import spool
@@ -266,7 +283,7 @@ def _ship_now(journal_dir, hook_file, deadline_s, config):
             for jf in spool.ready(spool.scan(str(journal_dir))):
                 if done >= MAX_BACKLOG_FILES or end - time.monotonic() < 0.02:
                     break
-                if jf.path != str(hook_file) and _publish_file(conn, jf.path, inbox, 1):
+                if jf.path != str(hook_file) and _publish_file(conn, jf.path):
                     done += 1
         finally:
             conn.close()

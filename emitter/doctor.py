@@ -100,15 +100,16 @@ def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=No
     s.journal_dir = str(_first(journal, os.environ.get("HOOKSCOPE_JOURNAL"),
                                _get(runner, "journal_dir"), _get(agent, "journal", "journal_dir"),
                                contract.JOURNAL_DIR_DEFAULT))
-    url = _first(nats, os.environ.get("HOOKSCOPE_NATS_URL"), _get(agent, "nats", "nats_url", "url", "servers"), DEFAULT_NATS)
+    url = _first(nats, os.environ.get("HOOKSCOPE_NATS_URL"), _get(agent, "nats"), DEFAULT_NATS)
     s.nats_urls = [u.strip() for u in (url if isinstance(url, list) else str(url).split(",")) if u.strip()]
-    s.creds = _first(creds, os.environ.get("HOOKSCOPE_NATS_CREDS"), _get(agent, "creds", "nats_creds"))
-    s.nkey = _first(os.environ.get("HOOKSCOPE_NATS_NKEY"), _get(agent, "nkey", "nkey_seed", "nats_nkey"))
-    s.user = _first(os.environ.get("HOOKSCOPE_NATS_USER"), _get(agent, "user", "nats_user"))
-    s.password = _first(os.environ.get("HOOKSCOPE_NATS_PASSWORD"), _get(agent, "password", "nats_password"))
-    s.tls_ca = _first(os.environ.get("HOOKSCOPE_NATS_TLS_CA"), _get(agent, "tls_ca", "ca", "ca_file"))
-    s.tls_cert = _first(os.environ.get("HOOKSCOPE_NATS_TLS_CERT"), _get(agent, "tls_cert", "cert", "cert_file"))
-    s.tls_key = _first(os.environ.get("HOOKSCOPE_NATS_TLS_KEY"), _get(agent, "tls_key", "key", "key_file"))
+    s.creds = _first(creds, os.environ.get("HOOKSCOPE_NATS_CREDS"), _get(agent, "creds"))
+    s.nkey = _first(os.environ.get("HOOKSCOPE_NATS_NKEY"), _get(agent, "nkey"))
+    s.user = _first(os.environ.get("HOOKSCOPE_NATS_USER"), _get(agent, "user"))
+    s.password = _first(os.environ.get("HOOKSCOPE_NATS_PASSWORD"), _get(agent, "password"))
+    s.tls_ca = _first(os.environ.get("HOOKSCOPE_NATS_TLS_CA"), _get(agent, "tls_ca"))
+    s.tls_cert = _first(os.environ.get("HOOKSCOPE_NATS_TLS_CERT"), _get(agent, "tls_cert"))
+    s.tls_key = _first(os.environ.get("HOOKSCOPE_NATS_TLS_KEY"), _get(agent, "tls_key"))
+    checks += _check_agent_section(s.config)
     s.layout = runner.get("layout")
     s.node = str(_first(os.environ.get("HOOKSCOPE_NODE"), runner.get("node"), _get(agent, "node"),
                         os.uname().nodename.split(".")[0]))
@@ -122,6 +123,21 @@ def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=No
     if hook_dirs:
         s.hook_dirs["--hook-dir"] = list(hook_dirs)
     return s, checks
+
+
+def _check_agent_section(cfg: dict) -> list[Check]:
+    """[agent] as the agent itself will read it (unknown keys, bad values)."""
+    if not isinstance(cfg.get("agent"), dict):
+        return []
+    try:
+        from emitter.agent import AgentSettings
+    except ImportError:
+        return []
+    try:
+        AgentSettings.resolve(cfg, env={})
+    except Exception as exc:  # AgentConfigError names the key and the fix
+        return [Check("config", FAIL, f"[agent]: {exc}", "fix the [agent] section (see docs/agent.md)")]
+    return []
 
 
 def _default_dirs() -> dict:
@@ -273,7 +289,7 @@ def check_journal(s: Setup) -> list[Check]:
         free = vfs.f_bavail * vfs.f_frsize
         if free < 64 * 1024 * 1024:
             out.append(Check(name, WARN, f"{d}: only {free // 1024} KiB free; records will be lost when full",
-                             f"free space or move the journal ([runner] journal_dir)"))
+                             "free space or move the journal ([runner] journal_dir)"))
     except OSError:
         pass
     if not out:
@@ -430,11 +446,10 @@ def check_nats(s: Setup) -> list[Check]:
 
 
 def _check_nats_login(s: Setup, urls: list[str]) -> list[Check]:
-    try:
-        import asyncio
+    import asyncio
+    import importlib.util
 
-        import nats  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("nats") is None:
         return [Check("nats", WARN, "nats-py not installed; login not checked", "pip install nats-py")]
 
     async def go():

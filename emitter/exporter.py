@@ -54,6 +54,7 @@ class JetStreamPublisher:
         self._js = None
         self._lock = threading.Lock()
         self._closed = False
+        self._streams_tried = False
         self.published = 0
         self.duplicates = 0
 
@@ -78,8 +79,16 @@ class JetStreamPublisher:
             return self._js
         self._nc = await natsio.connect(self.opts)
         self._js = self._nc.jetstream(timeout=self.opts.request_timeout)
-        if self.create_streams:
-            await natsio.ensure_streams(self._js, self.replicas, self.opts.request_timeout)
+        if self.create_streams and not self._streams_tried:
+            # Best effort, once: with the per-node permissions of docs/security.md
+            # only the collector may create or change streams; publishing must
+            # not depend on it.  A missing stream shows as publish failures.
+            self._streams_tried = True
+            try:
+                await natsio.ensure_streams(self._js, self.replicas, self.opts.request_timeout, dlq=False)
+            except Exception as exc:  # noqa: BLE001
+                self._log(f"stream set-up skipped ({type(exc).__name__}: {exc}); publishing "
+                          "anyway (the collector creates the streams)")
         return self._js
 
     async def _drop(self):

@@ -24,12 +24,12 @@ from emitter import EmitterError
 from emitter import contract as c
 
 try:  # the builtin module, not hashlib (which loads OpenSSL: ~2 ms)
-    from _sha2 import sha256 as _sha256  # Python >= 3.12
-except ImportError:
-    try:
+    if sys.version_info >= (3, 12):
+        from _sha2 import sha256 as _sha256
+    else:
         from _sha256 import sha256 as _sha256
-    except ImportError:  # pragma: no cover
-        from hashlib import sha256 as _sha256
+except ImportError:  # pragma: no cover - a build without the builtin modules
+    from hashlib import sha256 as _sha256
 
 LOST_FILE = "lost"
 _LOST_WIDTH = 64
@@ -331,7 +331,15 @@ class Journal:
     def _open(self, spool_max_bytes):
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            self.head_fd = _open_head(self.dir)
+            head = os.path.join(self.dir, c.CHAIN_HEAD_FILE)
+            try:
+                self.head_fd = os.open(head, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self.head_fd = _open_head(self.dir)
+                if any(n.endswith(c.JOURNAL_SUFFIX) for n in os.listdir(self.dir)):
+                    # Journal files but no head: deleted or restored from a backup.
+                    self.carried.append(f"{head} was missing while journal files exist; "
+                                        "the hash chain restarts at seq 1")
         except OSError as exc:
             self._fail("cannot open the spool", exc)
             return

@@ -52,6 +52,9 @@ class NatsOptions:
     ping_interval: float = 20.0
     request_timeout: float = 5.0  # JetStream API calls and PubAcks
     name: str = "hookscope-agent"
+    #: reply-inbox prefix; the agent uses contract.inbox_prefix(node) so the
+    #: server can allow a node to read only its own PubAcks (docs/security.md)
+    inbox_prefix: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -107,6 +110,8 @@ class NatsOptions:
             ping_interval=self.ping_interval,
             max_outstanding_pings=2,
         )
+        if self.inbox_prefix:
+            kw["inbox_prefix"] = self.inbox_prefix
         if self.creds:
             kw["user_credentials"] = self.creds
         if self.nkey_seed:
@@ -237,14 +242,17 @@ async def ensure_stream(js, name: str, subjects, replicas: int = 1, timeout: flo
     return await asyncio.wait_for(js.update_stream(merged), timeout)
 
 
-async def ensure_streams(js, replicas: int = 1, timeout: float = 10.0) -> dict:
-    """Create or verify HOOKSCOPE and HOOKSCOPE_DLQ; returns {name: StreamInfo}."""
+async def ensure_streams(js, replicas: int = 1, timeout: float = 10.0, dlq: bool = True) -> dict:
+    """Create or verify HOOKSCOPE and (``dlq``) HOOKSCOPE_DLQ; returns {name: StreamInfo}.
+    The agent passes ``dlq=False``: it never publishes there."""
     if not 1 <= int(replicas) <= 5:
         raise NatsConfigError(f"replicas={replicas}: JetStream allows 1..5 (1 on a single "
                               "server, 3 on a 3-node cluster)")
     out = {}
-    for name, subjects in ((c.STREAM_NAME, c.STREAM_SUBJECTS),
-                           (c.DLQ_STREAM_NAME, c.DLQ_STREAM_SUBJECTS)):
+    streams = [(c.STREAM_NAME, c.STREAM_SUBJECTS)]
+    if dlq:
+        streams.append((c.DLQ_STREAM_NAME, c.DLQ_STREAM_SUBJECTS))
+    for name, subjects in streams:
         out[name] = await ensure_stream(js, name, subjects, replicas, timeout)
     return out
 

@@ -22,15 +22,7 @@ import _signal
 
 from emitter import contract as c
 from emitter import layouts
-from emitter.journal import Journal
-
-try:
-    from _sha2 import sha256 as _sha256
-except ImportError:
-    try:
-        from _sha256 import sha256 as _sha256
-    except ImportError:  # pragma: no cover
-        from hashlib import sha256 as _sha256
+from emitter.journal import Journal, _sha256
 
 _SIGTERM, _SIGKILL, _SIGINT = _signal.SIGTERM, _signal.SIGKILL, _signal.SIGINT
 #: Reset to SIG_DFL in the child: Python ignores SIGPIPE/SIGXFSZ, which a
@@ -39,6 +31,27 @@ _CHILD_SIGDEF = (_signal.SIGPIPE, _signal.SIGXFSZ, _SIGTERM, _SIGINT, _signal.SI
                  _signal.SIGCHLD)
 _FORWARD_KILL_AFTER_S = 0.005
 _READ = 65536
+
+
+#: Other names Slurm (22.05, from its binaries) uses for the same job metadata,
+#: tried after contract.JOB_ENV: slurmd's Prolog/Epilog get SLURM_NODELIST, and
+#: Prolog/Epilog/PrologSlurmctld get SLURM_JOB_RESTART_COUNT, not SLURM_RESTART_COUNT.
+_JOB_ENV_ALIASES = {"job_id": ("SLURM_JOBID",), "nodelist": ("SLURM_NODELIST",), "step_id": ("SLURM_STEPID",),
+                    "restart_count": ("SLURM_JOB_RESTART_COUNT",), "uid": ("SLURM_UID",)}
+#: slurmctld's hooks get "(null)" for unset strings (SLURM_JOB_ACCOUNT with no accounting).
+_NULL = "(null)"
+
+
+def job_metadata(env):
+    """The hook_started ``job`` dict from Slurm's environment (str or None per contract key)."""
+    out = {}
+    for key, var in c.JOB_ENV.items():
+        v = env.get(var)
+        for alt in _JOB_ENV_ALIASES.get(key, ()):
+            if v is None or v == _NULL:
+                v = env.get(alt)
+        out[key] = None if v is None or v == _NULL else v
+    return out
 
 
 class ScriptResult:
@@ -346,7 +359,7 @@ class Runner:
         self._j(c.K_HOOK_STARTED, {
             c.R_CONTEXT: self.context, c.R_LAYOUT: self.s["layout"], c.R_DIRS: self.dirs,
             c.R_TIMEOUT_S: self.s["timeout_s"],
-            c.R_JOB: {k: self.env.get(v) for k, v in c.JOB_ENV.items()},
+            c.R_JOB: job_metadata(self.env),
             c.R_WARNINGS: list(warnings),
         })
         try:

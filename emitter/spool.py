@@ -35,6 +35,7 @@ class JournalFile:
     state: str = RUNNING
     mtime_ns: int = 0
     size: int = 0
+    full: bool = True  # False: scanned lightly (head and tail only); see load_full
 
     @property
     def records(self) -> list[dict]:
@@ -184,17 +185,43 @@ def classify(jf: JournalFile, *, now_ns: int | None = None, grace_s: float = 5.0
     return ABANDONED
 
 
-def read_file(path: str, **classify_kw) -> JournalFile | None:
-    """Read and classify one file; None if it vanished (shipped by another process)."""
+def _head_and_tail(data: bytes) -> tuple[list, list]:
+    """Light parse for scanning: the records up to hook_started and the last
+    complete record (what classification and ordering need), without hash
+    checks.  The full parse happens when the file is shipped (``load``)."""
+    lines = data.split(b"\n")
+    lines.pop()  # torn tail or b""
+    picked = []
+    for line in lines[:3]:
+        picked.append(line)
+        if b'"kind":"hook_started"' in line:
+            break
+    if lines and (not picked or lines[-1] is not picked[-1]) and len(lines) > len(picked):
+        picked.append(lines[-1])
+    entries = []
+    for line in picked:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            entries.append((line.decode("utf-8", "replace"), rec))
+    return entries, []
+
+
+def read_file(path: str, full: bool = True, **classify_kw) -> JournalFile | None:
+    """Read and classify one file; None if it vanished (shipped by another process).
+    ``full=False``: a light read for scanning (see _head_and_tail); call
+    ``load_full`` before shipping it."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             data = f.read()
     except FileNotFoundError:
         return None
-    entries, damage = parse_lines(data)
+    entries, damage = parse_lines(data) if full else _head_and_tail(data)
     jf = JournalFile(path=path, entries=entries, damage=damage, mtime_ns=st.st_mtime_ns,
-                     size=st.st_size)
+                     size=st.st_size, full=full)
     jf.state = classify(jf, **classify_kw)
     if jf.state == RUNNING:
         # A running file's last line may simply not be written yet.
@@ -202,10 +229,26 @@ def read_file(path: str, **classify_kw) -> JournalFile | None:
     return jf
 
 
-def scan(journal_dir: str, **classify_kw) -> list[JournalFile]:
+def load_full(jf: JournalFile) -> JournalFile | None:
+    """The fully parsed (hash-checked) version of a lightly scanned file,
+    keeping its state; None if it vanished meanwhile."""
+    if jf.full:
+        return jf
+    try:
+        with open(jf.path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    jf.entries, jf.damage = parse_lines(data)
+    jf.full = True
+    return jf
+
+
+def scan(journal_dir: str, full: bool = True, **classify_kw) -> list[JournalFile]:
     """Every journal file, classified, in shipping order: by first seq (the
-    node's chain order), files without a readable seq by name."""
-    files = [jf for jf in (read_file(p, **classify_kw) for p in list_files(journal_dir)) if jf]
+    node's chain order), files without a readable seq by name.  ``full=False``
+    keeps memory flat on a big backlog (see read_file)."""
+    files = [jf for jf in (read_file(p, full, **classify_kw) for p in list_files(journal_dir)) if jf]
     big = 1 << 62
     return sorted(files, key=lambda jf: (jf.first_seq if jf.first_seq is not None else big, jf.name))
 

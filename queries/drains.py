@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from emitter import contract
 from queries.source import rows, window_sql
+from queries.audit import _prefix
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
 
 MAX_NODES_LISTED = 1000
@@ -18,18 +19,27 @@ def drains(con, since=None, until=None) -> list[dict]:
     """Nodes whose latest hook run (in the window) failed, grouped by cause."""
     params: list = []
     win = window_sql("start_ts", since, until, params)
+    win_h = window_sql("hr.start_ts", since, until, params).replace(" _date", " hr._date")
+    win_s = window_sql("sr.start_ts", since, None, params).replace(" _date", " sr._date")
+    # The latest start per node is found on (node, start_ts) alone and the
+    # hook rows joined back: carrying every hook_id through the aggregate, or
+    # probing every script run's hook_id, costs several times more.
     sql = f"""
         WITH latest AS (
-            SELECT arg_max(hook_id, start_ts) AS hook_id
+            SELECT cluster, node, max(start_ts) AS t
             FROM hook_runs WHERE true{win} GROUP BY cluster, node),
         h AS (
-            SELECT * FROM hook_runs
-            WHERE hook_id IN (SELECT hook_id FROM latest) AND {HOOK_FAILED}),
+            SELECT hr.* FROM hook_runs hr
+            JOIN latest l ON hr.cluster = l.cluster AND hr.node = l.node AND hr.start_ts = l.t
+            WHERE true{win_h} AND {_prefix(HOOK_FAILED, 'hr')}
+            QUALIFY row_number() OVER (PARTITION BY hr.cluster, hr.node ORDER BY hr.hook_id DESC) = 1),
         s AS (
             -- the script that decided the failure: the first failed one
-            SELECT * FROM script_runs
-            WHERE hook_id IN (SELECT hook_id FROM h) AND {SCRIPT_FAILED}
-            QUALIFY row_number() OVER (PARTITION BY hook_id ORDER BY idx) = 1),
+            SELECT sr.* FROM script_runs sr
+            JOIN h ON sr.cluster = h.cluster AND sr.node = h.node AND sr.hook_id = h.hook_id
+                  AND sr.start_ts >= h.start_ts AND sr.start_ts <= h.start_ts + INTERVAL 1 DAY
+            WHERE {_prefix(SCRIPT_FAILED, 'sr')}{win_s}
+            QUALIFY row_number() OVER (PARTITION BY sr.hook_id ORDER BY sr.idx) = 1),
         j AS (
             SELECT h.cluster, h.node, h.context, h.hook_id, h.job_id, h.user_name,
                    h.start_ts, h.runner_killed AS hook_killed, s.path, s.sha256, s.exit_code,
@@ -49,6 +59,7 @@ def drains(con, since=None, until=None) -> list[dict]:
                min(start_ts) AS first_failure, max(start_ts) AS last_failure,
                arg_max(output, start_ts) AS sample_output,
                arg_max(job_id, start_ts) AS last_job_id,
+               arg_max(node, start_ts) AS last_node,
                arg_max(user_name, start_ts) AS last_user,
                count(DISTINCT user_name) AS users,
                list(DISTINCT cluster ORDER BY cluster) AS clusters

@@ -50,7 +50,7 @@ def _store_tables() -> list[str]:
 
 def _empty_view(con, table: str) -> None:
     cols = ", ".join(f"NULL::{typ} AS {name}" for name, typ in table_columns(table))
-    con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {cols} WHERE false")
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {cols}, DATE 'infinity' AS _date WHERE false")
 
 
 def _open_db(db: str, quiet: bool):
@@ -92,14 +92,97 @@ def _open_db(db: str, quiet: bool):
         # An older store may lack a column the schema added since: NULL it.
         sel = ", ".join(name if name in have else f"NULL::{typ} AS {name}"
                         for name, typ in table_columns(table))
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {sel} FROM store.main.{table}")
-    con.execute("CREATE OR REPLACE VIEW raw AS SELECT " + ", ".join(
-        f"NULL::{t} AS {n}" for n, t in table_columns("raw")) + " WHERE false")
+        # _date: the archive's partition date (for pruning); always true here.
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {sel}, DATE 'infinity' AS _date "
+                    f"FROM store.main.{table}")
+    _empty_view(con, "raw")
     return con, path
 
 
 def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
+
+
+_SEQ_RANGE = re.compile(r"-(\d{12})-(\d{12})\.parquet$")
+_TYPE_ALIASES = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "JSON": "VARCHAR"}
+
+
+def _archive_files(tdir: str) -> list[str]:
+    out = []
+    for dirpath, _dirs, files in os.walk(tdir):
+        # Files are written under a hidden temporary name, then renamed.
+        out.extend(os.path.join(dirpath, f) for f in files if f.endswith(".parquet")
+                   and not f.startswith("."))
+    return sorted(out)
+
+
+def _suspects(files: list[str]) -> set[str] | None:
+    """Files that may hold rows of another file: None when the names do not
+    follow the layout (then every key is checked).
+
+    A redelivery writes the same messages again, into the same partition (the
+    date is the day the stream received them) and with an overlapping stream
+    sequence range in the file name; files whose ranges overlap no other
+    file's in their directory cannot hold duplicates.
+    """
+    by_dir: dict[str, list] = {}
+    for f in files:
+        m = _SEQ_RANGE.search(os.path.basename(f))
+        if not m:
+            return None
+        by_dir.setdefault(os.path.dirname(f), []).append((int(m.group(1)), int(m.group(2)), f))
+    out: set[str] = set()
+    for lst in by_dir.values():
+        lst.sort()
+        group, end = [], -1
+        for first, last, f in lst:
+            if group and first <= end:
+                group.append(f)
+                end = max(end, last)
+                continue
+            if len(group) > 1:
+                out.update(group)
+            group, end = [f], last
+        if len(group) > 1:
+            out.update(group)
+    return out
+
+
+def _select(con, table: str, files: list[str]) -> str:
+    """SELECT of the schema's columns (plus ``_date``) over these files."""
+    lst = "[" + ", ".join(_sql_str(f) for f in files) + "]"
+    # union_by_name costs every query a schema merge over all the files:
+    # only ask for it when the files really differ (a column added later).
+    try:
+        shapes = con.execute(f"SELECT count(DISTINCT cols) FROM (SELECT file_name, "
+                             f"list(name || ' ' || coalesce(type, '') ORDER BY name) AS cols "
+                             f"FROM parquet_schema({lst}) GROUP BY file_name)").fetchone()[0]
+    except duckdb.Error as exc:
+        raise SourceError(f"cannot read the archive files of {table} "
+                          f"({files[0]} ...): {exc}") from exc
+    union = ", union_by_name=true" if shapes > 1 else ""
+    # Partition values are typed by us, not guessed: cluster "001" stays text.
+    parts = {c.split("=", 1)[0] for f in files for c in f.split(os.sep)[:-1] if "=" in c}
+    types = ", ".join(f"'{k}': {t}" for k, t in (("cluster", "VARCHAR"), ("date", "DATE")) if k in parts)
+    hive = f", hive_types={{{types}}}" if types else ""
+    src = f"read_parquet({lst}, hive_partitioning=true{hive}{union})"
+    try:
+        have = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    except duckdb.Error as exc:
+        raise SourceError(f"cannot read the archive files of {table} "
+                          f"({files[0]} ...): {exc}") from exc
+    sel = []
+    for name, typ in table_columns(table):
+        if name not in have:
+            # Written before the column was added to the schema.
+            sel.append(f"NULL::{typ} AS {name}")
+        elif have[name] in (typ, _TYPE_ALIASES.get(typ)):
+            sel.append(name)
+        else:
+            sel.append(f"CAST({name} AS {typ}) AS {name}")
+    # The hive ``date`` partition, kept so lower time bounds prune directories.
+    sel.append("date AS _date" if have.get("date") == "DATE" else "DATE 'infinity' AS _date")
+    return f"SELECT {', '.join(sel)} FROM {src}"
 
 
 def _open_archive(archive: str):
@@ -109,50 +192,48 @@ def _open_archive(archive: str):
             f"(the directory holding hook_runs/, script_runs/, ...) with --archive")
     con = duckdb.connect(":memory:")
     # Every query reads the same files' footers again: keep them in memory.
-    con.execute("SET parquet_metadata_cache = true")
+    con.execute("SET GLOBAL parquet_metadata_cache = true")
     for table in schema.ARCHIVE_TABLES:
-        tdir = os.path.join(archive, table)
-        has_files = os.path.isdir(tdir) and any(
-            f.endswith(".parquet") for _, _, files in os.walk(tdir) for f in files)
-        if not has_files:
+        files = _archive_files(os.path.join(archive, table))
+        if not files:
             _empty_view(con, table)
             continue
-        glob = _sql_str(os.path.join(tdir, "**", "*.parquet"))
-        src = f"read_parquet({glob}, hive_partitioning=true, union_by_name=true)"
-        try:
-            have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
-        except duckdb.Error as exc:
-            raise SourceError(f"cannot read the archive files under {tdir}: {exc}") from exc
-        sel = ", ".join(f"CAST({name} AS {typ}) AS {name}" if name in have else f"NULL::{typ} AS {name}"
-                        for name, typ in table_columns(table))
-        con.execute(f"CREATE OR REPLACE VIEW _src_{table} AS SELECT {sel} FROM {src}")
-        _dedup_view(con, table)
+        keys = ", ".join(schema.KEYS[table])
+        # Among copies of a key, the lowest stream_seq wins, as INSERT OR IGNORE
+        # in the live store keeps the first.
+        order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
+        dedup = f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1"
+        suspects = _suspects(files)
+        if suspects is None:
+            _dedup_by_keys(con, table, _select(con, table, files), dedup)
+            continue
+        parts = []
+        clean = [f for f in files if f not in suspects]
+        if clean:
+            parts.append(_select(con, table, clean))
+        if suspects:
+            parts.append(f"SELECT * FROM ({_select(con, table, sorted(suspects))}) {dedup}")
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL ".join(parts))
     _empty_view(con, "ingest_state")
     return con
 
 
-def _dedup_view(con, table: str) -> None:
-    """``table`` over ``_src_<table>`` with one row per ``schema.KEYS`` key.
-
-    A redelivery after a crash can archive the same rows twice, but such
-    duplicates are rare.  A window over the whole table on every query would
-    cost seconds (and blocks filter pushdown), so the duplicated keys are
-    found once here; rows with other keys are read as they are, so a query's
-    filters (node, job, time) still reach the Parquet scan.
-    """
+def _dedup_by_keys(con, table: str, select: str, dedup: str) -> None:
+    """``table`` with one row per key, when file names cannot tell which
+    files may share rows: the duplicated keys are found once, here, so only
+    their rows pay for the window and other rows keep filter pushdown."""
     keys = ", ".join(schema.KEYS[table])
+    con.execute(f"CREATE OR REPLACE VIEW _src_{table} AS {select}")
     dup = f"_dup_{table}"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {dup} AS SELECT {keys} FROM _src_{table} "
+    con.execute(f"CREATE OR REPLACE TABLE {dup} AS SELECT {keys} FROM _src_{table} "
                 f"GROUP BY ALL HAVING count(*) > 1")
     if not con.execute(f"SELECT count(*) FROM {dup}").fetchone()[0]:
         con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _src_{table}")
         return
-    cols = ", ".join(f"s.{n}" for n, _ in table_columns(table))
     con.execute(f"""CREATE OR REPLACE VIEW {table} AS
-        SELECT {cols} FROM _src_{table} s ANTI JOIN {dup} d USING ({keys})
+        SELECT s.* FROM _src_{table} s ANTI JOIN {dup} d USING ({keys})
         UNION ALL
-        SELECT {cols} FROM _src_{table} s SEMI JOIN {dup} d USING ({keys})
-        QUALIFY row_number() OVER (PARTITION BY {", ".join("s." + k for k in schema.KEYS[table])}) = 1""")
+        SELECT * FROM (SELECT s.* FROM _src_{table} s SEMI JOIN {dup} d USING ({keys})) {dedup}""")
 
 
 def open_source(db: str | None = None, archive: str | None = None, *, quiet: bool = False):
@@ -169,7 +250,8 @@ def open_source(db: str | None = None, archive: str | None = None, *, quiet: boo
         con, _ = _open_db(os.fspath(db), quiet)
     else:
         con = _open_archive(os.fspath(archive))
-    con.execute("SET TimeZone = 'UTC'")
+    # GLOBAL: cursors (one per thread, as the dashboard uses) share it.
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
     from queries import views
 
     views.create_views(con)
@@ -222,13 +304,31 @@ def iso(value) -> str | None:
     return str(value)
 
 
+#: Every table view has ``_date``: the archive's hive partition (the day the
+#: stream received the rows), or 'infinity' on a DuckDB store.  Rows arrive
+#: after they happen (node clocks may run up to a day ahead: the collector
+#: dead-letters more), so ``_date >= day(t) - 1`` never drops a row with a
+#: time >= t, and it lets the archive skip older directories.
+DATE_SLACK = timedelta(days=1)
+
+
+def date_floor(t):
+    """The ``_date`` lower bound that is safe for times >= ``t``."""
+    return (parse_time(t) - DATE_SLACK).date()
+
+
+def since_sql(column: str, lo, params: list, prefix: str = "") -> str:
+    """`` AND column >= ? AND _date >= ?`` (pruning the archive's partitions)."""
+    params += [parse_time(lo), date_floor(lo)]
+    return f" AND {column} >= ? AND {prefix}_date >= ?"
+
+
 def window_sql(column: str, since, until, params: list) -> str:
     """`` AND column >= ? AND column < ?`` for the bounds that are set."""
     sql = ""
     s, u = parse_time(since), parse_time(until)
     if s is not None:
-        sql += f" AND {column} >= ?"
-        params.append(s)
+        sql += since_sql(column, s, params)
     if u is not None:
         sql += f" AND {column} < ?"
         params.append(u)
@@ -240,8 +340,9 @@ def rows(con, sql: str, params=()) -> list[dict]:
     cur = con.execute(sql, list(params))
     names = [d[0] for d in cur.description]
     out = []
+    keep = [i for i, n in enumerate(names) if n != "_date"]
     for rec in cur.fetchall():
-        out.append({n: _jsonable(v) for n, v in zip(names, rec)})
+        out.append({names[i]: _jsonable(rec[i]) for i in keep})
     return out
 
 

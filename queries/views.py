@@ -45,18 +45,19 @@ VIEWS: list[tuple[str, str, str]] = [
      "FROM v_hook_runs h LEFT JOIN v_script_runs s ON s.hook_id = h.hook_id"),
     ("v_latest_hook_per_node",
      "The most recent hook run of each node (any context).",
-     "SELECT * FROM v_hook_runs WHERE hook_id IN "
-     "(SELECT arg_max(hook_id, start_ts) FROM hook_runs GROUP BY cluster, node)"),
+     "SELECT h.* FROM v_hook_runs h JOIN "
+     "(SELECT cluster, node, max(start_ts) AS t FROM hook_runs GROUP BY cluster, node) l "
+     "ON h.cluster = l.cluster AND h.node = l.node AND h.start_ts = l.t "
+     "QUALIFY row_number() OVER (PARTITION BY h.cluster, h.node ORDER BY h.hook_id DESC) = 1"),
     ("v_failing_nodes",
-     "Nodes whose latest hook run failed, with the script that decided the failure.",
+     "Nodes whose latest hook run failed, with the script that decided the failure (the first failed one).",
      "SELECT h.cluster, h.node, h.context, h.hook_id, h.job_id, h.user_name, h.start_ts, h.status, "
      "h.runner_killed, h.drain_reason, s.path, s.sha256, s.exit_code, s.signal, s.timed_out, "
      "s.refused, s.output, s.start_ts AS script_start_ts "
      "FROM (SELECT * FROM v_latest_hook_per_node WHERE failed) h "
-     "LEFT JOIN (SELECT * FROM v_failures WHERE hook_id IN "
-     "  (SELECT hook_id FROM v_latest_hook_per_node WHERE failed) "
-     "  QUALIFY row_number() OVER (PARTITION BY hook_id ORDER BY idx) = 1) s "
-     "ON s.hook_id = h.hook_id"),
+     "LEFT JOIN LATERAL (SELECT * FROM v_failures f WHERE f.cluster = h.cluster AND f.node = h.node "
+     "  AND f.hook_id = h.hook_id AND f.start_ts >= h.start_ts "
+     "  AND f.start_ts <= h.start_ts + INTERVAL 1 DAY ORDER BY f.idx LIMIT 1) s ON true"),
     ("v_script_versions",
      "Each (script, sha256): first/last run, runs, failures, failure rate, nodes, duration p50/p95/p99 (ms).",
      "SELECT path, sha256, min(start_ts) AS first_seen, max(start_ts) AS last_seen, count(*) AS runs, "

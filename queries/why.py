@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from emitter import contract
 from queries import QueryError
-from queries.source import iso, parse_time, rows, window_sql
+from queries.source import date_floor, iso, parse_time, rows, window_sql
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
 
 #: How far around the failure the systemic and GPU checks look by default.
@@ -55,16 +55,36 @@ def _short(sha):
 SEARCH_WINDOWS = (timedelta(days=2), timedelta(days=30), None)
 
 
-def _latest_failure(con, node, since, until, latest):
-    """(hook row, deciding script row) of the node's latest failed hook."""
+def _windows(since, until, anchor=None):
+    """(lo, hi) bounds to search, most recent first, ending with the full window."""
     lo, hi = parse_time(since), parse_time(until)
-    anchor = parse_time(latest["start_ts"]) + HOOK_SPAN if latest else hi or datetime.now(timezone.utc)
+    anchor = anchor or hi or datetime.now(timezone.utc)
     if hi:
         anchor = min(anchor, hi)
     for width in SEARCH_WINDOWS:
         start = lo if width is None else max(lo, anchor - width) if lo else anchor - width
-        found = _latest_failure_in(con, node, start, hi)
-        if found[0] or found[1] or (lo is not None and start <= lo):
+        yield start, hi
+        if lo is not None and start <= lo:
+            return
+
+
+def _latest_hook(con, node, since, until):
+    for lo, hi in _windows(since, until):
+        params = [node]
+        win = window_sql("start_ts", lo, hi, params)
+        found = rows(con, f"SELECT hook_id, start_ts, status, context, runner_killed FROM hook_runs "
+                          f"WHERE node = ?{win} ORDER BY start_ts DESC LIMIT 1", params)
+        if found:
+            return found[0]
+    return None
+
+
+def _latest_failure(con, node, since, until, latest):
+    """(hook row, deciding script row) of the node's latest failed hook."""
+    anchor = parse_time(latest["start_ts"]) + HOOK_SPAN if latest else None
+    for lo, hi in _windows(since, until, anchor):
+        found = _latest_failure_in(con, node, lo, hi)
+        if found[0] or found[1]:
             return found
     return None, None
 
@@ -82,10 +102,10 @@ def _latest_failure_in(con, node, lo, hi):
     # fetch its hook, unless a later hook failed with no script to blame.
     if script and (not hook or hook[0]["start_ts"] <= script[0]["start_ts"]
                    or hook[0]["hook_id"] == script[0]["hook_id"]):
+        st = parse_time(script[0]["start_ts"])
         h = rows(con, "SELECT * FROM hook_runs WHERE node = ? AND hook_id = ? AND start_ts <= ? "
-                      "AND start_ts >= ?",
-                 [node, script[0]["hook_id"], parse_time(script[0]["start_ts"]),
-                  parse_time(script[0]["start_ts"]) - HOOK_SPAN])
+                      "AND start_ts >= ? AND _date >= ?",
+                 [node, script[0]["hook_id"], st, st - HOOK_SPAN, date_floor(st - HOOK_SPAN)])
         hook = h or hook
         first = _hook_scripts(con, hook[0], failed_only=True) if h else []
         return (h[0] if h else None), (first[0] if first else script[0])
@@ -104,8 +124,8 @@ def _hook_scripts(con, hook, failed_only=False):
     t = parse_time(hook["start_ts"])
     flt = f" AND {SCRIPT_FAILED}" if failed_only else ""
     return rows(con, f"""SELECT * FROM script_runs WHERE node = ? AND hook_id = ?
-                         AND start_ts >= ? AND start_ts <= ?{flt} ORDER BY idx""",
-                [hook["node"], hook["hook_id"], t, t + HOOK_SPAN])
+                         AND start_ts >= ? AND start_ts <= ? AND _date >= ?{flt} ORDER BY idx""",
+                [hook["node"], hook["hook_id"], t, t + HOOK_SPAN, date_floor(t)])
 
 
 def _cause(hook, script):
@@ -148,8 +168,8 @@ def _systemic(con, node, cause, since, until):
     hi = parse_time(until) or (t + SYSTEMIC_WINDOW)
     per_node = rows(con, f"""
         SELECT node, sha256 IS NOT DISTINCT FROM ? AS same, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures
-        FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ?
-        GROUP BY ALL""", [cause["sha256"], cause["script"], lo, hi])
+        FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ? AND _date >= ?
+        GROUP BY ALL""", [cause["sha256"], cause["script"], lo, hi, date_floor(lo)])
     same = [r for r in per_node if r["same"]]
     failed = sorted(r["node"] for r in same if r["failures"])
     ok = sorted(r["node"] for r in same if not r["failures"])
@@ -184,19 +204,21 @@ def _regression(con, node, cause):
     t = parse_time(cause["time"])
     lo = t - REGRESSION_LOOKBACK
     first_new = rows(con, "SELECT min(start_ts) AS t FROM script_runs WHERE path = ? AND sha256 = ? "
-                          "AND start_ts >= ? AND start_ts <= ?", [path, new, lo, t])[0]["t"]
+                          "AND start_ts >= ? AND start_ts <= ? AND _date >= ?",
+                     [path, new, lo, t, date_floor(lo)])[0]["t"]
     if first_new is None:
         return {"changed": False, "old": None, "new": new, "changed_at": None}
     fn = parse_time(first_new)
     prev = rows(con, """SELECT sha256, max(start_ts) AS last_seen
                         FROM script_runs WHERE path = ? AND sha256 IS DISTINCT FROM ? AND start_ts < ?
-                          AND start_ts >= ?
+                          AND start_ts >= ? AND _date >= ?
                         GROUP BY sha256 ORDER BY last_seen DESC LIMIT 1""",
-                [path, new, fn, fn - REGRESSION_LOOKBACK])
+                [path, new, fn, fn - REGRESSION_LOOKBACK, date_floor(fn - REGRESSION_LOOKBACK)])
     rates = rows(con, f"""SELECT sha256, count(*) AS runs, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures,
                                  min(start_ts) FILTER (WHERE {SCRIPT_FAILED} AND start_ts >= ?) AS first_failure
-                          FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ?
-                          GROUP BY sha256""", [fn, path, fn - REGRESSION_RATE_WINDOW, t])
+                          FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ? AND _date >= ?
+                          GROUP BY sha256""",
+                 [fn, path, fn - REGRESSION_RATE_WINDOW, t, date_floor(fn - REGRESSION_RATE_WINDOW)])
     rate = {r["sha256"]: (r["failures"] / r["runs"] if r["runs"] else None) for r in rates}
     first_fail = next((r["first_failure"] for r in rates if r["sha256"] == new), None)
     base = {"new": new, "first_failure": first_fail, "new_failure_rate": rate.get(new),
@@ -221,7 +243,7 @@ def _gpu(con, node, around):
         return None
     t = parse_time(around)
     lo, hi = t - GPU_BEFORE, t + GPU_AFTER
-    s = rows(con, f"""
+    s = rows(con, """
         SELECT count(*) AS samples, count(DISTINCT gpu_index) AS gpus,
                max(temperature_c) AS temperature_max_c,
                max(ecc_sbe) - min(ecc_sbe) AS ecc_sbe_delta,
@@ -229,10 +251,12 @@ def _gpu(con, node, around):
                max(ecc_dbe) AS ecc_dbe_max,
                max(retired_pages) - min(retired_pages) AS retired_pages_delta,
                bit_or(throttle_reasons) AS throttle_reasons
-        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ?""", [node, lo, hi])[0]
+        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND _date >= ?""",
+             [node, lo, hi, date_floor(lo)])[0]
     xids = rows(con, """SELECT gpu_index, xid, min(ts) AS first_seen, count(*) AS samples
-                        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND coalesce(xid, 0) <> 0
-                        GROUP BY gpu_index, xid ORDER BY first_seen""", [node, lo, hi])
+                        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND _date >= ?
+                          AND coalesce(xid, 0) <> 0
+                        GROUP BY gpu_index, xid ORDER BY first_seen""", [node, lo, hi, date_floor(lo)])
     signals = []
     for x in xids:
         signals.append(f"XID {x['xid']} on GPU {x['gpu_index']} at {x['first_seen']}")
@@ -264,8 +288,8 @@ def _evidence(con, hook, cause):
     for s in _hook_scripts(con, hook):
         ev.append({"table": "script_runs", "row": s})
     for r in rows(con, """SELECT seq, kind, hash, record FROM journal
-                          WHERE cluster = ? AND node = ? AND hook_id = ? ORDER BY seq""",
-                  [hook["cluster"], hook["node"], hook["hook_id"]]):
+                          WHERE cluster = ? AND node = ? AND hook_id = ? AND _date >= ? ORDER BY seq""",
+                  [hook["cluster"], hook["node"], hook["hook_id"], date_floor(hook["start_ts"])]):
         ev.append({"table": "journal", "seq": r["seq"], "kind": r["kind"], "hash": r["hash"],
                    "record": r["record"]})
     return ev
@@ -281,11 +305,7 @@ def why(con, node, since=None, until=None) -> dict:
     if not node:
         raise QueryError("why needs a node name")
     node = str(node)
-    params = [node]
-    win = window_sql("start_ts", since, until, params)
-    latest = rows(con, f"SELECT hook_id, start_ts, status, context, runner_killed FROM hook_runs "
-                       f"WHERE node = ?{win} ORDER BY start_ts DESC LIMIT 1", params)
-    latest = latest[0] if latest else None
+    latest = _latest_hook(con, node, since, until)
     hook, script = _latest_failure(con, node, since, until, latest)
     events = _node_events(con, node, since, until)
     cause = _cause(hook, script)

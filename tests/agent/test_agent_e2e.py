@@ -217,19 +217,23 @@ def test_direct_mode_status_and_runtime_same_with_nats_up_or_down(tmp_path, nats
     up_j, down_j = tmp_path / "up", tmp_path / "down"
     down_url = "nats://127.0.0.1:9"
     _timed_run(hooks, up_j, nats_server.url)  # warm the page cache for both
+    wait_for(lambda: journal_files(up_j) == [], timeout=5, what="direct publish")
     up, down = [], []
-    for _ in range(5):
+    for _ in range(7):
         up.append(_timed_run(hooks, up_j, nats_server.url))
+        # the detached publisher finishes on its own, within its deadline; let
+        # it finish so its CPU does not land on the next measurement
+        wait_for(lambda: journal_files(up_j) == [], timeout=5, what="direct publish")
         down.append(_timed_run(hooks, down_j, down_url))
     assert {s for s, _ in up} == {s for s, _ in down} == {2}
-    med = lambda xs: sorted(t for _, t in xs)[len(xs) // 2]  # noqa: E731
-    assert abs(med(up) - med(down)) < 0.050, (med(up), med(down))
-    # the detached publisher finishes on its own, within its deadline
-    wait_for(lambda: journal_files(up_j) == [], timeout=5, what="direct publish")
-    assert len(stream_messages(nats_server.url)) == 6
-    assert len(journal_files(down_j)) == 5  # kept for the agent
+    # The fastest run of each kind: the machine is shared (2 cores, several
+    # test suites), so the minimum is the runner's own cost, not the neighbours'.
+    best_up, best_down = min(t for _, t in up), min(t for _, t in down)
+    assert abs(best_up - best_down) < 0.050, (up, down)
+    assert len(stream_messages(nats_server.url)) == 8
+    assert len(journal_files(down_j)) == 7  # kept for the agent
     assert agent_once(nats_server.url, down_j).returncode == 0
-    assert len(stream_messages(nats_server.url)) == 11
+    assert len(stream_messages(nats_server.url)) == 15
 
 
 def test_hanging_gpu_backend_does_not_stall_span_export(tmp_path, nats_server):
@@ -239,7 +243,10 @@ def test_hanging_gpu_backend_does_not_stall_span_export(tmp_path, nats_server):
                        gpu_interval_s=0.2)
     proc = start_agent(nats_server.url, j, cfg, "--gpu", "replay", "--gpu-replay", str(NV),
                        log=tmp_path / "agent.log")
+    log = tmp_path / "agent.log"
     try:
+        # the GPU call is stuck (it never returns) before the first hook runs
+        wait_for(lambda: "unhealthy" in log.read_text(), timeout=20, what="the GPU call to time out")
         for k in range(3):
             assert run_hook(hooks, j, env=job_env(100 + k, SLURM_JOB_GPUS="0,1")).returncode == 0
             t = time.monotonic()
@@ -249,7 +256,6 @@ def test_hanging_gpu_backend_does_not_stall_span_export(tmp_path, nats_server):
         stop(proc)
     assert len(stream_messages(nats_server.url)) == 3
     assert stream_messages(nats_server.url, "hookscope.metrics.") == []  # the GPU never answered
-    assert "unhealthy" in (tmp_path / "agent.log").read_text()
 
 
 def test_gpu_metrics_published_with_job_ids_and_dcgm_map(tmp_path, nats_server):

@@ -102,3 +102,24 @@ def test_job_map_claim_release_and_dcgm_dir(tmp_path):
     jm.write_dcgm_dir(str(tmp_path), range(4))
     assert (tmp_path / "0").read_text() == "" and (tmp_path / "1").read_text() == "6\n"
     assert jm.observe(started("prolog_task", "9", gpus="3")) is None
+
+
+NVML_NAMES = (
+    "nvmlInit nvmlShutdown nvmlDeviceGetCount nvmlDeviceGetHandleByIndex nvmlEventSetCreate nvmlEventSetFree "
+    "nvmlDeviceRegisterEvents nvmlEventTypeXidCriticalError NVMLError nvmlDeviceGetUUID nvmlEventSetWait_v2 "
+    "nvmlDeviceGetUtilizationRates nvmlDeviceGetMemoryInfo nvmlDeviceGetPowerUsage nvmlDeviceGetTotalEccErrors "
+    "NVML_MEMORY_ERROR_TYPE_CORRECTED NVML_MEMORY_ERROR_TYPE_UNCORRECTED NVML_VOLATILE_ECC "
+    "nvmlDeviceGetRemappedRows nvmlDeviceGetRetiredPages NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS "
+    "NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR nvmlDeviceGetCurrentClocksThrottleReasons nvmlDeviceGetName "
+    "nvmlDeviceGetTemperature NVML_TEMPERATURE_GPU nvmlDeviceGetClockInfo NVML_CLOCK_SM").split()
+
+
+def test_nvml_backend_uses_only_names_the_real_binding_has_and_fails_clearly_without_driver():
+    """No GPU here: this checks the installed nvidia-ml-py binding has every
+    name the backend calls, and that a node without the driver gets a clear
+    message and no backend (the agent keeps shipping spans)."""
+    nv = pytest.importorskip("pynvml")
+    assert [n for n in NVML_NAMES if not hasattr(nv, n)] == []
+    logs = []
+    assert detect("auto", log=logs.append) is None
+    assert any("NVML init failed" in m and "driver" in m for m in logs)

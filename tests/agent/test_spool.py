@@ -87,3 +87,15 @@ def test_temp_and_foreign_files_ignored_and_remove_is_idempotent(tmp_path):
     (p,) = spool.list_files(str(tmp_path))
     assert spool.remove(p) and not spool.remove(p)
     assert spool.scan(str(tmp_path)) == [] and spool.scan(str(tmp_path / "nope")) == []
+
+
+def test_light_scan_agrees_with_full_read(tmp_path):
+    write_hooks_fast(tmp_path, 3)
+    (tmp_path / "x").mkdir()
+    light = spool.scan(str(tmp_path), full=False)
+    full = spool.scan(str(tmp_path))
+    assert [(f.path, f.state, f.first_seq, f.hook_id, f.started) for f in light] == \
+        [(f.path, f.state, f.first_seq, f.hook_id, f.started) for f in full]
+    assert all(len(f.entries) == 2 for f in light)
+    loaded = spool.load_full(light[0])
+    assert loaded.entries == full[0].entries and loaded.full

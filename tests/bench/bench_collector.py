@@ -48,7 +48,7 @@ def make_messages(n_msgs, n_nodes=256, fail_every=10, context="prolog_slurmd", j
     for i in range(n_msgs):
         node = nodes[i % n_nodes]
         subj, mid, payload, _ = hook_message(node, job_id=str(job_base + i // n_nodes), context=context,
-                                             fail_index=3 if i % fail_every == 0 else None)
+                                             fail_index=3 if fail_every and i % fail_every == 0 else None)
         out.append((subj, mid, payload))
     return out
 
@@ -165,8 +165,12 @@ def burst(tmp, n_nodes=4096, scripts=8):
     """4096 nodes x prolog+epilog published at once; time until queryable."""
     srv = NatsServer(store_dir=os.path.join(tmp, "nats-burst")).start()
     try:
-        msgs = make_messages(n_nodes, n_nodes=n_nodes, fail_every=10**9, context="prolog_slurmd", job_base=7)
-        msgs += make_messages(n_nodes, n_nodes=n_nodes, fail_every=10**9, context="epilog_slurmd", job_base=7)
+        nodes = [Node(f"node{i:04d}") for i in range(n_nodes)]
+        msgs = []
+        for ctx in ("prolog_slurmd", "epilog_slurmd"):
+            for node in nodes:  # the same nodes: the epilog continues each node's chain
+                subj, mid, payload, _ = hook_message(node, job_id="7", context=ctx)
+                msgs.append((subj, mid, payload))
         db = os.path.join(tmp, "burst.duckdb")
         cfg = CollectorConfig(nats_url=srv.url, db=db, archive=os.path.join(tmp, "burst-archive"),
                               instance="burst", batch=1024, snapshot_interval=5.0)

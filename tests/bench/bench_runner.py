@@ -9,7 +9,8 @@ run-parts, ...), medians over many repetitions, ratio printed:
 hookscope runs through the installed lean launchers, i.e. exactly what
 slurm.conf calls: ``hookscope-hook`` (context from SLURM_SCRIPT_CONTEXT,
 directory and run-parts layout from a config file, journal with the default
-fdatasync) and ``hookscope run --layout run-parts --dir ...``.  The journal
+fdatasync; also with ``fsync = false`` to show what the one fdatasync
+costs) and ``hookscope run --layout run-parts --dir ...``.  The journal
 files are removed between repetitions, outside the timing, as a running
 agent would ship them.  ``python -I -S -c pass`` is printed as the floor: the
 interpreter start-up no Python runner can go below.
@@ -67,6 +68,8 @@ def bench_case(label, hook_dir, base, reps, warmup=5):
     cfg = base / f"{hook_dir.name}.toml"
     cfg.write_text(f'[runner]\nlayout = "run-parts"\njournal_dir = "{journal}"\n'
                    f'[runner.dirs]\nprolog_slurmd = "{hook_dir}"\n')
+    cfg_nosync = base / f"{hook_dir.name}-nosync.toml"
+    cfg_nosync.write_text(cfg.read_text().replace("[runner]\n", "[runner]\nfsync = false\n"))
     run_parts = shutil.which("run-parts") or "/usr/bin/run-parts"
     base_env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_JOB_USER": "root"}
     hook_env = dict(base_env, SLURM_SCRIPT_CONTEXT="prolog_slurmd", HOOKSCOPE_CONFIG=str(cfg))
@@ -75,6 +78,8 @@ def bench_case(label, hook_dir, base, reps, warmup=5):
         "floor: python -I -S -c pass": ([str(VENV_BIN / "python"), "-I", "-S", "-c", "pass"], base_env),
         "run-parts --exit-on-error": ([run_parts, "--exit-on-error", str(hook_dir)], base_env),
         "hookscope-hook (slurm.conf)": ([str(VENV_BIN / "hookscope-hook")], hook_env),
+        "hookscope-hook, fsync = false": ([str(VENV_BIN / "hookscope-hook")],
+                                          dict(hook_env, HOOKSCOPE_CONFIG=str(cfg_nosync))),
         "hookscope run --layout run-parts": ([str(VENV_BIN / "hookscope"), "run", "--context", "prolog_slurmd",
                                               "--layout", "run-parts", "--dir", str(hook_dir), "--journal",
                                               str(journal)], dict(base_env, HOOKSCOPE_CONFIG=str(cfg))),

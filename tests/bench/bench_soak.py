@@ -65,7 +65,10 @@ def _generator(base: str, nodes: list[str], rate: float, seconds: float, n_scrip
         if now >= seconds:
             break
         due = int(now * rate) + 1
-        while i < due:
+        # a generator slower than ``rate`` must still stop on time (and the
+        # achieved rate is reported), not chase an ever-growing backlog
+        end_batch = time.monotonic() + 0.5
+        while i < due and time.monotonic() < end_batch:
             node = nodes[i % len(nodes)]
             recs += sim_hook(os.path.join(base, node), node, 100000 + i, n_scripts,
                              fail_index=0 if i % 50 == 0 else None)

@@ -28,7 +28,14 @@ async def _publish(url, msgs, replicas=1, headers_extra=None):
                             reconnect_time_wait=0.3)
     try:
         js = nc.jetstream(timeout=10)
-        await ensure_streams(js, replicas=replicas)
+        for attempt in range(10):  # a cluster may be re-electing a leader
+            try:
+                await ensure_streams(js, replicas=replicas)
+                break
+            except Exception:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
         acks = []
         for m in msgs:
             subj, mid, payload = m[0], m[1], m[2]
@@ -75,7 +82,7 @@ def collect_once(url, db, archive, instance="t1", durable=C.DURABLE_CONSUMER, id
 
 def start_collect_process(url, db, archive, name="p1", extra=(), metrics=None):
     cmd = HOOKSCOPE + ["collect", "--nats", url, "--db", str(db), "--archive", str(archive),
-                       "--name", name, "--ack-wait", "2"] + list(extra)
+                       "--name", name, "--ack-wait", "5"] + list(extra)
     if metrics:
         cmd += ["--metrics", metrics]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

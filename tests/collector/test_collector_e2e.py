@@ -165,7 +165,7 @@ def test_dead_letter_every_class_through_nats(nats_server, tmp_path):
 
 
 def test_kill9_mid_batch_then_restart_exact_counts(nats_server, tmp_path):
-    msgs, expect = workload(n_hooks=1500, n_nodes=50, fail_every=1000)
+    msgs, expect = workload(n_hooks=1000, n_nodes=50, fail_every=1000)
     publish(nats_server.url, msgs)
     db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
     port = _free_port()
@@ -193,8 +193,9 @@ def test_kill9_mid_batch_then_restart_exact_counts(nats_server, tmp_path):
             p.kill()
             p.wait()
     partial = counts(db)["hook_runs"]
-    assert partial < 1500, "killed too late to test anything"
-    collect_once(nats_server.url, db, arch, instance="p1")
+    assert partial < 1000, "killed too late to test anything"
+    # what the killed process had fetched comes back after ack_wait (5 s here)
+    collect_once(nats_server.url, db, arch, instance="p1", ack_wait=5.0)
     assert_expected(db, expect)
     rebuilt = tmp_path / "rebuilt.duckdb"
     from_archive(str(arch), str(rebuilt), progress=False)
@@ -219,7 +220,7 @@ def test_sigterm_finishes_batch_acks_and_exits(nats_server, tmp_path):
     assert b"stored" in err
     done = counts(db)
     # what was committed was acked: a fresh run stores exactly the rest
-    collect_once(nats_server.url, db, arch, instance="p1")
+    collect_once(nats_server.url, db, arch, instance="p1", ack_wait=5.0)
     assert_expected(db, expect)
     assert done["hook_runs"] <= expect["hook_runs"]
 
@@ -298,7 +299,7 @@ def test_rebuild_from_archive_and_stream_equal_live(nats_server, tmp_path):
 
 
 def test_two_collectors_share_one_durable(nats_server, tmp_path):
-    msgs, expect = workload(n_hooks=1200, n_nodes=30, fail_every=1000)
+    msgs, expect = workload(n_hooks=600, n_nodes=30, fail_every=1000)
     publish(nats_server.url, msgs)
     arch = tmp_path / "archive"  # shared; file names carry the instance name
     procs = [start_collect_process(nats_server.url, tmp_path / f"c{i}.duckdb", arch, name=f"c{i}",
@@ -352,7 +353,7 @@ def test_metrics_endpoint_reports_ingest(nats_server, tmp_path):
         srv.shutdown()
         stop()
     assert metric_value(text, "hookscope_collector_messages_total") == len(msgs) + 1
-    assert metric_value(text, "hookscope_collector_spans_total") == 5 * 9 + 3
+    assert metric_value(text, "hookscope_collector_spans_total") == 4 * 9 + (1 + 3) + 3  # 1 hook failed at script 2
     assert 'hookscope_collector_dead_letters_total{reason="malformed"} 1' in text
     assert "hookscope_collector_consumer_lag_messages 0" in text
     assert metric_value(text, "hookscope_collector_store_bytes") > 0

@@ -22,7 +22,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import dash_builder  # noqa: E402
 
-TOKEN = "test-token-0123456789abcdef"
+from dash_builder import TOKEN  # noqa: E402
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 

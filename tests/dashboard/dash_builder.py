@@ -27,6 +27,7 @@ XSS = "<img src=x onerror=alert(1)>"
 XSS_JOB_NAME = '<script>window.__pwned=1</script>"quoted"'
 ODD_SCRIPT = "/etc/slurm/epilog.d/50-clean&<tmp>.sh"
 GPUS = {"node001": 8, "node002": 4}
+TOKEN = "test-token-0123456789abcdef"  # the token_server fixture's
 JOB_GPU = "1001"
 
 SCRIPTS = {

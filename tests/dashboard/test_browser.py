@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 import dash_builder as B
-from conftest import TOKEN
+from dash_builder import TOKEN
 
 pytestmark = pytest.mark.browser
 

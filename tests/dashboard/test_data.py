@@ -137,6 +137,8 @@ def test_summary_paragraph(con):
     assert "node003" in text and "http://127.0.0.1:8765/" in text
 
 
-def test_queries_library_is_used():
-    """Guards the sys.path set-up: a silent fallback would hide the why verdicts."""
-    assert data._queries("why", "why") is not None and data._queries("source", "open_source") is not None
+def test_queries_library_is_the_real_package():
+    """Guards the sys.path set-up: tests/queries must not shadow the package."""
+    import queries.why
+
+    assert data._queries("why", "why") is queries.why.why

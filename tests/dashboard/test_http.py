@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from conftest import TOKEN
+from dash_builder import TOKEN
 from dashboards import data, server as dserver
 
 
@@ -137,3 +137,38 @@ def test_store_is_opened_read_only(server, store_db):
     finally:
         con.close()
     assert get(server, "/overview.json")[0] == 200
+
+
+def test_store_locked_by_the_collector_is_503_until_its_snapshot_appears(store_db, tmp_path, monkeypatch):
+    """As under 'hookscope serve': the collector holds the live file and has not
+    published a snapshot yet.  The dashboard starts, answers 503, then serves."""
+    import shutil
+    import subprocess
+    import sys
+
+    from collector.schema import snapshot_path
+
+    monkeypatch.setattr(dserver, "RETRY_OPEN_S", 0.0)
+    live = tmp_path / "hookscope.duckdb"
+    shutil.copy(store_db, live)
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('locked', flush=True); time.sleep(120)", str(live)],
+                              stdout=subprocess.PIPE, text=True)
+    srv = None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        srv = dserver.make_server(db=str(live), archive=str(tmp_path / "archive"))
+        import threading
+
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        st, _, b = get(srv, "/overview.json")
+        assert st == 503 and "not readable yet" in json.loads(b)["error"]
+        shutil.copy(store_db, snapshot_path(str(live)))
+        st, _, b = get(srv, "/overview.json")
+        assert st == 200 and json.loads(b)["totals"]["hook_runs"] == 54
+    finally:
+        if srv is not None:
+            srv.shutdown()
+            srv.server_close()
+        holder.kill()
+        holder.wait()

@@ -176,3 +176,11 @@ def test_hung_gpu_library_is_abandoned():
     with pytest.raises(TimeoutError):
         doctor._call_with_deadline(lambda: time.sleep(5), 0.3)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_agent_section_checked_as_the_agent_reads_it(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[agent]\nnats = "nats://127.0.0.1:1"\nnkey_file = "/etc/hookscope/node.nk"\n')
+    s, pre = doctor.resolve(str(cfg), skip_nats=True)
+    fails = [c for c in pre if c.status == doctor.FAIL]
+    assert fails and "unknown key agent.nkey_file" in fails[0].message

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from collector.embedded import NatsServer
 from emitter import contract
 from pipeline import Pipeline, bare_status, wait_for, write_scripts
 
@@ -170,9 +169,9 @@ def test_collector_kill_9(pl, tmp_path):
     _hooks(pl, tmp_path, nodes, jobs=range(1, 31))
     _drain(pl, nodes)
     c = pl.start_collector()
-    time.sleep(0.05)
-    wait_for(lambda: pl.db.exists() or c.poll() is not None, 30, what="collector opened its store")
-    time.sleep(0.3)
+    # kill as soon as the store exists: mid-way through the first batches
+    wait_for(lambda: pl.db.exists() or c.poll() is not None, 30, interval=0.005,
+             what="collector opened its store")
     os.killpg(c.pid, signal.SIGKILL)
     c.wait(5)
     pl.collect_once()

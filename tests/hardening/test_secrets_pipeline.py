@@ -5,7 +5,6 @@ byte of the Parquet archive (and the stream itself) are searched for them."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
@@ -79,7 +78,6 @@ def test_planted_secrets_never_reach_duckdb_or_parquet(pl, tmp_path):
     # otherwise pass vacuously): run the script bare and look
     raw = os.popen(f"env AWS_SECRET_ACCESS_KEY='{AWS}' {d}/10-leaky.sh").read()
     assert AWS in raw and TOKEN in raw
-    _ = asyncio
 
 
 def _sql_hits(pl: Pipeline, secret: str) -> list:

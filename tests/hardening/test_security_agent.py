@@ -5,7 +5,7 @@ credentials it is refused and keeps its journal (nothing lost)."""
 
 from __future__ import annotations
 
-import asyncio
+import subprocess
 
 import pytest
 
@@ -150,7 +150,6 @@ def test_natsio_connect_options(server, pki):
     bad = natsio.NatsOptions(servers=server.url, **({"tls_ca": str(pki["ca"])} if server.tls else {}))
     with pytest.raises(natsio.NatsUnavailable, match="uthoriz"):
         run(natsio.connect(bad))
-    _ = asyncio  # (asyncio used via run)
 
 
 def test_whole_pipeline_with_the_right_credentials(server, pki, tmp_path):
@@ -169,11 +168,7 @@ def test_whole_pipeline_with_the_right_credentials(server, pki, tmp_path):
         cargs, cenv = ["--user", server.gen.COLLECTOR_USER], {"HOOKSCOPE_NATS_PASSWORD": secret.read_text().strip()}
     if server.tls:
         cargs += ["--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"])]
-    import os
-    import subprocess
-
     c = subprocess.run(pl.collect_cmd(True) + cargs, env=pl.env("collector", cenv), capture_output=True,
                        text=True, timeout=90, cwd=pl.tmp)
     assert c.returncode == 0, c.stdout + c.stderr
     pl.assert_exact()
-    _ = os

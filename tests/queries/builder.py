@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from collector import schema
+from collector.columns import partition_value
 from emitter import contract as C
 from queries.source import table_columns
 
@@ -199,33 +200,48 @@ class StoreBuilder:
         try:
             schema.create_all(con)
             for table in self.rows:
-                batch = self.arrow(table)  # noqa: F841 (read by DuckDB's replacement scan)
+                con.register("batch", self.arrow(table))
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM batch")
+                con.unregister("batch")
         finally:
             con.close()
         return path
 
-    def write_archive(self, root, duplicate: bool = False) -> str:
-        """The archive layout of schema.py; ``duplicate`` writes every file
-        twice (a redelivery after a crash) to prove readers dedupe."""
+    def write_archive(self, root, duplicate: bool = False, layout_names: bool = True) -> str:
+        """The archive layout of schema.py.  ``duplicate`` writes every file
+        again as a redelivery after a crash would (same rows, an overlapping
+        stream-sequence range in the name), to prove readers dedupe;
+        ``layout_names=False`` names files without sequence ranges (as a
+        foreign tool might), which readers must dedupe by key instead."""
         root = os.fspath(root)
         for table, rows in self.rows.items():
             groups = defaultdict(list)
             for r in rows:
                 groups[(r["cluster"], _day(table, r))].append(r)
-            for (cluster, day), grp in groups.items():
-                d = os.path.join(root, table, f"cluster={cluster}", f"date={day}")
+            for n, ((cluster, day), grp) in enumerate(sorted(groups.items())):
+                # As collector/archive.py does: the cluster lives in the
+                # %-escaped partition directory only, not in the files.
+                d = os.path.join(root, table, f"cluster={partition_value(cluster)}", f"date={day}")
                 os.makedirs(d, exist_ok=True)
                 tbl = pa.Table.from_pylist(grp, schema=arrow_schema(table))
-                copies = 2 if duplicate else 1
-                for c in range(copies):
-                    first = 1 + c * 1000
-                    pq.write_table(tbl, os.path.join(d, f"hookscope-collector-{first:012d}-{first + len(grp):012d}.parquet"))
+                if "cluster" in tbl.schema.names:
+                    tbl = tbl.drop_columns(["cluster"])
+                first, last = 1 + 10_000 * n, 10_000 * (n + 1)
+                names = [f"hookscope-collector-{first:012d}-{last:012d}.parquet"]
+                if duplicate:
+                    names.append(f"hookscope-collector-{first + 3:012d}-{last + 50:012d}.parquet")
+                if not layout_names:
+                    names = [f"part-{k}.parquet" for k in range(len(names))]
+                for name in names:
+                    pq.write_table(tbl, os.path.join(d, name))
         return root
 
 
 def _day(table, r):
+    """The partition date: the day the stream received the rows (a second
+    after the record was written, in this builder)."""
     if table == "journal":
-        return from_ns(json.loads(r["record"])[C.R_TS]).date().isoformat()
-    ts = r.get("start_ts") or r.get("ts")
-    return ts.date().isoformat()
+        ts = from_ns(json.loads(r["record"])[C.R_TS])
+    else:
+        ts = r.get("received_ts") or r.get("start_ts") or r.get("ts")
+    return (ts + timedelta(seconds=1)).date().isoformat()

@@ -193,3 +193,70 @@ def test_real_subprocess_hookscope_why_json(scenario_db):
     d = json.loads(r.stdout)
     assert d["cause"]["script"] == HEALTH and d["systemic"]["fault"] == "script"
     assert d["regression"]["changed"] is True
+
+
+def test_archive_dedup_without_layout_names(scenario, tmp_path):
+    # Files a foreign tool named (no sequence ranges): every key is checked.
+    con = open_source(archive=scenario.write_archive(tmp_path / "a", duplicate=True, layout_names=False))
+    for table in ("hook_runs", "script_runs", "journal", "gpu_samples"):
+        assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == len(scenario.rows[table])
+    from queries.drains import drains as drains_fn
+
+    assert drains_fn(con)[0]["count"] == 300
+
+
+def test_archive_partial_redelivery(scenario, tmp_path):
+    # Only some partitions hold a redelivered copy: the rest is read as is.
+    root = scenario.write_archive(tmp_path / "a")
+    day = sorted((Path(root) / "script_runs" / "cluster=c1").iterdir())[0]
+    src = next(day.iterdir())
+    shutil.copy(src, day / "hookscope-collector-000000000005-000000009999.parquet")
+    shutil.copy(src, day / "other-consumer-000000000001-000000000002.parquet")
+    con = open_source(archive=root)
+    assert con.execute("SELECT count(*) FROM script_runs").fetchone()[0] == len(scenario.rows["script_runs"])
+    assert con.execute("SELECT count(DISTINCT span_id) FROM script_runs").fetchone()[0] == \
+        len(scenario.rows["script_runs"])
+
+
+def test_cursors_share_the_source(scenario, tmp_path):
+    # The dashboard runs why() on one cursor per thread: every view (and the
+    # archive's dedup tables) must be visible from a cursor too.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from queries.why import why as why_fn
+
+    for kw in ({"db": scenario.write_db(tmp_path / "c.duckdb")},
+               {"archive": scenario.write_archive(tmp_path / "a", duplicate=True, layout_names=False)}):
+        con = open_source(**kw)
+
+        def one(node):
+            cur = con.cursor()
+            try:
+                return why_fn(cur, node)["cause"]["script"]
+            finally:
+                cur.close()
+
+        with ThreadPoolExecutor(3) as ex:
+            got = list(ex.map(one, ["fail01", "hang01", "s001"]))
+        assert got == [SCRATCH, "/etc/slurm/prolog.d/40-hang.sh", HEALTH]
+        from queries.audit import audit_script
+
+        drift = audit_script(con.cursor(), "/etc/slurm/prolog.d/20-gpu.sh")["drift"]
+        assert drift[0]["hour"] == "2026-11-02T11:00:00.000000Z"
+
+
+def test_archive_cluster_partition_escaped_and_typed(tmp_path):
+    # The collector keeps the cluster only in the %-escaped partition path.
+    from qbuilder import T0, StoreBuilder, script
+
+    for cluster in ("gpu/east 1", "001"):
+        b = StoreBuilder(cluster=cluster)
+        b.hook("n1", T0, "prolog_slurmd", 7, "zoe", [script("/p/a.sh", exit_code=4)])
+        root = b.write_archive(tmp_path / cluster.replace("/", "_"))
+        assert not any(c.name == "cluster" for f in Path(root, "hook_runs").rglob("*.parquet")
+                       for c in pq.read_schema(f))
+        con = open_source(archive=root)
+        from queries.drains import drains as drains_fn
+
+        d = drains_fn(con)
+        assert d[0]["clusters"] == [cluster] and d[0]["exit_codes"] == [4]

@@ -218,3 +218,15 @@ def test_unwritable_spool_counts_nothing_raises_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "journal" in err and str(f / "journal") in err and "status is unchanged" in err
     assert j.lost == 1
+
+
+def test_missing_chain_head_with_existing_files_warns(tmp_path):
+    _complete_file(tmp_path)
+    os.unlink(tmp_path / c.CHAIN_HEAD_FILE)
+    j = _journal(tmp_path)
+    rec = j.append(c.K_HOOK_STARTED, {c.R_WARNINGS: []})
+    j.close()
+    assert rec[c.R_SEQ] == 1 and any("was missing" in w for w in rec[c.R_WARNINGS])
+    j = _journal(tmp_path / "fresh")
+    rec = j.append(c.K_HOOK_STARTED, {c.R_WARNINGS: []})
+    assert rec[c.R_WARNINGS] == []

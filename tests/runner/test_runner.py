@@ -188,7 +188,7 @@ def test_leftover_children_are_killed_when_the_script_exits(tmp_path, jdir, sett
     status, _ = _run(settings, tmp_path / "d")
     assert status == 0 and time.monotonic() - t0 < 5, "the runner does not wait for a background child"
     pid = int(pidfile.read_text())
-    for _ in range(100):
+    for _ in range(500):
         if not _alive(pid):
             break
         time.sleep(0.01)
@@ -267,3 +267,15 @@ def test_a_journal_bug_never_stops_the_scripts(tmp_path, jdir, settings, monkeyp
     status, _ = _run(settings, tmp_path / "d")
     assert status == 4 and ran.exists()
     assert capfd.readouterr().err.count("internal error") == 1
+
+
+def test_job_metadata_aliases_and_nulls():
+    """What real Slurm 22.05 gives: slurmd's prolog has SLURM_NODELIST only; slurmctld writes '(null)'."""
+    md = runner.job_metadata({"SLURM_JOB_ID": "12", "SLURM_NODELIST": "vm", "SLURM_JOB_ACCOUNT": "(null)",
+                              "SLURM_JOB_RESTART_COUNT": "1"})
+    assert md["job_id"] == "12" and md["nodelist"] == "vm" and md["account"] is None
+    assert md["restart_count"] == "1"
+    md = runner.job_metadata({"SLURM_JOBID": "7", "SLURM_JOB_NODELIST": "a[1-2]", "SLURM_NODELIST": "x",
+                              "SLURM_STEPID": "0"})
+    assert (md["job_id"], md["nodelist"], md["step_id"]) == ("7", "a[1-2]", "0")
+    assert set(md) == set(c.JOB_ENV)

@@ -6,10 +6,8 @@ key, socket, pid, log and seed files), slurmctld and slurmd in foreground mode
 client commands find through ``SLURM_CONF``.  Nothing under /etc/slurm or
 /etc/munge is touched, so a developer's own cluster keeps running.
 
-Between scenarios the hook lines of slurm.conf are rewritten and the daemons
-told with ``scontrol reconfigure`` (a fraction of a second; a restart costs
-several seconds, see docs/slurm-tier.md).  A drained node is resumed with
-``scontrol update nodename=X state=resume``.
+Between scenarios the hook lines are rewritten and ``scontrol reconfigure``
+run (0.03 s; a restart costs seconds, see docs/slurm-tier.md).
 
 Usage::
 
@@ -91,7 +89,6 @@ class SlurmCluster:
         self.ctld_port = 0
         self.slurmd_port = 0
         self.hooks: dict[str, str] = {}
-        self.extra: dict[str, str] = {}
         self._procs: dict[str, subprocess.Popen] = {}
         self._logs = []
 
@@ -161,7 +158,6 @@ class SlurmCluster:
         for k in CTLD_HOOKS:
             hooks.setdefault(k, str(self.noop_script))
         lines += [f"{k}={v}" for k, v in sorted(hooks.items())]
-        lines += [f"{k}={v}" for k, v in sorted(self.extra.items())]
         lines += [
             f"NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={self.node} "
             f"CPUs={self.cpus} RealMemory=1000 State=UNKNOWN",
@@ -190,7 +186,8 @@ class SlurmCluster:
                f"--pid-file={self.munge_dir / 'munged.pid'}",
                f"--log-file={self.munge_dir / 'munged.log'}",
                f"--seed-file={self.munge_dir / 'munged.seed'}"]
-        self._spawn("munged", cmd, user="munge")
+        # as munge:munge with no supplementary groups (root's are dropped)
+        self._spawn("munged", cmd, user=munge.pw_uid, group=munge.pw_gid, extra_groups=[])
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.munge_socket.exists():
@@ -270,12 +267,7 @@ class SlurmCluster:
 
     # ------------------------------------------------------------ config
     def set_hooks(self, timeout: float = 30, **hooks: str) -> None:
-        """Replace the hook lines (Prolog=..., Epilog=...) and reconfigure.
-
-        ``scontrol reconfigure`` makes slurmctld re-read slurm.conf and push
-        the reconfigure to slurmd, which re-reads it too; the tests then check
-        that both daemons really took the new lines (``scontrol show config``
-        is the controller's view; slurmd's is confirmed by its log)."""
+        """Replace the hook lines (Prolog=..., Epilog=...) and reconfigure."""
         unknown = set(hooks) - set(HOOK_PARAMS)
         if unknown:
             raise ValueError(f"not a hook parameter: {sorted(unknown)}")
@@ -284,19 +276,26 @@ class SlurmCluster:
         self.reconfigure(timeout)
 
     def reconfigure(self, timeout: float = 30) -> None:
-        mark = self._log_size("slurmd")
+        """``scontrol reconfigure``, then wait until both daemons took it:
+        slurmctld's ``show config`` has the new hook lines, slurmd has logged
+        its reconfigure ("Node reconfigured ...") and the node is back."""
+        mark = self.log_size("slurmd")
         self.scontrol("reconfigure")
-        # slurmd logs this once it has re-read slurm.conf.
-        self._wait(lambda: "Reconfigure" in self._log_since("slurmd", mark)
-                   or "reconfigur" in self._log_since("slurmd", mark).lower(),
+        # slurmd 22.05 logs these two lines (at info) each time it re-reads slurm.conf
+        self._wait(lambda: any(m in self.log_since("slurmd", mark) for m in (
+                       "Node reconfigured", "CPU frequency setting not configured")),
                    timeout, "slurmd to reconfigure", ("slurmd", "slurmctld"))
+        shown = parse_config(self.scontrol("show", "config").stdout)
+        for k, v in self.hooks.items():
+            if shown.get(k) != v:
+                raise SlurmClusterError(f"after reconfigure slurmctld has {k}={shown.get(k)!r}, not {v!r}")
         self.wait_node({"IDLE"}, timeout, allow_drain=True)
 
     # ------------------------------------------------------------ commands
-    def run(self, *cmd: str, check: bool = True, timeout: float = 30, user: str | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess:
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30,
+            user: str | None = None) -> subprocess.CompletedProcess:
         p = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True,
-                           timeout=timeout, user=user, input=input, cwd=self.jobs_dir)
+                           timeout=timeout, user=user, cwd=self.jobs_dir)
         if check and p.returncode != 0:
             raise SlurmClusterError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.strip()}")
         return p
@@ -357,58 +356,43 @@ class SlurmCluster:
     def wait_job(self, job_id: int, states, timeout: float = 60) -> dict:
         """Wait until the job's JobState is one of ``states``; return the job."""
         want = set(states)
-        last = {}
-
-        def done():
-            nonlocal last
-            last = self.job(job_id)
-            return last.get("JobState") in want
-        self._wait(done, timeout, lambda: f"job {job_id} to reach {sorted(want)} (last: "
-                   f"{last.get('JobState')} {last.get('Reason')})", ("slurmctld", "slurmd"))
-        return last
+        return self._until(lambda: self.job(job_id), lambda j: j.get("JobState") in want,
+                           timeout, f"job {job_id} to reach {sorted(want)}")
 
     def wait_job_settled(self, job_id: int, timeout: float = 60) -> dict:
         """Wait until the job is final, or pending and held (what slurmctld
         does to a batch job whose prolog failed: requeue, hold); return it."""
-        last = {}
-
-        def done():
-            nonlocal last
-            last = self.job(job_id)
-            st, reason = last.get("JobState"), last.get("Reason", "")
+        def settled(j):
+            st, reason = j.get("JobState"), j.get("Reason", "")
             return st in FINAL_STATES or (st == "PENDING" and "held" in reason.lower())
-        self._wait(done, timeout, lambda: f"job {job_id} to finish or be held (last: "
-                   f"{last.get('JobState')} {last.get('Reason')})", ("slurmctld", "slurmd"))
-        return last
+        return self._until(lambda: self.job(job_id), settled, timeout,
+                           f"job {job_id} to finish or be held")
 
     def wait_node(self, states, timeout: float = 60, allow_drain: bool = False) -> dict:
-        """Wait until the node's base state is in ``states`` and (unless
-        ``allow_drain``) it carries no DRAIN/NOT_RESPONDING flag."""
+        """Wait until the node's base state is in ``states`` with no
+        NOT_RESPONDING/COMPLETING flag (nor DRAIN unless ``allow_drain``)."""
         want = set(states)
-        last = {}
+        bad = {"NOT_RESPONDING", "COMPLETING", "POWERING_UP"} | (set() if allow_drain else {"DRAIN"})
 
-        def ok():
-            nonlocal last
-            last = self.node_info()
-            st = last.get("State", "").split("+")
-            if not st or st[0] not in want:
-                return False
-            bad = {"NOT_RESPONDING", "COMPLETING", "POWERING_UP"} | (set() if allow_drain else {"DRAIN"})
-            return not (set(st[1:]) & bad) and not st[0].endswith("*")
-        self._wait(ok, timeout, lambda: f"node {self.node} to be {sorted(want)} "
-                   f"(last: {last.get('State')} reason={last.get('Reason')!r})",
-                   ("slurmctld", "slurmd"))
-        return last
+        def ok(info):
+            st = info.get("State", "").split("+")
+            return st[0] in want and not (set(st[1:]) & bad)
+        return self._until(self.node_info, ok, timeout, f"node {self.node} to be {sorted(want)}")
 
     def wait_drained(self, timeout: float = 60) -> dict:
         """Wait until the node carries the DRAIN flag; return node_info."""
+        return self._until(self.node_info, lambda i: "DRAIN" in i.get("State", ""),
+                           timeout, f"node {self.node} to drain")
+
+    def _until(self, get, ok, timeout, what) -> dict:
         last = {}
 
-        def ok():
+        def pred():
             nonlocal last
-            last = self.node_info()
-            return "DRAIN" in last.get("State", "")
-        self._wait(ok, timeout, lambda: f"node {self.node} to drain (last: {last.get('State')})",
+            last = get()
+            return ok(last)
+        self._wait(pred, timeout, lambda: f"{what} (last: State/JobState="
+                   f"{last.get('State') or last.get('JobState')} Reason={last.get('Reason')!r})",
                    ("slurmctld", "slurmd"))
         return last
 
@@ -427,23 +411,19 @@ class SlurmCluster:
             delay = min(delay * 1.5, 0.25)
 
     # ------------------------------------------------------------ logs
-    def _log_size(self, name: str) -> int:
+    def log_size(self, name: str) -> int:
         try:
             return (self.log_dir / f"{name}.log").stat().st_size
         except OSError:
             return 0
 
-    def _log_since(self, name: str, offset: int) -> str:
+    def log_since(self, name: str, offset: int) -> str:
         try:
             with open(self.log_dir / f"{name}.log", "rb") as f:
                 f.seek(offset)
                 return f.read().decode(errors="replace")
         except OSError:
             return ""
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace") \
-            if (self.log_dir / f"{name}.log").exists() else ""
 
     def logs(self, n: int = 25) -> str:
         parts = []
@@ -498,6 +478,16 @@ def _cwd_under(pid: int, root: str) -> bool:
     except OSError:
         return False
     return cwd == root or cwd.startswith(root.rstrip("/") + "/")
+
+
+def parse_config(text: str) -> dict:
+    """``scontrol show config`` (``Key   = value`` lines) as a dict."""
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
 
 
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")

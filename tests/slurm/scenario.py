@@ -58,9 +58,42 @@ def hook_missing_reason() -> str | None:
     if not (hb.is_file() and os.access(hb, os.X_OK)):
         return f"{hb} is not installed (pip install -e . in the venv)"
     try:
-        import emitter.hook  # noqa: F401
+        import emitter.hook  # noqa: F401  (importable = the runner is there)
     except ImportError as exc:
         return f"the runner is not available: emitter.hook cannot be imported ({exc})"
+    return None
+
+
+def system_python_launcher(path: Path) -> str | None:
+    """Write a ``hookscope-hook`` launcher that runs on Debian's /usr/bin/python3
+    (what a site installs under /opt/hookscope), for hooks that run as the
+    job's user; None if that cannot work here (reason in the return of
+    ``launcher_problem``)."""
+    root = Path(__file__).resolve().parents[2]
+    path.write_text("#!/usr/bin/python3 -IS\n"
+                    "# hookscope-hook for every user: Debian's Python, this checkout\n"
+                    "import sys\n"
+                    f"sys.path.insert(0, {str(root)!r})\n"
+                    "from emitter.hook import main\n"
+                    "sys.exit(main())\n")
+    os.chmod(path, 0o755)
+    return str(path)
+
+
+def launcher_problem(user: str = "nobody") -> str | None:
+    """Why a job user could not run hookscope-hook from this checkout, or None."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    code = "import sys; assert sys.version_info >= (3, 11); sys.path.insert(0, %r); import emitter.hook" % str(root)
+    try:
+        p = subprocess.run(["/usr/bin/python3", "-IS", "-c", code], user=user,
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot run /usr/bin/python3 as {user}: {exc}"
+    if p.returncode != 0:
+        return (f"user {user} cannot import emitter.hook from {root} with /usr/bin/python3 "
+                f"(3.11+ needed, checkout must be world-readable): {p.stderr.strip()[-300:]}")
     return None
 
 
@@ -88,6 +121,7 @@ class Scenario:
     base: Path
     scripts: dict = field(default_factory=dict)
     budget_s: float = RUNNER_BUDGET_S  # [runner] timeout_s; 0 = none
+    hook: str | None = None  # what slurm.conf names in hookscope mode (default: hook_binary())
 
     def __post_init__(self):
         self.base = Path(self.base)
@@ -120,7 +154,7 @@ class Scenario:
     def slurm_hooks(self, mode: str) -> dict:
         """slurm.conf hook lines for ``mode`` ("bare" or "hookscope")."""
         if mode == "hookscope":
-            hb = str(hook_binary())
+            hb = str(self.hook or hook_binary())
             return {param: hb for param in CONTEXT_PARAM.values()}
         if mode != "bare":
             raise ValueError(mode)

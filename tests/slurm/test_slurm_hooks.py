@@ -15,7 +15,8 @@ import pytest
 from emitter import contract as C
 
 from slurm.scenario import (CONTEXT_PARAM, PROLOG_EPILOG_TIMEOUT, RUNNER_BUDGET_S,
-                            check_chain, kinds)
+                            check_chain, kinds, launcher_problem, system_python_launcher)
+from tiers import require
 
 pytestmark = pytest.mark.slurm
 
@@ -73,7 +74,8 @@ def test_good_job_every_context(deploy, cluster, mode):
     # --- what Slurm shows, identical in both modes
     assert info["JobState"] == "COMPLETED", info
     assert info["ExitCode"] == "0:0", info
-    assert "job-ran" in cluster.job_output(job)
+    # exactly the job's own output: the runner adds nothing to it
+    assert cluster.job_output(job) == "job-ran\nHS_TASK_VAR=unset\n"
     node = cluster.wait_node({"IDLE"})
     assert node["State"] == "IDLE", node
     assert cluster.drain_reasons() == []
@@ -107,7 +109,7 @@ def test_failing_prolog_drains_and_holds(deploy, cluster, mode):
         "10-runs-last": "exit 0\n",
         "20-gpu-check": "echo 'gpu0: XID 79, fallen off the bus' >&2\nexit 3\n",
     }})
-    mark = cluster._log_size("slurmd")
+    mark = cluster.log_size("slurmd")
     job = cluster.sbatch(JOB)
     node = cluster.wait_drained()
     info = cluster.wait_job_settled(job)
@@ -118,7 +120,7 @@ def test_failing_prolog_drains_and_holds(deploy, cluster, mode):
     assert "job-ran" not in cluster.job_output(job)
     # slurmd's reverse glob order, stop at the first failure: 10-runs-last never ran
     assert [r for r in sc.ran() if r[0] == "prolog_slurmd"] == [("prolog_slurmd", str(job), "20-gpu-check")]
-    slurmd_log = cluster._log_since("slurmd", mark)
+    slurmd_log = cluster.log_since("slurmd", mark)
     assert f"[job {job}] prolog failed status=3:0" in slurmd_log
     assert "XID 79, fallen off the bus" in slurmd_log, "slurmd logs the failing output in both modes"
     if mode == "bare":
@@ -171,7 +173,7 @@ def _sleepers(tag):
 def test_hung_prolog_stopped(deploy, cluster, mode):
     tag = "317" if mode == "bare" else "318"  # a process we can find, per mode
     sc = deploy(mode, {"prolog_slurmd": {"10-hang": f"echo hanging-now\n/bin/sleep {tag}\n"}})
-    mark = cluster._log_size("slurmd")
+    mark = cluster.log_size("slurmd")
     t0 = time.monotonic()
     job = cluster.sbatch(JOB)
     node = cluster.wait_drained(timeout=PROLOG_EPILOG_TIMEOUT + 30)
@@ -183,7 +185,7 @@ def test_hung_prolog_stopped(deploy, cluster, mode):
     assert "job-ran" not in cluster.job_output(job)
     assert [r[:2] for r in sc.ran() if r[0] == "prolog_slurmd"] == [("prolog_slurmd", str(job))]
     poll(lambda: not _sleepers(tag), 10, f"the hung script's /bin/sleep {tag} to be gone")
-    slurm_timed_out = "prolog poll timeout" in cluster._log_since("slurmd", mark)
+    slurm_timed_out = "prolog poll timeout" in cluster.log_since("slurmd", mark)
     if mode == "bare":
         assert slurm_timed_out, "bare: Slurm's PrologEpilogTimeout stops it"
         assert elapsed >= PROLOG_EPILOG_TIMEOUT - 1
@@ -213,9 +215,8 @@ def test_task_prolog_export_reaches_job(deploy, cluster, mode):
     out = cluster.job_output(job)
     # --- what the job sees, identical in both modes
     assert info["JobState"] == "COMPLETED", info
-    assert "HS_TASK_VAR=from-task-prolog" in out, out
-    assert "HS_UNSET_ME=gone" in out, out
-    assert "task-prolog-printed" in out, out
+    assert out == ("task-prolog-printed\njob-ran\nHS_TASK_VAR=from-task-prolog\n"
+                   "HS_UNSET_ME=gone\n"), out
     assert [r for r in sc.ran() if r[0] == "prolog_task"] == [("prolog_task", str(job), "50-export")]
     if mode == "bare":
         return
@@ -295,20 +296,21 @@ def hook_runs_done_last(sc, contexts):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_slurm_timeout_kills_the_runner(deploy, cluster, mode):
+def test_slurm_timeout_kills_the_runner(deploy, cluster, request, mode):
     """With no budget of its own, hookscope-hook is what slurmd kills at
     PrologEpilogTimeout (SIGTERM to its process group, SIGKILL 10 ms later).
     Slurm's outcome is unchanged, the hung script does not outlive the hook,
-    and the journal already names the script that was running."""
+    the journal already names the script that was running, and the real
+    pipeline (agent, collector, why) reports the runner as killed in it."""
     tag = "315" if mode == "bare" else "316"
     sc = deploy(mode, {"prolog_slurmd": {"10-hang": f"echo stuck\n/bin/sleep {tag}\n"}}, budget_s=0)
-    mark = cluster._log_size("slurmd")
+    mark = cluster.log_size("slurmd")
     job = cluster.sbatch(JOB)
     node = cluster.wait_drained(timeout=PROLOG_EPILOG_TIMEOUT + 30)
     info = cluster.wait_job_settled(job)
     assert node["Reason"] == PROLOG_ERROR, node
     assert info["JobState"] == "PENDING" and "held" in info["Reason"], info
-    assert "prolog poll timeout" in cluster._log_since("slurmd", mark)
+    assert "prolog poll timeout" in cluster.log_since("slurmd", mark)
     poll(lambda: not _sleepers(tag), 10, lambda: f"the hung script /bin/sleep {tag} to be gone: {_sleepers(tag)}")
     if mode == "bare":
         return
@@ -317,3 +319,49 @@ def test_slurm_timeout_kills_the_runner(deploy, cluster, mode):
     started = one(hooks[0], C.K_SCRIPT_STARTED)
     assert started[C.R_PATH] == str(sc.path("prolog_slurmd", "10-hang"))
     assert one(hooks[0], C.K_HOOK_STARTED)[C.R_JOB]["job_id"] == str(job)
+    why = request.getfixturevalue("pipeline")(sc.journal_dir, cluster.node)
+    cause = why["cause"]
+    assert cause is not None, why
+    assert (cause["context"], cause["script"], str(cause["job_id"])) == \
+        ("prolog_slurmd", str(sc.path("prolog_slurmd", "10-hang")), str(job)), cause
+    assert cause["runner_killed"] is True and cause["exit_code"] is None, cause
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_task_prolog_runs_for_every_step(deploy, cluster, mode):
+    """TaskProlog runs before the batch step and again before each srun step;
+    each gets the export (under hookscope each is its own recorded hook run)."""
+    sc = deploy(mode, {"prolog_task": {"50-export": "echo \"export HS_STEP_SEEN=step-$SLURM_STEP_ID\"\n"}})
+    job = cluster.sbatch("#!/bin/sh\necho batch:$HS_STEP_SEEN\nsrun -n1 /bin/sh -c 'echo srun:$HS_STEP_SEEN'\n")
+    info = cluster.wait_job_settled(job)
+    assert info["JobState"] == "COMPLETED", (info, cluster.job_output(job))
+    # the batch step's TaskProlog has no SLURM_STEP_ID; srun's first step is 0
+    assert cluster.job_output(job) == "batch:step-\nsrun:step-0\n", cluster.job_output(job)
+    assert [r for r in sc.ran() if r[0] == "prolog_task"] == [("prolog_task", str(job), "50-export")] * 2
+    if mode == "bare":
+        return
+    runs = poll(lambda: (lambda rs: len(rs) == 2 and all(kinds(r, C.K_HOOK_ENDED) for r in rs) and rs)(
+        sc.hooks().get("prolog_task", [])), 15, "two finished TaskProlog runs")
+    steps = sorted(one(r, C.K_HOOK_STARTED)[C.R_JOB]["step_id"] or "" for r in runs)
+    assert steps == ["", "0"], steps
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_task_prolog_as_job_user(deploy, cluster, mode):
+    """TaskProlog runs as the job's user, not root.  hookscope-hook must then
+    be runnable by that user (here through Debian's Python, as a site would
+    install it) and must not change what the job sees: same state, same
+    output, the export delivered.  (Its records cannot go to the root-only
+    journal; see docs/slurm-tier.md.)"""
+    hook = None
+    if mode == "hookscope":
+        problem = launcher_problem("nobody")
+        require(problem is None, problem or "")
+        hook = system_python_launcher(cluster.root / "hookscope-hook-anyuser")
+    sc = deploy(mode, {"prolog_task": {"50-export": "echo 'export HS_TASK_VAR=as-user'\n"}}, hook=hook)
+    job = cluster.sbatch(JOB + "id -un\n", user="nobody")
+    info = cluster.wait_job_settled(job)
+    assert info["JobState"] == "COMPLETED", (info, cluster.job_output(job))
+    assert cluster.job_output(job) == "job-ran\nHS_TASK_VAR=as-user\nnobody\n"
+    assert [r for r in sc.ran() if r[0] == "prolog_task"] == [("prolog_task", str(job), "50-export")]
+    assert cluster.wait_node({"IDLE"})["State"] == "IDLE"

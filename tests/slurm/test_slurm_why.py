@@ -14,67 +14,19 @@ Where plain Slurm fails the same way, the test also runs the bare scripts and
 expects the same Slurm outcome (parity, as in test_slurm_hooks.py).
 """
 
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from emitter import contract as C
-from tiers import require
 
 from slurm.scenario import PROLOG_EPILOG_TIMEOUT, RUNNER_BUDGET_S, kinds
 
 pytestmark = pytest.mark.slurm
 
-HOOKSCOPE = Path(sys.executable).parent / "hookscope"
 PROLOG_ERROR = C.DRAIN_REASON["prolog_slurmd"]
 EPILOG_ERROR = C.DRAIN_REASON["epilog_slurmd"]
 JOB = "#!/bin/sh\necho job-ran\n"
-
-#: The pipeline's subcommands (asked as the installed CLI, in a child process,
-#: exactly as the test then runs them).
-PIPELINE = ("agent", "collect", "why")
-
-
-def pipeline_missing_reason():
-    if not HOOKSCOPE.exists():
-        return f"{HOOKSCOPE} is not installed (pip install -e . in the venv)"
-    missing = []
-    for cmd in PIPELINE:
-        p = subprocess.run([str(HOOKSCOPE), cmd, "--help"], capture_output=True, text=True, timeout=60)
-        if p.returncode != 0:
-            missing.append(f"'hookscope {cmd}': {(p.stderr or p.stdout).strip()[-300:]}")
-    return "; ".join(missing) or None
-
-
-@pytest.fixture
-def pipeline(nats_server, tmp_path):
-    """run(journal_dir, node) -> the parsed ``hookscope why NODE --json``."""
-    r = pipeline_missing_reason()
-    require(r is None, f"the issue-5 pipeline is not complete: {r}")
-    db = tmp_path / "store" / "hookscope.duckdb"
-    db.parent.mkdir()
-
-    def step(*args, timeout=90):
-        p = subprocess.run([str(HOOKSCOPE), *args], capture_output=True, text=True, timeout=timeout)
-        assert p.returncode == 0, (f"hookscope {' '.join(args)} exited {p.returncode}\n"
-                                   f"stdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-2000:]}")
-        return p
-
-    def run(journal_dir, node):
-        step("agent", "--once", "--nats", nats_server.url, "--journal", str(journal_dir))
-        step("collect", "--once", "--nats", nats_server.url, "--db", str(db))
-        out = step("why", node, "--json", "--db", str(db)).stdout
-        try:
-            return json.loads(out)
-        except ValueError:
-            pytest.fail(f"hookscope why --json printed no JSON: {out[:2000]}")
-
-    return run
-
 
 def wait_hook_ended(sc, context, timeout=20):
     """The journal records of ``context``'s finished hook run."""
@@ -169,10 +121,10 @@ def test_epilog_fails(deploy, cluster, request, mode):
 def test_script_not_executable(deploy, cluster, request, mode):
     # Slurm's glob runs the match anyway; exec fails and the prolog fails (127).
     sc = deploy(mode, {"prolog_slurmd": {"30-noexec": ("exit 0\n", 0o644)}})
-    mark = cluster._log_size("slurmd")
+    mark = cluster.log_size("slurmd")
     job = cluster.sbatch(JOB)
     drained_with(cluster, job, PROLOG_ERROR)
-    log = cluster._log_since("slurmd", mark)
+    log = cluster.log_since("slurmd", mark)
     if mode == "bare":
         # slurmd 22.05: "prolog didn't run: status:127 ... [job N] prolog failed status=0:0"
         assert "30-noexec) Permission denied" in log and "status:127" in log, log

@@ -1,0 +1,219 @@
+"""The storage contract, run against every backend (live DuckDB file, Parquet
+archive), plus the store's error paths.  Real DuckDB files, no NATS."""
+
+import os
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+
+from collector import archive as A
+from collector import schema
+from collector.columns import NAMES, Batch
+from collector.consumer import parse_reply
+from collector.decode import decode_message
+from collector.rebuild import from_archive
+from collector.store import Store, StoreError, StoreLocked
+from emitter import contract as C
+from gen import Node, gpu_message, hook_message
+
+NOW = time.time_ns()
+
+
+def make_batch(first_seq=1, n=6, dup_of=None, consumer="t1"):
+    node = Node("store01")
+    b = Batch(consumer)
+    items = []
+    for i in range(n):
+        subj, mid, payload, _ = hook_message(node, fail_index=1 if i == 0 else None)
+        items.append((subj, mid, payload))
+    subj, mid, payload, _ = gpu_message(node)
+    items.append((subj, mid, payload))
+    items.append((C.subject(C.SIGNAL_SPANS, "gpu1", "store01"), None, b"\xff\x00junk"))
+    for k, (subj, mid, payload) in enumerate(dup_of or items):
+        seq = first_seq + k
+        b.add(decode_message(payload, subj, seq, NOW), seq, subj, NOW, payload, mid, "gpu1")
+    return b, items
+
+
+class StorageContract:
+    """What every backend must do with batches: store exactly once per key."""
+
+    def write(self, tmp_path, batch):
+        raise NotImplementedError
+
+    def read(self, tmp_path, table):
+        raise NotImplementedError
+
+    def test_rows_round_trip(self, tmp_path):
+        b, _ = make_batch()
+        self.write(tmp_path, b)
+        assert len(self.read(tmp_path, "hook_runs")) == 6
+        assert len(self.read(tmp_path, "script_runs")) == 2 + 5 * 8
+        assert len(self.read(tmp_path, "gpu_samples")) == 8
+        (dl,) = self.read(tmp_path, "dead_letters")
+        assert dl[NAMES["dead_letters"].index("reason")] == "malformed"
+        assert len(self.read(tmp_path, "span_events")) == 1
+
+    def test_redelivery_stores_nothing_twice(self, tmp_path):
+        b, items = make_batch()
+        self.write(tmp_path, b)
+        again, _ = make_batch(dup_of=items)  # same stream seqs: a redelivery
+        self.write(tmp_path, again)
+        later, _ = make_batch(first_seq=100, dup_of=items)  # duplicate publish: new seqs
+        self.write(tmp_path, later)
+        hooks = self.read(tmp_path, "hook_runs")
+        assert len(hooks) == 6
+        seq_col = NAMES["hook_runs"].index("stream_seq")
+        assert max(r[seq_col] for r in hooks) < 100  # the first copy wins
+        assert len(self.read(tmp_path, "journal")) == len({(r[0], r[1], r[2]) for r in self.read(tmp_path, "journal")})
+        # the dead letter of the duplicate publish has its own stream seq
+        assert len(self.read(tmp_path, "dead_letters")) == 2
+
+
+class TestLiveStore(StorageContract):
+    def write(self, tmp_path, batch):
+        parts, tables = batch.arrow()
+        with Store(tmp_path / "s.duckdb", consumer=batch.consumer) as st:
+            st.commit(tables, batch.last_seq)
+
+    def read(self, tmp_path, table):
+        con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+        try:
+            return con.execute(f"SELECT {', '.join(NAMES[table])} FROM {table} ORDER BY ALL").fetchall()
+        finally:
+            con.close()
+
+
+class TestArchive(StorageContract):
+    def write(self, tmp_path, batch):
+        parts, _ = batch.arrow()
+        A.Archive(tmp_path / "archive", consumer=batch.consumer).write(parts, batch.first_seq, batch.last_seq)
+
+    def read(self, tmp_path, table):
+        return duckdb.execute(A.read_sql(str(tmp_path / "archive"), table) + " ORDER BY ALL").fetchall()
+
+
+def test_archive_layout_is_hive_partitioned_parquet(tmp_path):
+    b, _ = make_batch(first_seq=41)
+    parts, _ = b.arrow()
+    files = A.Archive(tmp_path, consumer="host-a").write(parts, b.first_seq, b.last_seq)
+    date = time.strftime("%Y-%m-%d", time.gmtime(NOW // 10**9))
+    assert str(tmp_path / "hook_runs" / "cluster=gpu1" / f"date={date}" / "host-a-000000000041-000000000048.parquet") in files
+    assert {os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(f)))) for f in files} == \
+        set(schema.ARCHIVE_TABLES) - {"node_events"}  # no node event in this batch
+    # plain Parquet + hive partitions: any engine reads it as-is
+    n, cluster = duckdb.execute(f"SELECT count(*), any_value(cluster) FROM read_parquet('{tmp_path}/raw/**/*.parquet', "
+                                "hive_partitioning=true)").fetchone()
+    assert (n, cluster) == (8, "gpu1")
+    import pyarrow.parquet as pq
+    t = pq.read_table(str(tmp_path / "script_runs"), partitioning="hive")
+    assert t.num_rows == 42 and "date" in t.column_names and set(t.column("cluster").to_pylist()) == {"gpu1"}
+
+
+def test_empty_archive_reads_as_empty_tables(tmp_path):
+    for t in schema.ARCHIVE_TABLES:
+        if t == "raw":
+            continue
+        assert duckdb.execute(A.read_sql(str(tmp_path), t)).fetchall() == []
+
+
+def test_odd_cluster_names_round_trip_through_the_partition_path(tmp_path):
+    node = Node("n1", cluster="lab/a 001")
+    subj, mid, payload, _ = hook_message(node)
+    b = Batch("t")
+    b.add(decode_message(payload, subj, 1, NOW), 1, subj, NOW, payload, mid, None)
+    parts, _ = b.arrow()
+    A.Archive(tmp_path, consumer="t").write(parts, 1, 1)
+    assert duckdb.execute(f"SELECT DISTINCT cluster FROM ({A.read_sql(str(tmp_path), 'hook_runs')})").fetchall() == \
+        [("lab/a 001",)]
+
+
+def test_ingest_state_moves_with_the_rows(tmp_path):
+    b, _ = make_batch(first_seq=10)
+    _, tables = b.arrow()
+    with Store(tmp_path / "s.duckdb", consumer="c1") as st:
+        st.commit(tables, b.last_seq)
+        assert st.last_seq() == 17
+        st.commit({}, 5)  # an older sequence never moves it back
+        assert st.last_seq() == 17
+
+
+def test_failed_commit_rolls_back_rows_and_seq(tmp_path):
+    b, _ = make_batch()
+    _, tables = b.arrow()
+    import pyarrow as pa
+    bad = tables["hook_runs"].set_column(NAMES["hook_runs"].index("context"), "context",
+                                         pa.array([None] * tables["hook_runs"].num_rows, pa.string()))
+    with Store(tmp_path / "s.duckdb") as st:
+        with pytest.raises(duckdb.Error):
+            st.commit(dict(tables, hook_runs=bad), b.last_seq)
+        assert st.counts()["journal"] == 0 and st.last_seq() == 0
+
+
+def test_snapshot_is_a_readable_copy_and_the_lock_survives(tmp_path):
+    db = tmp_path / "s.duckdb"
+    b, _ = make_batch()
+    _, tables = b.arrow()
+    st = Store(db, snapshot_interval=0)
+    try:
+        st.commit(tables, b.last_seq)
+        snap = st.snapshot()
+        assert snap == schema.snapshot_path(str(db))
+        code = ("import duckdb,sys\n"
+                "try:\n duckdb.connect(sys.argv[1], read_only=True); print('opened')\n"
+                "except duckdb.Error as e: print('locked')\n"
+                "print(duckdb.connect(sys.argv[2], read_only=True).execute('select count(*) from hook_runs').fetchone()[0])")
+        out = subprocess.run([sys.executable, "-c", code, str(db), snap], capture_output=True, text=True,
+                             timeout=60).stdout.split()
+        assert out == ["locked", "6"]  # copying did not drop the writer's lock
+    finally:
+        st.close()
+
+
+def test_second_writer_is_refused_with_a_clear_error(tmp_path):
+    db = tmp_path / "s.duckdb"
+    st = Store(db)
+    try:
+        code = ("import sys\nfrom collector.store import Store, StoreLocked\n"
+                "try:\n Store(sys.argv[1])\nexcept StoreLocked as e: print('LOCKED', e)\n")
+        r = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=60,
+                           cwd=str(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+        assert r.stdout.startswith("LOCKED") and str(db) in r.stdout and "one collector per DuckDB file" in r.stdout
+    finally:
+        st.close()
+
+
+def test_not_a_duckdb_file(tmp_path):
+    db = tmp_path / "s.duckdb"
+    db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError) as ei:
+        Store(db)
+    assert str(db) in str(ei.value) and "rebuild" in str(ei.value)
+    assert db.read_bytes().startswith(b"this is not")  # nothing overwritten
+
+
+def test_rebuild_from_archive_keeps_old_store_on_failure(tmp_path):
+    db = tmp_path / "s.duckdb"
+    b, _ = make_batch()
+    _, tables = b.arrow()
+    with Store(db) as st:
+        st.commit(tables, b.last_seq)
+    bad = tmp_path / "archive" / "hook_runs" / "cluster=x" / "date=2026-01-01"
+    bad.mkdir(parents=True)
+    (bad / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(Exception):
+        from_archive(str(tmp_path / "archive"), str(db), progress=False)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM hook_runs").fetchone()[0] == 6
+    con.close()
+
+
+@pytest.mark.parametrize("reply,expect", [
+    ("$JS.ACK.HOOKSCOPE.hookscope-collector.1.42.40.1733300000000000000.7", (42, 1733300000000000000, 7, 1)),
+    ("$JS.ACK.dom.acchash.HOOKSCOPE.c.2.43.41.1733300000000000001.0.rand", (43, 1733300000000000001, 0, 2)),
+])
+def test_parse_reply(reply, expect):
+    assert parse_reply(reply) == expect
