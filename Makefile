@@ -29,7 +29,7 @@ test: $(STAMP) sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m emitter.demo
+	$(PY) -m collector.demo
 
 bench: $(STAMP)
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

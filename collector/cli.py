@@ -208,6 +208,7 @@ def serve(host, port, token, config, **opts):
             click.echo(f"dashboard not available in this installation ({exc}); collecting only", err=True)
             return
         try:
+            os.makedirs(s["archive"], exist_ok=True)
             srv = make_server(db=s["db"], archive=s["archive"], host=host, port=port, token=token)
         except Exception as exc:
             click.echo(f"dashboard not started: {exc}", err=True)

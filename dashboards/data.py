@@ -259,65 +259,70 @@ def _why_verdict(why_fn, con, node, since, until):
         return f"(why failed for {node}: {exc})"
 
 
+def _why_on_cursor(con, why_fn, node, since, until):
+    cur = con.cursor()  # a DuckDB connection is not for concurrent use; its cursors are
+    try:
+        return _why_verdict(why_fn, cur, node, since, until)
+    finally:
+        cur.close()
+
+
 def problem_nodes(con, since, until):
     """Drained and failing nodes: drain groups (nodes whose latest hook failed,
     grouped by cause) and nodes drained with no failing hook, each row with a
-    ``why`` verdict (for a group: of its most recently failed node)."""
+    ``why`` verdict (for a group: of its most recently failed node).
+
+    The why() calls run a few at a time beside drains(): each is a handful of
+    small scans that leave most of DuckDB's threads idle.  The newest drained
+    nodes are asked before drains() says whether they belong to a group; the
+    rows do not depend on that timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
     drains_fn, why_fn = _queries("drains", "drains"), _queries("why", "why")
-    groups = drains_fn(con, since=since, until=until) or []
-    out = []
-    for g in groups[:MAX_GROUPS]:
-        nodes = list(g.get("nodes") or [])
-        rep = g.get("last_node")
-        if rep is None and nodes:
-            newest = _one(con, "SELECT node FROM hook_runs WHERE list_contains(?, node) "
-                               "AND start_ts >= ? AND start_ts < ? ORDER BY start_ts DESC LIMIT 1",
-                          [nodes, since, until])
-            rep = newest["node"] if newest else nodes[0]
-        out.append({"kind": "hook", "nodes": nodes, "count": g.get("count", len(nodes)),
-                    "context": g.get("context"), "script": g.get("script"), "sha256": g.get("sha256"),
-                    "failures": g.get("failures"), "state": None, "reason": g.get("drain_reason"),
-                    "verdict_node": rep, "verdict": None})
-    seen = {n for r in out for n in r["nodes"]} | {n for g in groups[MAX_GROUPS:] for n in g.get("nodes") or []}
     events = _rows(con, """
         SELECT node, arg_max(state, ts) AS state, arg_max(reason, ts) AS reason, max(ts) AS time
         FROM node_events WHERE ts >= ? AND ts < ? GROUP BY node ORDER BY max(ts) DESC, node""", [since, until])
-    states = {e["node"]: e for e in events}
-    for r in out:
-        drained = [states[n]["state"] for n in r["nodes"] if n in states]
-        r["state"] = drained[0] if drained and len(set(drained)) == 1 else ("mixed" if drained else None)
-    k = 0
-    for e in events:
-        if e["node"] in seen or not str(e["state"] or "").upper().startswith(("DRAIN", "DOWN", "FAIL")):
-            continue
-        out.append({"kind": "event", "nodes": [e["node"]], "count": 1, "context": None, "script": None,
-                    "sha256": None, "failures": None, "state": e["state"], "reason": e["reason"],
-                    "verdict_node": e["node"] if k < MAX_EVENT_VERDICTS else None, "verdict": None})
-        k += 1
-    _fill_verdicts(con, why_fn, [r for r in out if r["verdict_node"]], since, until)
+    drained = [e for e in events if str(e["state"] or "").upper().startswith(("DRAIN", "DOWN", "FAIL"))]
+    asked = {}
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="why") as pool:
+        def ask(node):
+            if node not in asked:
+                asked[node] = pool.submit(_why_on_cursor, con, why_fn, node, since, until)
+
+        for e in drained[:MAX_EVENT_VERDICTS]:
+            ask(e["node"])
+        groups = drains_fn(con, since=since, until=until) or []
+        out = []
+        for g in groups[:MAX_GROUPS]:
+            nodes = list(g.get("nodes") or [])
+            rep = g.get("last_node")
+            if rep is None and nodes:
+                newest = _one(con, "SELECT node FROM hook_runs WHERE list_contains(?, node) "
+                                   "AND start_ts >= ? AND start_ts < ? ORDER BY start_ts DESC LIMIT 1",
+                              [nodes, since, until])
+                rep = newest["node"] if newest else nodes[0]
+            if rep:
+                ask(rep)
+            out.append({"kind": "hook", "nodes": nodes, "count": g.get("count", len(nodes)),
+                        "context": g.get("context"), "script": g.get("script"), "sha256": g.get("sha256"),
+                        "failures": g.get("failures"), "state": None, "reason": g.get("drain_reason"),
+                        "verdict_node": rep, "verdict": None})
+        seen = {n for g in groups for n in g.get("nodes") or []}
+        states = {e["node"]: e for e in events}
+        for r in out:
+            st = [states[n]["state"] for n in r["nodes"] if n in states]
+            r["state"] = st[0] if st and len(set(st)) == 1 else ("mixed" if st else None)
+        for k, e in enumerate(e for e in drained if e["node"] not in seen):
+            rep = e["node"] if k < MAX_EVENT_VERDICTS else None
+            if rep:
+                ask(rep)
+            out.append({"kind": "event", "nodes": [e["node"]], "count": 1, "context": None, "script": None,
+                        "sha256": None, "failures": None, "state": e["state"], "reason": e["reason"],
+                        "verdict_node": rep, "verdict": None})
+        for r in out:
+            if r["verdict_node"]:
+                r["verdict"] = asked[r["verdict_node"]].result()
     return out
-
-
-def _fill_verdicts(con, why_fn, rows, since, until):
-    """why() for each row, a few at a time: each call is a handful of small
-    scans that leave most of DuckDB's threads idle."""
-    if not rows:
-        return
-    if len(rows) == 1 or not hasattr(con, "cursor"):
-        for r in rows:
-            r["verdict"] = _why_verdict(why_fn, con, r["verdict_node"], since, until)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(r):
-        cur = con.cursor()  # a DuckDB connection is not for concurrent use; cursors are
-        try:
-            r["verdict"] = _why_verdict(why_fn, cur, r["verdict_node"], since, until)
-        finally:
-            cur.close()
-
-    with ThreadPoolExecutor(max_workers=min(3, len(rows)), thread_name_prefix="why") as ex:
-        list(ex.map(one, rows))
 
 
 # ---------------------------------------------------------------- job

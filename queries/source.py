@@ -53,6 +53,9 @@ def _empty_view(con, table: str) -> None:
     con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {cols}, DATE 'infinity' AS _date WHERE false")
 
 
+_TOLD: set[str] = set()
+
+
 def _open_db(db: str, quiet: bool):
     if not os.path.exists(db):
         raise SourceError(
@@ -62,24 +65,28 @@ def _open_db(db: str, quiet: bool):
     path = db
     try:
         con.execute("ATTACH ? AS store (READ_ONLY)", [path])
-    except duckdb.IOException as exc:
-        if "lock" not in str(exc).lower():
-            raise SourceError(f"cannot open store file {db}: {exc}") from exc
+    except duckdb.Error as exc:
+        # Another process holds DuckDB's writer lock (IOException), or this
+        # process does (`hookscope serve` runs the collector beside the
+        # dashboard: "already attached"): either way, read the snapshot.
+        msg = str(exc).lower()
+        if "lock" not in msg and "already attached" not in msg:
+            raise SourceError(f"cannot open store file {db} (is it a DuckDB file?): {exc}") from exc
         snap = schema.snapshot_path(db)
         if not os.path.exists(snap):
             raise SourceError(
                 f"store file {db} is locked by the running collector and its snapshot {snap} "
                 f"does not exist yet: wait for the collector's next snapshot, or query the "
                 f"archive with --archive") from exc
-        if not quiet:
+        if not quiet and db not in _TOLD:
+            # Once per process: a dashboard opens the source for every request.
+            _TOLD.add(db)
             sys.stderr.write(f"hookscope: {db} is locked by the collector; reading its snapshot {snap}\n")
         path = snap
         try:
             con.execute("ATTACH ? AS store (READ_ONLY)", [path])
         except duckdb.Error as exc2:
             raise SourceError(f"cannot open snapshot {snap} of {db}: {exc2}") from exc2
-    except duckdb.Error as exc:
-        raise SourceError(f"cannot open store file {db} (is it a DuckDB file?): {exc}") from exc
     present = {r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'").fetchall()}
     for table in _store_tables():

@@ -373,3 +373,52 @@ def test_cli_collect_embedded_default(tmp_path):
     out = subprocess.run([*__import__("harness").HOOKSCOPE, "collect", "--help"], capture_output=True, text=True,
                          cwd=str(__import__("harness").ROOT))
     assert "Example:" in out.stdout
+
+
+def test_cli_serve_runs_nats_collector_and_dashboard(tmp_path):
+    """`hookscope serve`: embedded NATS + collector + dashboard; SIGTERM stops all three."""
+    import re
+
+    from harness import HOOKSCOPE, ROOT
+    db = tmp_path / "h.duckdb"
+    p = subprocess.Popen([*HOOKSCOPE, "serve", "--db", str(db), "--nats-port", "0", "--port", "0"],
+                         cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        def read_until(pat):
+            while True:
+                line = p.stderr.readline()
+                if not line:
+                    raise AssertionError("serve exited: " + "".join(lines))
+                lines.append(line)
+                m = re.search(pat, line)
+                if m:
+                    return m
+        url = read_until(r"listening on (nats://\S+)").group(1)
+        m = read_until(r"dashboard on (http://\S+)|dashboard not")
+        msgs, expect = workload(n_hooks=4)
+        publish(url, msgs)
+        snap = schema.snapshot_path(str(db))
+
+        def in_snapshot():
+            try:
+                con = duckdb.connect(snap, read_only=True)
+            except duckdb.Error:
+                return False
+            try:
+                return con.execute("SELECT count(*) FROM hook_runs").fetchone()[0] == 4
+            finally:
+                con.close()
+        wait_for(in_snapshot, 30, what="the hooks in the published snapshot")
+        # the dashboard (if installed) answers while the collector holds the DB
+        if m.group(1):
+            assert "<html" in http_get(m.group(1), timeout=10).lower()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, "".join(lines) + err
+    assert "stored" in err
+    assert_expected(db, expect)

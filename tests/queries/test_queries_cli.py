@@ -117,6 +117,10 @@ def test_source_errors(tmp_path):
     missing = tmp_path / "nope.duckdb"
     with pytest.raises(SourceError, match=str(missing)):
         open_source(db=missing)
+    junk = tmp_path / "junk.duckdb"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SourceError, match="is it a DuckDB file"):
+        open_source(db=junk)
     with pytest.raises(SourceError, match="exactly one source"):
         open_source()
     with pytest.raises(SourceError, match="archive directory"):
@@ -180,6 +184,8 @@ def test_locked_store_falls_back_to_snapshot(scenario_db, tmp_path, capfd):
         con = open_source(db=live)
         assert con.execute("SELECT count(*) FROM hook_runs").fetchone()[0] > 0
         assert "reading its snapshot" in capfd.readouterr().err
+        open_source(db=live).close()
+        assert "reading its snapshot" not in capfd.readouterr().err  # said once
     finally:
         p.stdin.close()
         p.wait(timeout=10)
