@@ -198,7 +198,9 @@ def test_unreachable_nats_once_keeps_files(tmp_path):
 def _timed_run(hooks, j, url):
     env = job_env(7, HOOKSCOPE_NATS_URL=url)
     t = time.monotonic()
-    r = run_hook(hooks, j, env=env, extra=["--export", "direct"])
+    # detached, the deadline costs the hook nothing: give the publisher room
+    # on a loaded machine (cold imports) so the 'up' files really ship
+    r = run_hook(hooks, j, env=env, extra=["--export", "direct", "--export-deadline", "3"])
     return r.returncode, time.monotonic() - t
 
 
