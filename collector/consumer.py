@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from collector.archive import Archive
 from collector.columns import Batch, check_rows
-from collector.decode import DL_BAD_RECORD, DeadLetter, decode_message, subject_parts
+from collector.decode import DL_BAD_RECORD, DL_STORE_REJECTED, DeadLetter, decode_message, subject_parts
 from collector.errors import CollectorError
 from collector.metrics import Metrics
 from collector.store import Store
@@ -273,10 +273,24 @@ class Collector:
             fut = self._archiver.submit(self.archive.write, parts, batch.first_seq, batch.last_seq)
         try:
             self.store.commit(store_tables, batch.last_seq)
-        finally:
-            t1 = time.perf_counter()
+        except Exception as exc:
             if fut is not None:
-                fut.result()
+                try:
+                    paths = fut.result()
+                except Exception:
+                    paths = []
+                if _is_data_error(exc):
+                    # the batch is about to be split and re-written message by
+                    # message: files of the refused whole never were the record
+                    for path in paths:
+                        try:
+                            os.unlink(path)
+                        except OSError:
+                            pass
+            raise
+        t1 = time.perf_counter()
+        if fut is not None:
+            fut.result()
         t2 = time.perf_counter()
         self.store.maybe_snapshot()
         self.metrics.add_time("commit", t1 - t0)
@@ -289,6 +303,47 @@ class Collector:
         try:
             took = await fut
         except Exception as exc:
+            if _is_data_error(exc) and len(msgs) > 1:
+                # The store refused some row that passed decoding: find the
+                # message(s), one commit each, and dead-letter only those.
+                log.warning("batch %s-%s refused by the store (%s); isolating the message",
+                            batch.first_seq, batch.last_seq, exc)
+                for m in msgs:
+                    await self._finish(await self._isolated(m))
+                return
+            if _is_data_error(exc):
+                batch, arrow = self._rejected(msgs[0], exc)
+                try:
+                    took = await asyncio.get_running_loop().run_in_executor(self._writer, self._write,
+                                                                           batch, arrow)
+                    exc = None
+                except Exception as exc2:
+                    exc = exc2
+            if exc is not None:
+                await self._nak_all(batch, msgs, exc)
+                return
+        if batch.dead:
+            await self._publish_dead(batch, msgs)
+        for m in msgs:
+            await m.ack()
+        self.metrics.batch_done(batch, took)
+
+    async def _isolated(self, m):
+        loop = asyncio.get_running_loop()
+        batch, arrow = build_batch([m], self.cfg.instance, self.cfg.keep_raw, self.cfg.max_message_bytes)
+        return loop.run_in_executor(self._writer, self._write, batch, arrow), [m], batch
+
+    def _rejected(self, m, exc):
+        seq, rns, _, _ = parse_reply(m.reply)
+        parts = subject_parts(m.subject)
+        b = Batch(self.cfg.instance, self.cfg.keep_raw)
+        b.add(DeadLetter(DL_STORE_REJECTED, f"{type(exc).__name__}: {exc}"[:500]), seq, m.subject, rns,
+              m.data, (m.headers or {}).get(C.HDR_MSG_ID), parts[1] if parts else None)
+        b.pending = 0
+        return b, b.arrow()
+
+    async def _nak_all(self, batch, msgs, exc):
+        if True:
             # Nothing committed: ack nothing; JetStream redelivers after ack_wait.
             # Nak now so it comes back sooner.
             log.error("batch %s-%s not stored (%s); it will be redelivered", batch.first_seq,
@@ -299,12 +354,6 @@ class Collector:
                     await m.nak(delay=1.0)
                 except Exception:
                     pass
-            return
-        if batch.dead:
-            await self._publish_dead(batch, msgs)
-        for m in msgs:
-            await m.ack()
-        self.metrics.batch_done(batch, took)
 
     async def _publish_dead(self, batch, msgs):
         by_seq = {}
@@ -336,6 +385,18 @@ class Collector:
         if self.archive is not None:
             self.archive.close()
         self.store.close()
+
+
+def _is_data_error(exc) -> bool:
+    """A row the store refuses (constraint, conversion), as opposed to a disk,
+    lock or memory problem that retrying later can cure."""
+    import duckdb
+    import pyarrow as pa
+    if isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException, OSError)):
+        return False
+    return isinstance(exc, (duckdb.ConstraintException, duckdb.ConversionException,
+                            duckdb.InvalidInputException, duckdb.BinderException,
+                            duckdb.TypeMismatchException, pa.ArrowException))
 
 
 def _is_timeout(exc) -> bool:

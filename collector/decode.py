@@ -279,6 +279,9 @@ def _decode_traces(payload, stream_seq, received_ns):
                             raise _Bad(DL_MISSING, f"span {sid}: record lacks field {exc}")
                         hook = None
                     jrow = (rcluster, node, seq, kind, hook, h, prev, line)
+                    if rcluster is None or node is None or seq is None or kind is None or h is None \
+                            or prev is None:
+                        raise _Bad(DL_MISSING, f"span {sid}: record has a null cluster/node/seq/kind/hash/prev")
                     try:
                         if not lo <= ts <= hi:
                             raise _Bad(DL_BAD_TIMESTAMP, f"span {sid} {kind} record: ts {ts} is outside "

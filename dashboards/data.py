@@ -183,7 +183,7 @@ def _gpu_series(con, where, params, since, until):
         g, i = index[(r[0], r[1])], pos[r[2]]
         for k, c in enumerate(GPU_METRICS):
             v = r[3 + k]
-            if v is not None:
+            if v is not None and math.isfinite(v):  # a failed sensor read may store NaN
                 metrics[c][g][i] = round(v * GPU_METRICS[c][2], 3)
     markers = _rows(con, f"""
         WITH s AS (

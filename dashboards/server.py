@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from http import HTTPStatus
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -235,7 +235,10 @@ class Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), expected):
             return True, False
-        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        try:
+            cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:  # someone else's malformed cookie on this host: ignore it
+            cookie = {}
         if COOKIE in cookie and hmac.compare_digest(cookie[COOKIE].value.encode(), expected):
             return True, False
         given = (query.get("token") or [""])[-1]

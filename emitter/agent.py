@@ -67,6 +67,8 @@ class AgentSettings:
     gpu_timeout_s: float = 2.0
     dcgm_job_map_dir: str | None = None
     metrics_backlog: int = 360  # metric rounds kept in memory while NATS is down
+    node_state_interval_s: float = 0.0  # >0: watch `scontrol show node` for drain/down
+    node_state_cmd: str = "scontrol show node {node} -o"
     batch_files: int = 64  # journal files per pipelined export
     batch_bytes: int = 4 * 1024 * 1024
     extra: dict = field(default_factory=dict)
@@ -166,6 +168,30 @@ class AgentSettings:
             inbox_prefix=c.inbox_prefix(self.node))
 
 
+#: Slurm node state flags worth a node_event (the rest, IDLE/ALLOCATED/MIXED, change per job).
+BAD_STATE_FLAGS = ("DOWN", "DRAIN", "DRAINING", "DRAINED", "FAIL", "FAILING", "NOT_RESPONDING",
+                   "REBOOT_REQUESTED", "REBOOT_ISSUED", "INVALID_REG")
+
+
+def parse_scontrol_node(line: str) -> tuple[str, str | None]:
+    """(State, Reason) from one `scontrol show node NAME -o` line.  Pure.
+    Reason is the last field and may hold spaces; its "[user@time]" suffix is dropped."""
+    state = reason = None
+    for tok in line.split():
+        if tok.startswith("State="):
+            state = tok[6:]
+    if " Reason=" in line:
+        reason = line.split(" Reason=", 1)[1].strip()
+        if reason.endswith("]") and " [" in reason:
+            reason = reason.rsplit(" [", 1)[0]
+    return state or "UNKNOWN", reason or None
+
+
+def bad_flags(state: str) -> frozenset:
+    parts = state.replace("*", "+NOT_RESPONDING").split("+")
+    return frozenset(p for p in parts if p in BAD_STATE_FLAGS)
+
+
 @dataclass
 class Stats:
     files: int = 0
@@ -199,6 +225,7 @@ class Agent:
         self._outage_since = None
         self._backoff = settings.backoff_min_s
         self._cluster = settings.cluster  # "" -> learnt from the journal's records
+        self._node_flags = None
 
     @property
     def cluster(self) -> str:
@@ -449,6 +476,44 @@ class Agent:
             self._gpu_trigger.wait(self.s.gpu_interval_s)
             self._gpu_trigger.clear()
 
+    # ------------------------------------------------------------ node state
+    def observe_node_state(self) -> dict | None:
+        """One look at this node's Slurm state; writes a node_event record
+        (shipped like any journal file) when its drain/down flags change."""
+        import shlex
+        import subprocess
+
+        cmd = shlex.split(self.s.node_state_cmd.format(node=self.s.node))
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.log(f"node state: {cmd[0]} failed ({exc}); next try in {self.s.node_state_interval_s}s")
+            return None
+        line = next((x for x in out.splitlines() if "State=" in x), None)
+        if line is None:
+            return None
+        state, reason = parse_scontrol_node(line)
+        flags = bad_flags(state)
+        if flags == self._node_flags:
+            return None
+        first = self._node_flags is None
+        self._node_flags = flags
+        if first and not flags:
+            return None  # a healthy node at start: nothing to report
+        rec = {c.R_KIND: c.K_NODE_EVENT, c.R_STATE: state, c.R_REASON: reason, c.R_SOURCE: "scontrol"}
+        try:
+            from emitter.journal import write_standalone
+
+            write_standalone(self.s.journal, [rec], node=self.s.node, cluster=self._cluster or None)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"node state {state}: could not record it ({exc})")
+            return None
+        return rec
+
+    def _node_loop(self) -> None:
+        while not self._stop.wait(self.s.node_state_interval_s):
+            self.observe_node_state()
+
     # ------------------------------------------------------------ main
     def run(self, once: bool = False) -> int:
         """Run until stop() (or one pass with ``once``).  Returns 0, or 1 when
@@ -465,6 +530,8 @@ class Agent:
                     self.log(f"{left} journal file(s) not shipped ({self.exporter.last_error}); "
                              "they stay in the journal for the next run")
                 return 1 if left else 0
+            if self.s.node_state_interval_s > 0:
+                threading.Thread(target=self._node_loop, name="hookscope-node", daemon=True).start()
             while not self._stop.is_set():
                 shipped, left = self.run_once()
                 if left:

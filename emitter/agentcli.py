@@ -35,10 +35,13 @@ from emitter import EmitterError
 @click.option("--gpu-timeout", "gpu_timeout_s", type=float, help="deadline of one GPU library call (default 2)")
 @click.option("--dcgm-job-map-dir", type=click.Path(file_okay=False),
               help="also write dcgm-exporter's HPC job-mapping dir (a file per GPU index)")
+@click.option("--node-state-interval", "node_state_interval_s", type=float,
+              help="seconds between `scontrol show node` checks that record drain/down as node_event (0: off)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config file "
               "[env HOOKSCOPE_CONFIG; default /etc/hookscope/hookscope.toml]")
 def agent(nats, creds, nkey, user, tls_ca, tls_cert, tls_key, journal, once, node, cluster, replicas,
-          no_create_streams, gpu, gpu_replay, gpu_interval_s, gpu_timeout_s, dcgm_job_map_dir, config_path):
+          no_create_streams, gpu, gpu_replay, gpu_interval_s, gpu_timeout_s, dcgm_job_map_dir,
+          node_state_interval_s, config_path):
     """Ship the node journal as OpenTelemetry spans, and GPU metrics, over NATS JetStream.
 
     Every complete (or abandoned) hook file becomes one OTLP ExportTraceServiceRequest
@@ -58,7 +61,8 @@ def agent(nats, creds, nkey, user, tls_ca, tls_cert, tls_key, journal, once, nod
             cfg, nats=nats, creds=creds, nkey=nkey, user=user, tls_ca=tls_ca, tls_cert=tls_cert,
             tls_key=tls_key, journal=journal, node=node, cluster=cluster, replicas=replicas,
             create_streams=False if no_create_streams else None, gpu=gpu, gpu_replay=gpu_replay,
-            gpu_interval_s=gpu_interval_s, gpu_timeout_s=gpu_timeout_s, dcgm_job_map_dir=dcgm_job_map_dir)
+            gpu_interval_s=gpu_interval_s, gpu_timeout_s=gpu_timeout_s, dcgm_job_map_dir=dcgm_job_map_dir,
+            node_state_interval_s=node_state_interval_s)
     except EmitterError as exc:
         msg = str(exc)
         if msg.startswith("config:"):

@@ -357,6 +357,10 @@ def _what(cause):
 
 def _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok):
     if cause is None:
+        if drain and drain["hook_drain"]:
+            return (f"{node}: no hook failure found, although Slurm gave {drain['reason']!r} at "
+                    f"{drain['time']} (source {drain['source']}): the hook's records are not in the "
+                    f"store (not shipped yet, or lost: check the node's agent and 'hookscope audit verify').")
         if drain:
             return (f"{node}: no hook failure found; the node went {drain['state']} at {drain['time']} "
                     f"with reason {drain['reason']!r} (source {drain['source']}), not caused by a hook.")

@@ -422,3 +422,32 @@ def test_cli_serve_runs_nats_collector_and_dashboard(tmp_path):
     assert p.returncode == 0, "".join(lines) + err
     assert "stored" in err
     assert_expected(db, expect)
+
+
+def test_rows_the_store_refuses_are_isolated_and_dead_lettered(nats_server, tmp_path, monkeypatch):
+    """A row that passes decoding but that DuckDB refuses must not block the stream."""
+    from collector.store import Store
+
+    node = Node("poison01")
+    good = [hook_message(node)[:3] for _ in range(5)]
+    poison = hook_message(node, context="POISON")[:3]
+    publish(nats_server.url, good[:2] + [poison] + good[2:])
+    real = Store.commit
+
+    def commit(self, tables, last_seq):
+        hr = tables.get("hook_runs")
+        if hr is not None and "POISON" in hr.column("context").to_pylist():
+            raise duckdb.ConstraintException("Constraint Error: simulated refusal")
+        return real(self, tables, last_seq)
+
+    monkeypatch.setattr(Store, "commit", commit)
+    db = tmp_path / "h.duckdb"
+    stats = collect_once(nats_server.url, db, tmp_path / "archive", batch=10)
+    assert stats["messages"] == 6 and stats["dead_letters"] == {D.DL_STORE_REJECTED: 1}
+    got = counts(db)
+    assert got["hook_runs"] == 5 and got["dead_letters"] == 1
+    # the archive holds what the store holds (the refused batch's files were withdrawn)
+    monkeypatch.setattr(Store, "commit", real)
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    from_archive(str(tmp_path / "archive"), str(rebuilt), progress=False)
+    assert compare_stores(db, rebuilt) == {}

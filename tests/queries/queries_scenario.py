@@ -95,6 +95,9 @@ def build_scenario() -> StoreBuilder:
     b.hook("kt01", T0 + 6 * h, "epilog_slurmd", 2009, "judy", [script(CLEANUP)])
     b.node_event("kt01", T0 + 6 * h + 5 * m, "DRAIN", "Kill task failed", "slurmctld_epilog")
     b.node_event("nr01", T0 + 6 * h, "DOWN", "Not responding", "agent")
+    # Slurm says "Prolog error" but the failed hook never reached the store.
+    b.hook("lost01", T0 + 5 * h, "prolog_slurmd", 2014, "max", ok_prolog())
+    b.node_event("lost01", T0 + 6 * h, "DRAIN", "Prolog error", "slurmctld_epilog")
     # A node that failed, then recovered.
     b.hook("rec01", T0 + 5 * h, "prolog_slurmd", 2010, "kim", ok_prolog([script(SCRATCH, exit_code=1, output="x")]))
     b.hook("rec01", T0 + 6 * h, "prolog_slurmd", 2011, "kim", ok_prolog([script(SCRATCH)]))

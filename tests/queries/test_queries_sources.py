@@ -158,6 +158,12 @@ class SourceContract:
         assert d["cause"] is None and "no hook failure found" in d["verdict"]
         assert d["node_events"][0]["state"] == "DOWN"
 
+    def test_why_hook_drain_without_records(self, con):
+        d = why(con, "lost01")
+        assert d["cause"] is None and d["verdict"].startswith("lost01: no hook failure found")
+        assert "'Prolog error'" in d["verdict"] and "not in the store" in d["verdict"]
+        assert d["node_events"][0]["hook_drain"] is True
+
     def test_why_recovered_and_killed(self, con):
         d = why(con, "rec01")
         assert d["cause"]["script"] == SCRATCH and d["recovered"] is True
@@ -188,7 +194,7 @@ class SourceContract:
             n for r in rows if r["script"] == GPU for n in r["nodes"]) == ["gpu01", "kill01"]
         all_nodes = [n for r in rows for n in r["nodes"]]
         assert len(all_nodes) == len(set(all_nodes))
-        assert not {"kt01", "nr01", "rec01", *BASE_NODES} & set(all_nodes)
+        assert not {"kt01", "nr01", "rec01", "lost01", *BASE_NODES} & set(all_nodes)
         counts = [r["count"] for r in rows]
         assert counts == sorted(counts, reverse=True)
 
