@@ -15,6 +15,12 @@ import click
 
 from collector.errors import CollectorError
 
+try:
+    from emitter import EmitterError  # NATS connection errors come from emitter.natsio
+except ImportError:  # pragma: no cover
+    EmitterError = CollectorError
+_ERRORS = (CollectorError, EmitterError)
+
 DEFAULT_DB = "/var/lib/hookscope/hookscope.duckdb"
 _KEYS = {"nats": "HOOKSCOPE_NATS_URL", "db": "HOOKSCOPE_DB", "archive": "HOOKSCOPE_ARCHIVE",
          "creds": "HOOKSCOPE_NATS_CREDS", "metrics": "HOOKSCOPE_COLLECTOR_METRICS",
@@ -143,7 +149,7 @@ def collect(once, config, **opts):
     """
     try:
         _run(_settings(config, **opts), once)
-    except CollectorError as exc:
+    except _ERRORS as exc:
         raise click.ClickException(str(exc))
 
 
@@ -178,7 +184,7 @@ def rebuild(db, archive, source, nats, creds, write_archive, quiet, config):
                 raise click.ClickException("--from stream needs --nats URL (or HOOKSCOPE_NATS_URL)")
             counts = rb.from_stream(s["nats"], s["db"], s["archive"] if write_archive else None,
                                     progress=not quiet, creds=s.get("creds"))
-    except CollectorError as exc:
+    except _ERRORS as exc:
         raise click.ClickException(str(exc))
     click.echo(" ".join(f"{t}={n}" for t, n in counts.items()))
 
@@ -220,7 +226,7 @@ def serve(host, port, token, config, **opts):
 
     try:
         _run(s, once=False, with_dashboard=start_dashboard)
-    except CollectorError as exc:
+    except _ERRORS as exc:
         raise click.ClickException(str(exc))
     finally:
         dash = holder.get("dash")

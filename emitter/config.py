@@ -184,6 +184,7 @@ def _cache_put(stamp, cfg):
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        _cache_trim(os.path.dirname(path))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, data)
@@ -195,6 +196,22 @@ def _cache_put(stamp, cfg):
             os.unlink(tmp)
         except OSError:
             pass
+
+
+_CACHE_KEEP = 32
+
+
+def _cache_trim(d):
+    """Keep the newest few entries: one per config path, and a node has one or two."""
+    try:
+        names = [n for n in os.listdir(d) if n.endswith(".marshal")]
+        if len(names) < _CACHE_KEEP:
+            return
+        names.sort(key=lambda n: os.stat(os.path.join(d, n)).st_mtime_ns)
+        for n in names[: len(names) - _CACHE_KEEP + 1]:
+            os.unlink(os.path.join(d, n))
+    except OSError:
+        pass
 
 
 def _parse(p, data):

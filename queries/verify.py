@@ -12,6 +12,9 @@ Problems, each naming the node and the position (``seq``):
   row disagrees with its record (e.g. an exit_code edited in script_runs);
 * ``gap``: positions missing from the chain (deleted rows), unless a
   ``spool_evicted`` record explains them (then reported under ``info``);
+  also a record that the derived rows prove was written (a hook_runs row
+  with a status needs its hook_ended) but is gone: deleting the end of a
+  chain leaves no broken link, the derived rows still tell;
 * ``reorder``: a record sits at a position other than its own ``seq``, or
   links to a record that is not its predecessor but is elsewhere in the chain;
 * ``reset``: the chain restarts (``prev`` is the genesis hash past position 1:
@@ -42,6 +45,9 @@ def verify_chain(con, node=None) -> dict:
                       f"ORDER BY cluster, node, seq", params)
     problems: list[dict] = []
     info: list[dict] = []
+    # Chain gaps per (cluster, node), so that the row checks do not report
+    # the same deletion twice.
+    gaps: dict = {}
     records: dict[tuple, dict] = {}  # (cluster, node, seq) -> parsed record, for the row checks
     n_records = 0
     chains = 0
@@ -109,10 +115,10 @@ def verify_chain(con, node=None) -> dict:
                              f"chain starts again at position {seq} (prev is the genesis hash): "
                              f"the node's chain head was lost")
                 elif seq != 1 and kind != C.K_SPOOL_EVICTED:
-                    _note_gap(problems, info, cluster, nd, 1, seq - 1, explained, rec)
+                    _note_gap(problems, info, cluster, nd, 1, seq - 1, explained, rec, gaps)
             else:
                 if seq > last_seq + 1:
-                    _note_gap(problems, info, cluster, nd, last_seq + 1, seq - 1, explained, rec)
+                    _note_gap(problems, info, cluster, nd, last_seq + 1, seq - 1, explained, rec, gaps)
                 if rprev == C.CHAIN_GENESIS and seq != 1:
                     _problem(problems, cluster, nd, seq, "reset",
                              f"chain starts again at position {seq} (prev is the genesis hash): "
@@ -121,14 +127,15 @@ def verify_chain(con, node=None) -> dict:
                     pending_links.append((cluster, nd, seq, rprev))
             last_seq, last_hash = seq, actual
     close_chain()
-    _check_rows(con, node, records, problems)
+    _check_rows(con, node, records, problems, gaps)
     problems.sort(key=lambda p: (p["cluster"], p["node"], p["seq"] if p["seq"] is not None else -1))
     return {"ok": not problems, "problems": problems, "info": info,
             "checked": {"nodes": chains, "records": n_records},
             "truncated": len(problems) >= MAX_PROBLEMS}
 
 
-def _note_gap(problems, info, cluster, node, first, last, explained, rec):
+def _note_gap(problems, info, cluster, node, first, last, explained, rec, gaps):
+    gaps.setdefault((cluster, node), []).append((first, last))
     # The spool_evicted record follows the gap it explains (it is written
     # into the next hook's file), so this record itself may be it.
     spans = list(explained)
@@ -152,7 +159,7 @@ _HOOK_ENDED = {"status": C.R_STATUS, "failed_index": C.R_FAILED_INDEX}
 _HOOK_STARTED = {"context": C.R_CONTEXT}
 
 
-def _check_rows(con, node, records, problems):
+def _check_rows(con, node, records, problems, gaps):
     """Every hook_runs / script_runs row must say what its journal records say."""
     by_hook: dict[str, dict] = {}
     for (cluster, nd, seq), rec in records.items():
@@ -170,10 +177,17 @@ def _check_rows(con, node, records, problems):
             _problem(problems, cluster, nd, None, "altered",
                      f"script_runs row {hid}/{idx} has no journal record behind it")
             continue
+        # What the row claims tells which records must exist: a sha256 comes
+        # from script_started, an exit status or refusal from script_ended.
+        claims = {C.K_SCRIPT_STARTED: d["sha256"] is not None,
+                  C.K_SCRIPT_ENDED: d["exit_code"] is not None or d["refused"] is not None}
         for kind, fields in ((C.K_SCRIPT_ENDED, _SCRIPT_ENDED), (C.K_SCRIPT_STARTED, _SCRIPT_STARTED)):
             hit = recs.get((kind, idx))
             if hit:
                 _compare(problems, cluster, nd, hit, d, fields, f"script_runs row of hook {hid} script {idx}")
+            elif claims[kind]:
+                _missing(problems, gaps, cluster, nd, recs, f"the {kind} record of hook {hid} script {idx} "
+                                                      f"(its script_runs row is stored)")
     cols = ", ".join(_HOOK_ENDED.keys() | _HOOK_STARTED.keys())
     for row in con.execute(f"SELECT cluster, node, hook_id, {cols} FROM hook_runs {where}",
                            params).fetchall():
@@ -184,10 +198,35 @@ def _check_rows(con, node, records, problems):
             _problem(problems, cluster, nd, None, "altered",
                      f"hook_runs row {hid} has no journal record behind it")
             continue
+        claims = {C.K_HOOK_STARTED: True, C.K_HOOK_ENDED: d["status"] is not None}
         for kind, fields in ((C.K_HOOK_ENDED, _HOOK_ENDED), (C.K_HOOK_STARTED, _HOOK_STARTED)):
             hit = recs.get((kind, None))
             if hit:
                 _compare(problems, cluster, nd, hit, d, fields, f"hook_runs row {hid}")
+            elif claims[kind]:
+                _missing(problems, gaps, cluster, nd, recs, f"the {kind} record of hook {hid} "
+                                                      f"(its hook_runs row is stored)")
+    # Node events are keyed by their record's hash.
+    events = {(cl, nd): set() for (cl, nd, _s) in records}
+    for (cl, nd, seq), rec in records.items():
+        if rec.get(C.R_KIND) == C.K_NODE_EVENT:
+            events[(cl, nd)].add(rec.get(C.R_HASH))
+    for cluster, nd, event_id, ts in con.execute(
+            f"SELECT cluster, node, event_id, ts FROM node_events {where}", params).fetchall():
+        if event_id not in events.get((cluster, nd), ()):
+            _problem(problems, cluster, nd, None, "gap",
+                     f"node_events row {event_id[:12]} ({ts}) has no node_event record in the journal")
+
+
+def _missing(problems, gaps, cluster, node, recs, what):
+    """A record the derived rows prove was written is not in the journal:
+    a deletion the chain cannot show (the end of a chain has no successor)."""
+    first = min(seq for seq, _ in recs.values())
+    after = max(seq for seq, _ in recs.values())
+    if any(a <= after + 1 and b >= first - 1 for a, b in gaps.get((cluster, node), ())):
+        return  # inside a gap the chain walk already reported
+    _problem(problems, cluster, node, after + 1, "gap", f"{what} is missing from the journal "
+             f"(expected after position {after})")
 
 
 def _compare(problems, cluster, node, hit, row, fields, what):

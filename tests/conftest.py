@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT / "tests"))  # helpers like tiers.py; never shadow the packages
 
 from collector.embedded import NatsServer  # noqa: E402
 

@@ -140,19 +140,28 @@ def run_ours(url, tmp, n, batch, tag="ours"):
                           instance=tag, durable=f"bench-{tag}", batch=batch, snapshot_interval=5.0)
     col = Collector(cfg)
 
+    cpu = {}
+
     async def go():
+        import resource
         await col.connect()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         task = asyncio.create_task(col.run())
         while col.metrics.snapshot()["messages"] < n:
             await asyncio.sleep(0.01)
         dt = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu["s"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         col.stop()
         await task
         await col.close_nats()
         return dt
 
     dt = asyncio.run(go())
+    us = cpu["s"] / (n * SPANS_PER_MSG) * 1e6
+    print(f"  collector CPU (all threads, user+sys): {cpu['s']:.2f}s = {us:.1f} us/span -> "
+          f"{1e6 / us:,.0f} spans/s per fully available core (load-independent estimate)")
     print("  stage seconds:", {k: round(v, 2) for k, v in col.metrics.snapshot()["stage_seconds"].items()})
     col.close()
     con = duckdb.connect(db, read_only=True)

@@ -38,13 +38,15 @@ def spawn_wait(argv, env):
         t0 = time.perf_counter()
         pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1),
                                                                 (os.POSIX_SPAWN_DUP2, devnull, 0)])
-        _, status = os.waitpid(pid, 0)
+        _, status, ru = os.wait4(pid, 0)
         dt = time.perf_counter() - t0
     finally:
         os.close(devnull)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench: {argv} exited {os.waitstatus_to_exitcode(status)}")
-    return dt
+    # CPU of the process and every descendant it reaped: far less sensitive
+    # than wall time to other load on a shared machine.
+    return dt, ru.ru_utime + ru.ru_stime
 
 
 def make_dir(base, name, body):
@@ -85,19 +87,25 @@ def bench_case(label, hook_dir, base, reps, warmup=5):
                                               str(journal)], dict(base_env, HOOKSCOPE_CONFIG=str(cfg))),
     }
     times = {k: [] for k in cmds}
+    cpu = {k: [] for k in cmds}
     for i in range(warmup + reps):
         for name, (argv, env) in cmds.items():
-            dt = spawn_wait(argv, env)
+            dt, ct = spawn_wait(argv, env)
             clean_journal(journal)
             if i >= warmup:
                 times[name].append(dt)
+                cpu[name].append(ct)
     med = {k: statistics.median(v) for k, v in times.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
     ref = med["run-parts --exit-on-error"]
-    print(f"\n({label})  {reps} interleaved repetitions, medians")
+    cref = cmed["run-parts --exit-on-error"]
+    print(f"\n({label})  {reps} interleaved repetitions, medians; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    print(f"  {'':<36} {'wall':>8}      {'p10':>7}  {'p90':>7}   {'ratio':>6}   {'cpu':>7}     {'ratio':>6}")
     for name, m in med.items():
         q = statistics.quantiles(times[name], n=10)
-        print(f"  {name:<36} {m * 1000:8.2f} ms   p10 {q[0] * 1000:7.2f}  p90 {q[-1] * 1000:7.2f}   "
-              f"ratio {m / ref:5.2f}x")
+        print(f"  {name:<36} {m * 1000:8.2f} ms   {q[0] * 1000:7.2f}  {q[-1] * 1000:7.2f}   "
+              f"{m / ref:5.2f}x   {cmed[name] * 1000:7.2f} ms  {cmed[name] / cref:5.2f}x")
     return med["hookscope-hook (slurm.conf)"] / ref, med["hookscope run --layout run-parts"] / ref
 
 

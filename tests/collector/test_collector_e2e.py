@@ -77,6 +77,17 @@ def test_collect_exact_counts_duplicates_and_replay(nats_server, tmp_path):
     rebuilt = tmp_path / "rebuilt.duckdb"
     from_archive(str(arch), str(rebuilt), progress=False)
     assert compare_stores(db, rebuilt) == {}
+    # the CLI: progress on stderr, counts on stdout, same result
+    from harness import HOOKSCOPE, ROOT
+    cli_db = tmp_path / "cli.duckdb"
+    r = subprocess.run([*HOOKSCOPE, "rebuild", "--db", str(cli_db), "--archive", str(arch)], cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "rebuild from archive: 100%" in r.stderr and f"hook_runs={expect['hook_runs']}" in r.stdout
+    assert compare_stores(db, cli_db) == {}
+    r = subprocess.run([*HOOKSCOPE, "rebuild", "--db", str(cli_db), "--archive", str(tmp_path / "nope")],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
 def _bad_messages():

@@ -85,7 +85,10 @@ def token_server(store_db):
         t.join(5)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running
+# in the main thread while it is alive, which breaks asyncio.run() in every
+# later test module.
+@pytest.fixture(scope="module")
 def browser():
     from tiers import require_browser, CHROMIUM
 

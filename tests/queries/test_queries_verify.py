@@ -152,3 +152,85 @@ def test_node_filter(base, tmp_path):
     r = verify_chain(con, node="gpu01")
     assert r["ok"] and r["checked"]["nodes"] == 1
     assert r["checked"]["records"] == len(_journal(base, "gpu01"))
+
+
+def test_deleted_chain_tail_is_found_through_the_rows(tmp_path, kind):
+    # The last record of a chain has no successor to break; the hook_runs row
+    # still proves its hook_ended was written.
+    b = fresh()
+    last = _journal(b, "ep01")[-1]
+    assert last["kind"] == C.K_HOOK_ENDED
+    b.rows["journal"].remove(last)
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert [(p["node"], p["seq"], p["kind"]) for p in r["problems"]] == [("ep01", last["seq"], "gap")]
+    assert "hook_ended" in r["problems"][0]["detail"]
+
+
+def test_deleted_node_event_record(tmp_path):
+    b = fresh()
+    ev = next(j for j in _journal(b, "nr01") if j["kind"] == C.K_NODE_EVENT)
+    b.rows["journal"].remove(ev)
+    r = verify_chain(_open(b, tmp_path, "db"))
+    assert [(p["node"], p["kind"]) for p in r["problems"]] == [("nr01", "gap")]
+
+
+# ------------------------------------------------------------- properties
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BASE = build_scenario()
+_N = len(_BASE.rows["journal"])
+_MEM = None
+
+
+def _mem():
+    """One in-memory store of the scenario (verify needs nothing else); each
+    example mutates it inside a transaction that is rolled back."""
+    global _MEM
+    if _MEM is None:
+        import duckdb
+
+        from collector import schema
+
+        con = duckdb.connect()
+        schema.create_all(con)
+        for table in _BASE.rows:
+            con.register("batch", _BASE.arrow(table))
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM batch")
+            con.unregister("batch")
+        _MEM = con
+    return _MEM
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(i=st.integers(0, _N - 1))
+def test_any_deleted_record_is_reported_for_its_node(i):
+    con = _mem()
+    victim = _BASE.rows["journal"][i]
+    con.begin()
+    try:
+        con.execute("DELETE FROM journal WHERE node = ? AND seq = ?", [victim["node"], victim["seq"]])
+        r = verify_chain(con)
+    finally:
+        con.rollback()
+    assert not r["ok"]
+    assert {p["node"] for p in r["problems"]} == {victim["node"]}
+    assert any(p["seq"] == victim["seq"] for p in r["problems"]) or victim["kind"] == C.K_SPOOL_EVICTED
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(i=st.integers(0, _N - 1), field=st.sampled_from([C.R_TS, C.R_PID, C.R_NODE, "extra"]))
+def test_any_altered_record_is_reported_at_its_position(i, field):
+    con = _mem()
+    victim = _BASE.rows["journal"][i]
+    rec = json.loads(victim["record"])
+    rec[field] = rec.get(field, 0) + 1 if field != C.R_NODE else rec[field] + "x"
+    con.begin()
+    try:
+        con.execute("UPDATE journal SET record = ? WHERE node = ? AND seq = ?",
+                    [C.canonical_json(rec), victim["node"], victim["seq"]])
+        r = verify_chain(con)
+    finally:
+        con.rollback()
+    assert (victim["node"], victim["seq"], "altered") in {(p["node"], p["seq"], p["kind"]) for p in r["problems"]}
+    assert verify_chain(con)["ok"]  # rolled back

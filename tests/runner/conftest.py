@@ -1,7 +1,9 @@
 """Helpers for the runner tests: real scripts in real directories, the real
 runner process where a process boundary is involved."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 _fd, EMPTY_CONFIG = tempfile.mkstemp(prefix="hookscope-test-", suffix=".toml")
 os.close(_fd)
+atexit.register(lambda: os.path.exists(EMPTY_CONFIG) and os.unlink(EMPTY_CONFIG))
+# The config parse cache of these tests (and of the runners they start) stays out of /run.
+os.environ["HOOKSCOPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="hookscope-test-cache-")
+atexit.register(shutil.rmtree, os.environ["HOOKSCOPE_CACHE_DIR"], True)
 
 
 def mkscript(d, name, body="exit 0", mode=0o755, shebang="#!/bin/sh\n"):

@@ -151,3 +151,13 @@ def test_parse_cache_not_trusted_if_others_can_write_it(tmp_path, monkeypatch):
     assert cf.load_config(p)["runner"]["layout"] == "tensorwave"  # ours, 0600: trusted
     os.chmod(entry, 0o666)
     assert cf.load_config(p)["runner"]["layout"] == "slinky"  # writable by others: ignored, re-parsed
+
+
+def test_parse_cache_is_bounded(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HOOKSCOPE_CACHE_DIR", str(cache))
+    for i in range(cf._CACHE_KEEP + 10):
+        p = tmp_path / f"h{i}.toml"
+        p.write_text("[runner]\n")
+        cf.load_config(p)
+    assert len(list(cache.iterdir())) <= cf._CACHE_KEEP

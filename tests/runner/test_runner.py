@@ -279,3 +279,24 @@ def test_job_metadata_aliases_and_nulls():
                               "SLURM_STEPID": "0"})
     assert (md["job_id"], md["nodelist"], md["step_id"]) == ("7", "a[1-2]", "0")
     assert set(md) == set(c.JOB_ENV)
+
+
+def test_stop_on_failure_knob_off_in_slurm_layout_keeps_first_status(tmp_path, jdir, settings):
+    mkscript(tmp_path / "d", "1", "exit 0")
+    mkscript(tmp_path / "d", "2", "exit 9")
+    mkscript(tmp_path / "d", "3", "exit 8")
+    status, _ = _run(settings, tmp_path / "d", stop_on_failure=False)
+    assert status == 8  # reverse order: 3 fails first and decides; 2 and 1 still run
+    recs = records(jdir)
+    assert [os.path.basename(e[c.R_PATH]) for e in _ended(recs)] == ["3", "2", "1"]
+    assert _hook_ended(recs)[c.R_FAILED_INDEX] == 0
+
+
+def test_order_and_name_filter_knobs_override_preset(tmp_path, jdir, settings):
+    for n in ("a.sh", "b.sh", "c.txt"):
+        mkscript(tmp_path / "d", n, "exit 0")
+    status, _ = _run(settings, tmp_path / "d", order="ascending", name_filter=r".*\.sh")
+    assert status == 0
+    recs = records(jdir)
+    assert [os.path.basename(e[c.R_PATH]) for e in _ended(recs)] == ["a.sh", "b.sh"]
+    assert [os.path.basename(r[c.R_PATH]) for r in recs if r[c.R_KIND] == c.K_SCRIPT_SKIPPED] == ["c.txt"]

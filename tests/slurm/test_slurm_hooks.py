@@ -271,8 +271,11 @@ def test_requeued_job_after_fix_and_resume(deploy, cluster):
     info = cluster.wait_job(job, {"COMPLETED"}, timeout=60)
     assert info["Restarts"] == "1", info
     assert "job-ran" in cluster.job_output(job)
-    prologs = poll(lambda: [r for r in sc.hooks().get("prolog_slurmd", []) if kinds(r, C.K_HOOK_ENDED)]
-                   if len(sc.hooks().get("prolog_slurmd", [])) == 2 else None, 15, "two prolog runs")
+    def prolog_runs():
+        return [[(r[C.R_KIND], r.get(C.R_STATUS), r.get(C.R_JOB, {}).get("restart_count")) for r in recs]
+                for recs in sc.hooks().get("prolog_slurmd", [])]
+    prologs = poll(lambda: (lambda rs: len(rs) == 2 and all(kinds(r, C.K_HOOK_ENDED) for r in rs) and rs)(
+        sc.hooks().get("prolog_slurmd", [])), 15, lambda: f"two finished prolog runs; have {prolog_runs()}")
     statuses = sorted(one(r, C.K_HOOK_ENDED)[C.R_STATUS] for r in prologs)
     assert statuses == [0, 4]
     runs = poll(lambda: hook_runs_done_last(sc, ALL_CONTEXTS), 15, "the retry's hook runs")
