@@ -66,7 +66,7 @@ def _settings(config, **opts):
     if "archive" in opts:
         s["archive"] = os.path.abspath(s["archive"]) if s.get("archive") else os.path.join(
             os.path.dirname(s["db"]), "archive")
-    for k, d in (("batch", 1024), ("replicas", 1), ("snapshot_interval", 1.0), ("nats_port", 4222),
+    for k, d in (("batch", 2048), ("replicas", 1), ("snapshot_interval", 1.0), ("nats_port", 4222),
                  ("ack_wait", 60.0)):
         if k in opts:
             s[k] = type(d)(s[k] if s[k] is not None else sec.get(k, d))
@@ -114,7 +114,7 @@ _common = [
     click.option("--creds", metavar="FILE", help="NATS .creds file [env HOOKSCOPE_NATS_CREDS]"),
     click.option("--name", metavar="NAME", help="collector instance name (ingest_state key, archive file "
                  "prefix); unique per instance [default: short hostname]"),
-    click.option("--batch", type=int, help="messages per fetch/commit [default 1024]"),
+    click.option("--batch", type=int, help="messages per fetch/commit [default 2048]"),
     click.option("--replicas", type=int, help="stream replicas when creating streams (3 on a 3-node cluster)"),
     click.option("--snapshot-interval", "snapshot_interval", type=float,
                  help="seconds between read-only snapshots at most [default 1.0]"),

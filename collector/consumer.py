@@ -61,7 +61,7 @@ class CollectorConfig:
     archive: str | None
     instance: str = field(default_factory=default_instance)
     durable: str = C.DURABLE_CONSUMER
-    batch: int = 1024
+    batch: int = 2048
     fetch_timeout: float = 0.5
     max_message_bytes: int = C.MAX_MESSAGE_BYTES
     replicas: int = 1

@@ -182,7 +182,7 @@ def burst(tmp, n_nodes=4096, scripts=8):
                 msgs.append((subj, mid, payload))
         db = os.path.join(tmp, "burst.duckdb")
         cfg = CollectorConfig(nats_url=srv.url, db=db, archive=os.path.join(tmp, "burst-archive"),
-                              instance="burst", batch=1024, snapshot_interval=5.0)
+                              instance="burst", batch=2048, snapshot_interval=5.0)
         col = Collector(cfg)
 
         async def go():
@@ -269,7 +269,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small run (~20 s)")
     ap.add_argument("--messages", type=int, default=None, help="hook messages (9 spans each)")
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--no-burst", action="store_true")
     ap.add_argument("--no-freshness", action="store_true")
     args = ap.parse_args()
