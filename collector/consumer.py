@@ -159,8 +159,19 @@ class Collector:
                            request_timeout=self.cfg.request_timeout)
         self.nc = await connect(opts)
         self.js = self.nc.jetstream(timeout=self.cfg.request_timeout)
-        await ensure_streams(self.js, replicas=self.cfg.replicas, timeout=self.cfg.request_timeout)
+        await self._ensure_streams(ensure_streams)
         await self._ensure_consumer()
+
+    async def _ensure_streams(self, ensure_streams):
+        """Create the streams when missing; never re-configure existing ones
+        (a collector started without --replicas must not shrink an R3 stream)."""
+        from nats.js.errors import NotFoundError
+        for name in (C.STREAM_NAME, C.DLQ_STREAM_NAME):
+            try:
+                await asyncio.wait_for(self.js.stream_info(name), self.cfg.request_timeout)
+            except NotFoundError:
+                await ensure_streams(self.js, replicas=self.cfg.replicas, timeout=self.cfg.request_timeout)
+                return
 
     async def _ensure_consumer(self):
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -343,17 +354,16 @@ class Collector:
         return b, b.arrow()
 
     async def _nak_all(self, batch, msgs, exc):
-        if True:
-            # Nothing committed: ack nothing; JetStream redelivers after ack_wait.
-            # Nak now so it comes back sooner.
-            log.error("batch %s-%s not stored (%s); it will be redelivered", batch.first_seq,
-                      batch.last_seq, exc)
-            self.metrics.inc("store_errors")
-            for m in msgs:
-                try:
-                    await m.nak(delay=1.0)
-                except Exception:
-                    pass
+        """Nothing committed: ack nothing.  Nak so JetStream redelivers in a
+        second rather than after ack_wait (disk full, store locked...)."""
+        log.error("batch %s-%s not stored (%s); it will be redelivered", batch.first_seq,
+                  batch.last_seq, exc)
+        self.metrics.inc("store_errors")
+        for m in msgs:
+            try:
+                await m.nak(delay=1.0)
+            except Exception:
+                pass
 
     async def _publish_dead(self, batch, msgs):
         by_seq = {}

@@ -14,10 +14,13 @@ import sys
 def main():
     from emitter import EmitterError, contract
     from emitter import config as cf
+    from emitter.journal import ensure_std_fds, say
+
+    ensure_std_fds()
 
     context = os.environ.get("SLURM_SCRIPT_CONTEXT")
     if context not in contract.CONTEXTS:
-        sys.stderr.write(
+        say(
             f"hookscope-hook: SLURM_SCRIPT_CONTEXT is {context!r}, not one of {', '.join(contract.CONTEXTS)}; "
             "hookscope-hook must be started by Slurm (21.08+) from a hook slot, or use "
             "'hookscope run --context CTX --dir DIR'\n")
@@ -29,7 +32,7 @@ def main():
         # Running the scripts from the default directories beats failing the
         # hook (and draining the node) over a typo in our own config.
         msg = f"{exc} -- running with built-in defaults until it is fixed"
-        sys.stderr.write(f"hookscope-hook: {msg}\n")
+        say(f"hookscope-hook: {msg}\n")
         warnings.append(msg)
         cfg = {}
     settings = cf.runner_settings(cfg)

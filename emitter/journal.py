@@ -36,6 +36,28 @@ _LOST_WIDTH = 64
 _TMP_PREFIX = ".tmp-"
 
 
+def say(msg):
+    """One line for slurmd's log.  os.write, not sys.stderr: Python sets
+    sys.stderr to None when fd 2 was closed, and a message must never raise."""
+    try:
+        os.write(2, msg.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def ensure_std_fds():
+    """Open /dev/null on any of fds 0-2 that is closed, so that no pipe or
+    journal file of ours can land on them (and receive passed-through output)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            nfd = os.open(os.devnull, os.O_RDWR)
+            if nfd != fd:  # the lowest free fd is taken first, so this fills fd
+                os.dup2(nfd, fd)
+                os.close(nfd)
+
+
 class JournalError(EmitterError):
     """A standalone journal file could not be written (names the directory)."""
 
@@ -323,7 +345,7 @@ class Journal:
     def _fail(self, what, exc):
         if self.problem is None:
             self.problem = f"{what}: {exc.strerror or exc}"
-            sys.stderr.write(
+            say(
                 f"hookscope: journal {self.path} not written ({self.problem}); the hook's scripts "
                 f"still run and its status is unchanged, but its records are lost (counted in "
                 f"{os.path.join(self.dir, LOST_FILE)}); free space or make {self.dir} writable by root\n")
@@ -378,7 +400,7 @@ class Journal:
              "the hash chain restarts at seq 1")
         if isinstance(rec.get(c.R_WARNINGS), list):
             rec[c.R_WARNINGS].append(w)
-        sys.stderr.write(f"hookscope: {w}\n")
+        say(f"hookscope: {w}\n")
 
     def append(self, kind, fields):
         """Write one record; returns the record (with seq/hash) or None if lost."""
@@ -481,7 +503,7 @@ def write_standalone(journal_dir, records, node=None, cluster=None):
                     raise OSError(28, "short write (disk full?)")
                 os.fsync(fd)
 
-            _chain_append(head_fd, recs, write, lambda data: sys.stderr.write(
+            _chain_append(head_fd, recs, write, lambda data: say(
                 f"hookscope: {directory}/{c.CHAIN_HEAD_FILE} was corrupt; the hash chain restarts at seq 1\n"))
         finally:
             os.close(fd)

@@ -158,16 +158,17 @@ def resolve(opts, require_context=True):
     return settings, context, dirs, cfg
 
 
-def export_direct(journal, settings, cfg, stderr=None):
+def export_direct(journal, settings, cfg):
     """--export direct: ship the hook file now; never changes the exit status."""
-    stderr = stderr or sys.stderr
+    from emitter.journal import say
+
     try:
         from emitter.direct import ship
 
         ship(journal_dir=journal.dir, hook_file=journal.path, deadline_s=float(settings["export_deadline_s"]),
              config=cfg)
     except BaseException as exc:  # noqa: BLE001 - the scripts' status wins, always
-        stderr.write(f"hookscope: --export direct failed ({type(exc).__name__}: {exc}); "
+        say(f"hookscope: --export direct failed ({type(exc).__name__}: {exc}); "
                      f"{journal.path} stays in the spool for the agent\n")
 
 
@@ -177,7 +178,9 @@ def run_main(argv):
         return code
     from emitter import EmitterError
     from emitter import runner
+    from emitter.journal import ensure_std_fds
 
+    ensure_std_fds()
     try:
         settings, context, dirs, cfg = resolve(opts)
     except EmitterError as exc:

@@ -480,6 +480,19 @@ class Runner:
             _write_all(self.stderr_fd, f"hookscope: cannot write log {self.log_path()}: {exc.strerror}\n".encode())
 
 
+class _NoJournal:
+    """Stands in when the journal could not even be constructed."""
+
+    path = dir = None
+    problem = "journal unavailable"
+
+    def append(self, kind, fields):
+        return None
+
+    def close(self):
+        pass
+
+
 def run(settings, context, dirs, env=None, journal_dir=None, stdout_fd=1, stderr_fd=2, extra_warnings=()):
     """Plan and run one hook, journaled.  Returns (status, journal or None)."""
     from emitter.config import strict_enabled
@@ -491,9 +504,16 @@ def run(settings, context, dirs, env=None, journal_dir=None, stdout_fd=1, stderr
     strict = strict_enabled(settings["strict"])
     entries, warnings = layouts.plan(dirs, knobs, strict=strict)
     env = dict(os.environ if env is None else env)
-    journal = Journal(journal_dir or settings["journal_dir"], node=settings["node"] or None,
-                      cluster=settings["cluster"] or env.get("SLURM_CLUSTER_NAME", ""),
-                      fsync=settings["fsync"], spool_max_bytes=settings["spool_max_bytes"])
+    try:
+        journal = Journal(journal_dir or settings["journal_dir"], node=settings["node"] or None,
+                          cluster=settings["cluster"] or env.get("SLURM_CLUSTER_NAME", ""),
+                          fsync=settings["fsync"], spool_max_bytes=settings["spool_max_bytes"])
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: run unrecorded rather than not at all
+        from emitter.journal import say
+
+        say(f"hookscope: journal disabled for this hook after an internal error "
+            f"({type(exc).__name__}: {exc}); scripts still run\n")
+        journal = _NoJournal()
     r = Runner(settings, context, dirs, knobs, strict, journal=journal, env=env,
                stdout_fd=stdout_fd, stderr_fd=stderr_fd)
     try:

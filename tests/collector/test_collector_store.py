@@ -15,7 +15,7 @@ from collector.columns import NAMES, Batch
 from collector.consumer import parse_reply
 from collector.decode import decode_message
 from collector.rebuild import from_archive
-from collector.store import Store, StoreError, StoreLocked
+from collector.store import Store, StoreError
 from emitter import contract as C
 from gen import Node, gpu_message, hook_message
 

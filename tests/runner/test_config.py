@@ -85,7 +85,7 @@ def test_every_runner_key_documented():
 
 
 @pytest.mark.parametrize("behaviour", ["raises", "missing", "exits"])
-def test_export_direct_never_changes_status(tmp_path, monkeypatch, capsys, behaviour):
+def test_export_direct_never_changes_status(tmp_path, monkeypatch, capfd, behaviour):
     from emitter import runcli
 
     calls = []
@@ -109,7 +109,7 @@ def test_export_direct_never_changes_status(tmp_path, monkeypatch, capsys, behav
     status = runcli.run_main(["--context", "prolog_slurmd", "--dir", str(tmp_path / "d"), "--journal", str(jdir),
                               "--export", "direct", "--export-deadline", "0.2", "--no-passthrough"])
     assert status == 6
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.count("--export direct failed") == 1 and "stays in the spool" in err
     if behaviour != "missing":
         (kw,) = calls

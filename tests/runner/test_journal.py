@@ -112,7 +112,7 @@ def test_chain_is_correct_under_concurrent_runners(tmp_path):
     assert len(pids) == 4
 
 
-def test_corrupt_chain_head_restarts_with_warning(tmp_path, capsys):
+def test_corrupt_chain_head_restarts_with_warning(tmp_path, capfd):
     j = _journal(tmp_path)
     j.append(c.K_HOOK_STARTED, {})
     j.close()
@@ -123,7 +123,7 @@ def test_corrupt_chain_head_restarts_with_warning(tmp_path, capsys):
     assert rec[c.R_SEQ] == 1 and rec[c.R_PREV] == c.CHAIN_GENESIS
     assert rec[c.R_WARNINGS][0] == "w0"
     assert any("chain.head" in w and "restarts" in w for w in rec[c.R_WARNINGS])
-    assert "chain.head" in capsys.readouterr().err
+    assert "chain.head" in capfd.readouterr().err
 
 
 def test_read_records_reports_torn_and_altered_lines(tmp_path):
@@ -209,13 +209,13 @@ def test_write_standalone_errors_name_the_directory(tmp_path):
         jn.write_standalone(f / "sub", [{c.R_KIND: c.K_NODE_EVENT}])
 
 
-def test_unwritable_spool_counts_nothing_raises_nothing(tmp_path, capsys):
+def test_unwritable_spool_counts_nothing_raises_nothing(tmp_path, capfd):
     f = tmp_path / "notadir"
     f.write_text("")
     j = _journal(f / "journal")
     assert j.append(c.K_HOOK_STARTED, {}) is None
     j.close()
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "journal" in err and str(f / "journal") in err and "status is unchanged" in err
     assert j.lost == 1
 

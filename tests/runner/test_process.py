@@ -308,3 +308,20 @@ def test_inherited_ignored_sigchld_and_sigpipe_do_not_leak(tmp_path):
     assert r.returncode == 3, r.stderr
     masks = dict(line.split(":\t") for line in out.read_text().splitlines())
     assert int(masks["SigIgn"], 16) & ((1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGCHLD - 1))) == 0
+
+
+def test_closed_std_fds_keep_status_and_journal_clean(tmp_path):
+    """slurmd always gives fds 0-2, but if they are closed, neither a pipe nor the
+    journal may land on them (passed-through output would corrupt the journal)."""
+    jdir = tmp_path / "j"
+    mkscript(tmp_path / "d", "a", "echo some output; echo more >&2; exit 5")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[runner]\njournal_dir = "{jdir}"\n[runner.dirs]\nprolog_slurmd = "{tmp_path / "d"}"\n')
+    hook = f"{sys.executable} -c 'import sys; from emitter.hook import main; sys.exit(main())'"
+    for redir in ("2>&-", ">&- 2>&-", "<&- >&- 2>&-"):
+        r = subprocess.run(["/bin/sh", "-c", f"exec {hook} {redir}"], cwd=ROOT, capture_output=True,
+                           env=dict(os.environ, SLURM_SCRIPT_CONTEXT="prolog_slurmd", HOOKSCOPE_CONFIG=str(cfg)))
+        assert r.returncode == 5, (redir, r.stderr)
+    recs = records(jdir)  # asserts every line parses and hashes
+    assert [r[c.R_STATUS] for r in recs if r[c.R_KIND] == c.K_HOOK_ENDED] == [5, 5, 5]
+    assert (jdir / "lost").read_text().split()[0] == "0"

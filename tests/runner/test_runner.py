@@ -245,14 +245,14 @@ def test_tensorwave_log_file(tmp_path, jdir, settings):
     assert lines[0][:4].isdigit() and "T" in lines[0].split()[0]
 
 
-def test_journal_failure_never_changes_status(tmp_path, settings, capsys):
+def test_journal_failure_never_changes_status(tmp_path, settings, capfd):
     f = tmp_path / "file"
     f.write_text("")
     mkscript(tmp_path / "d", "a", "exit 0")
     mkscript(tmp_path / "e", "a", "exit 5")
     assert runner.run(settings(journal_dir=str(f / "j")), "prolog_slurmd", [str(tmp_path / "d")], env={})[0] == 0
     assert runner.run(settings(journal_dir=str(f / "j")), "prolog_slurmd", [str(tmp_path / "e")], env={})[0] == 5
-    assert "not written" in capsys.readouterr().err
+    assert "not written" in capfd.readouterr().err
 
 
 def test_a_journal_bug_never_stops_the_scripts(tmp_path, jdir, settings, monkeypatch, capfd):
