@@ -36,7 +36,7 @@ class NatsCluster:
 
     @property
     def urls(self) -> list[str]:
-        return [s.url for s in self.servers if s.port]
+        return [s.url for s in self.servers if s.port and s.running]
 
     def start(self, timeout: float = 30) -> "NatsCluster":
         for s in self.servers:
