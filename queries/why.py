@@ -300,6 +300,24 @@ def _is_drain(e):
     return "drain" in st or "down" in st or "fail" in st
 
 
+def _recovered_since(con, node, hook, cause) -> bool:
+    """Did the node run the failed hook's context fine since, for another job?
+
+    Slurm still runs the Epilog and EpilogSlurmctld of a job whose prolog
+    failed, so "a later hook succeeded" proves nothing while the node stays
+    drained; only the same context succeeding for a later job means the node
+    was resumed and is healthy again.
+    """
+    if not (hook and cause):
+        return False
+    found = rows(con, """SELECT 1 AS ok FROM hook_runs
+                         WHERE node = ? AND context = ? AND start_ts > ? AND status = 0
+                           AND NOT coalesce(runner_killed, false)
+                           AND job_id IS DISTINCT FROM ? LIMIT 1""",
+                 [node, hook["context"], hook["start_ts"], hook.get("job_id")])
+    return bool(found)
+
+
 def why(con, node, since=None, until=None) -> dict:
     """Explain why ``node`` drained or is failing hooks (see the module doc)."""
     if not node:
@@ -321,8 +339,7 @@ def why(con, node, since=None, until=None) -> dict:
         if not known:
             raise NoSuchNode(f"the store has no hook run and no node event for node {node!r}: "
                              f"check the name (as in 'sinfo -N') and the --since/--until window")
-    latest_ok = bool(latest and cause and latest["hook_id"] != cause["hook_id"]
-                     and not latest["status"] and not latest["runner_killed"])
+    latest_ok = _recovered_since(con, node, hook, cause)
     systemic = _systemic(con, node, cause, since, until)
     regression = _regression(con, node, cause)
     gpu = _gpu(con, node, cause["time"] if cause else (drain["time"] if drain else None))
