@@ -23,10 +23,14 @@ _ERRORS = (CollectorError, EmitterError)
 
 DEFAULT_DB = "/var/lib/hookscope/hookscope.duckdb"
 _KEYS = {"nats": "HOOKSCOPE_NATS_URL", "db": "HOOKSCOPE_DB", "archive": "HOOKSCOPE_ARCHIVE",
-         "creds": "HOOKSCOPE_NATS_CREDS", "metrics": "HOOKSCOPE_COLLECTOR_METRICS",
-         "name": "HOOKSCOPE_COLLECTOR_NAME"}
-_SECTION_KEYS = {"nats", "db", "archive", "creds", "metrics", "name", "batch", "replicas",
-                 "snapshot_interval", "nats_port", "ack_wait"}
+         "creds": "HOOKSCOPE_NATS_CREDS", "nkey": "HOOKSCOPE_NATS_NKEY", "user": "HOOKSCOPE_NATS_USER",
+         "password": "HOOKSCOPE_NATS_PASSWORD", "tls_ca": "HOOKSCOPE_NATS_TLS_CA",
+         "tls_cert": "HOOKSCOPE_NATS_TLS_CERT", "tls_key": "HOOKSCOPE_NATS_TLS_KEY",
+         "metrics": "HOOKSCOPE_COLLECTOR_METRICS", "name": "HOOKSCOPE_COLLECTOR_NAME",
+         "memory_limit": "HOOKSCOPE_COLLECTOR_MEMORY_LIMIT"}
+_AUTH = ("creds", "nkey", "user", "tls_ca", "tls_cert", "tls_key")
+_SECTION_KEYS = {"nats", "db", "archive", "metrics", "name", "batch", "replicas",
+                 "snapshot_interval", "nats_port", "ack_wait", "memory_limit", "password", *_AUTH}
 
 
 def _section(config_path):
@@ -70,7 +74,20 @@ def _settings(config, **opts):
                  ("ack_wait", 60.0)):
         if k in opts:
             s[k] = type(d)(s[k] if s[k] is not None else sec.get(k, d))
+    if "memory_limit" in opts and s.get("memory_limit") is None:
+        from collector.consumer import DEFAULT_MEMORY_LIMIT
+        s["memory_limit"] = DEFAULT_MEMORY_LIMIT
+    # never a command-line option (it would show in ps): environment or config only,
+    # and only for a user (an agent's HOOKSCOPE_NATS_PASSWORD must not leak in)
+    s["password"] = _resolve(None, "password", sec) if s.get("user") else None
+    for k in _AUTH:
+        if s.get(k) is not None and not isinstance(s[k], str):
+            raise click.ClickException(f"config: [collector] {k} must be a string")
     return s
+
+
+def _auth(s) -> dict:
+    return {k: s.get(k) for k in (*_AUTH, "password")}
 
 
 def _embedded(db, port, announce=True):
@@ -92,8 +109,8 @@ def _run(s, once, with_dashboard=None):
     try:
         cfg = CollectorConfig(nats_url=url, db=s["db"], archive=s["archive"], batch=s["batch"],
                               replicas=s["replicas"], snapshot_interval=s["snapshot_interval"],
-                              creds=s.get("creds"), ack_wait=s.get("ack_wait", 60.0),
-                              **({"instance": s["name"]} if s.get("name") else {}))
+                              ack_wait=s.get("ack_wait", 60.0), memory_limit=s.get("memory_limit"),
+                              **_auth(s), **({"instance": s["name"]} if s.get("name") else {}))
         if with_dashboard is not None:
             with_dashboard(url)
         stats = run_collector(cfg, once=once, metrics_addr=s.get("metrics"))
@@ -105,13 +122,27 @@ def _run(s, once, with_dashboard=None):
                f"samples), {dead} dead-lettered, into {s['db']}", err=True)
 
 
+_auth_options = [
+    click.option("--creds", metavar="FILE", help="NATS .creds file [env HOOKSCOPE_NATS_CREDS]"),
+    click.option("--nkey", metavar="FILE", help="NATS nkey seed file of the collector user "
+                 "[env HOOKSCOPE_NATS_NKEY]"),
+    click.option("--user", metavar="USER", help="NATS user; the password comes from HOOKSCOPE_NATS_PASSWORD "
+                 "or [collector] password [env HOOKSCOPE_NATS_USER]"),
+    click.option("--tls-ca", "tls_ca", metavar="FILE", help="CA bundle to verify the NATS server "
+                 "[env HOOKSCOPE_NATS_TLS_CA]"),
+    click.option("--tls-cert", "tls_cert", metavar="FILE", help="client certificate for mutual TLS "
+                 "[env HOOKSCOPE_NATS_TLS_CERT]"),
+    click.option("--tls-key", "tls_key", metavar="FILE", help="client key for mutual TLS "
+                 "[env HOOKSCOPE_NATS_TLS_KEY]"),
+]
+
 _common = [
     click.option("--nats", "nats", metavar="URL", help="NATS server(s), comma-separated; none: start the "
                  "embedded nats-server next to the DB [env HOOKSCOPE_NATS_URL]"),
     click.option("--db", metavar="FILE", help=f"live DuckDB file [env HOOKSCOPE_DB; default {DEFAULT_DB}]"),
     click.option("--archive", metavar="DIR", help="Parquet archive directory [env HOOKSCOPE_ARCHIVE; "
                  "default <db dir>/archive]"),
-    click.option("--creds", metavar="FILE", help="NATS .creds file [env HOOKSCOPE_NATS_CREDS]"),
+    *_auth_options,
     click.option("--name", metavar="NAME", help="collector instance name (ingest_state key, archive file "
                  "prefix); unique per instance [default: short hostname]"),
     click.option("--batch", type=int, help="messages per fetch/commit [default 2048]"),
@@ -124,12 +155,21 @@ _common = [
                  "0: any free port]"),
     click.option("--ack-wait", "ack_wait", type=float, help="seconds before JetStream redelivers a message "
                  "fetched but not acked (e.g. by a killed collector) [default 60]"),
+    click.option("--memory-limit", "memory_limit", metavar="SIZE", help="DuckDB memory limit, e.g. 512MB, "
+                 "2GB; 'none': DuckDB's default, 80%% of RAM [env HOOKSCOPE_COLLECTOR_MEMORY_LIMIT; "
+                 "default 512MB]"),
     click.option("--config", "config", metavar="FILE", help="hookscope.toml ([collector] section)"),
 ]
 
 
 def _options(fn):
     for opt in reversed(_common):
+        fn = opt(fn)
+    return fn
+
+
+def _auth_opts(fn):
+    for opt in reversed(_auth_options):
         fn = opt(fn)
     return fn
 
@@ -159,12 +199,12 @@ def collect(once, config, **opts):
 @click.option("--from", "source", type=click.Choice(["archive", "stream"]), default="archive", show_default=True,
               help="rebuild from the Parquet archive or by re-reading the JetStream stream")
 @click.option("--nats", metavar="URL", help="NATS URL for --from stream [env HOOKSCOPE_NATS_URL]")
-@click.option("--creds", metavar="FILE", help="NATS .creds file [env HOOKSCOPE_NATS_CREDS]")
+@_auth_opts
 @click.option("--write-archive", is_flag=True, help="with --from stream: also write the Parquet archive "
               "(into --archive)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--config", "config", metavar="FILE", help="hookscope.toml ([collector] section)")
-def rebuild(db, archive, source, nats, creds, write_archive, quiet, config):
+def rebuild(db, archive, source, nats, write_archive, quiet, config, **auth):
     """Rebuild the DuckDB store from the Parquet archive or from the stream.
 
     Writes a new file and renames it over --db when complete; stop the
@@ -175,15 +215,16 @@ def rebuild(db, archive, source, nats, creds, write_archive, quiet, config):
         hookscope rebuild --db /var/lib/hookscope/hookscope.duckdb --from archive
     """
     from collector import rebuild as rb
-    s = _settings(config, db=db, archive=archive, nats=nats, creds=creds)
+    s = _settings(config, db=db, archive=archive, nats=nats, **auth)
     try:
         if source == "archive":
             counts = rb.from_archive(s["archive"], s["db"], progress=not quiet)
         else:
             if not s.get("nats"):
                 raise click.ClickException("--from stream needs --nats URL (or HOOKSCOPE_NATS_URL)")
+            from collector.consumer import NatsAuth
             counts = rb.from_stream(s["nats"], s["db"], s["archive"] if write_archive else None,
-                                    progress=not quiet, creds=s.get("creds"))
+                                    progress=not quiet, auth=NatsAuth(**_auth(s)))
     except _ERRORS as exc:
         raise click.ClickException(str(exc))
     click.echo(" ".join(f"{t}={n}" for t, n in counts.items()))

@@ -24,6 +24,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -36,6 +37,7 @@ from collector.decode import DL_BAD_RECORD, DL_STORE_REJECTED, DeadLetter, decod
 from collector.errors import CollectorError
 from collector.metrics import Metrics
 from collector.store import Store
+from emitter import EmitterError
 from emitter import contract as C
 
 log = logging.getLogger("hookscope.collector")
@@ -50,12 +52,28 @@ class ConsumerError(CollectorError):
     """The JetStream consumer could not be set up."""
 
 
+#: reply-inbox prefix of the collector's connection (nats-py's default, spelled out:
+#: gen_auth.collector_permissions allows subscribing to ``_INBOX.>``)
+COLLECTOR_INBOX = "_INBOX"
+DEFAULT_MEMORY_LIMIT = "512MB"
+
+
 def default_instance() -> str:
     return C.subject_token(socket.gethostname().split(".")[0]) or "collector"
 
 
+#: (field, label, option) of every file a CollectorConfig may name
+_NATS_FILES = (("creds", "NATS creds file", "--creds"), ("nkey", "NATS nkey seed file", "--nkey"),
+               ("tls_ca", "TLS CA file", "--tls-ca"), ("tls_cert", "TLS certificate", "--tls-cert"),
+               ("tls_key", "TLS key", "--tls-key"))
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$", re.I)
+
+
 @dataclass
 class CollectorConfig:
+    """Validated at construction (the CLI resolves option > env > [collector] > default
+    before it builds one): a bad file or value is a :class:`CollectorError` naming it."""
+
     nats_url: str
     db: str
     archive: str | None
@@ -71,7 +89,15 @@ class CollectorConfig:
     keep_raw: bool = True
     fsync: bool = True
     creds: str | None = None
+    nkey: str | None = None       # file holding the collector's nkey seed
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     request_timeout: float = 5.0
+    #: DuckDB buffer-pool cap (its default is 80 % of the machine's RAM); "" = DuckDB's default
+    memory_limit: str | None = DEFAULT_MEMORY_LIMIT
 
     def __post_init__(self):
         if not 1 <= self.batch <= 10000:
@@ -81,6 +107,77 @@ class CollectorConfig:
         if self.max_ack_pending < 2 * self.batch:
             # two batches are in flight (one committing, one decoding)
             self.max_ack_pending = 2 * self.batch
+        check_auth(self)
+        if self.memory_limit in (None, "") or str(self.memory_limit).lower() == "none":
+            self.memory_limit = None
+        elif not _MEMORY.match(str(self.memory_limit)):
+            raise CollectorError(f"memory limit {self.memory_limit!r} is not a size like 512MB or 2GB")
+        self.nats_options()
+
+    def nats_options(self):
+        return nats_options(self, self.nats_url, f"hookscope-collector-{self.instance}",
+                            self.request_timeout)
+
+
+def check_auth(obj) -> None:
+    """Validate and normalise the NATS credential fields of ``obj`` in place
+    (``creds nkey user password tls_ca tls_cert tls_key``)."""
+    for name, label, opt in _NATS_FILES:
+        path = getattr(obj, name)
+        if path in (None, ""):
+            setattr(obj, name, None)
+            continue
+        path = os.path.abspath(os.path.expanduser(str(path)))
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise CollectorError(f"{label} {path} cannot be read ({exc.strerror or exc}): fix "
+                                 f"{opt} (or [collector] {name} in the config file)") from None
+        setattr(obj, name, path)
+    if bool(obj.tls_cert) != bool(obj.tls_key):
+        raise CollectorError("TLS client authentication needs both --tls-cert and --tls-key")
+    if obj.password and not obj.user:
+        raise CollectorError("a NATS password is set (HOOKSCOPE_NATS_PASSWORD or [collector] "
+                             "password) but no user: add --user")
+    if obj.user and not obj.password:
+        raise CollectorError(f"NATS user {obj.user!r} has no password: set HOOKSCOPE_NATS_PASSWORD "
+                             "or [collector] password")
+
+
+def nats_options(auth, url, name: str, request_timeout: float = 5.0):
+    """``emitter.natsio.NatsOptions`` from a checked ``auth`` (see :func:`check_auth`).
+
+    The reply inbox is nats-py's default, spelled out: ``_INBOX`` is what
+    deploy/nats/gen_auth.py lets the collector user (alone) subscribe to;
+    the nodes' own prefixes are ``contract.inbox_prefix(node)``."""
+    from emitter.natsio import NatsOptions
+    try:
+        return NatsOptions(servers=url, creds=auth.creds, nkey_seed=auth.nkey, user=auth.user,
+                           password=auth.password, tls_ca=auth.tls_ca, tls_cert=auth.tls_cert,
+                           tls_key=auth.tls_key, name=name, max_reconnect_attempts=20,
+                           reconnect_time_wait=0.5, request_timeout=request_timeout,
+                           inbox_prefix=COLLECTOR_INBOX)
+    except CollectorError:
+        raise
+    except Exception as exc:  # emitter.natsio.NatsConfigError: bad URL, ...
+        raise CollectorError(str(exc)) from None
+
+
+@dataclass
+class NatsAuth:
+    """The credential fields alone (``hookscope rebuild --from stream``)."""
+
+    creds: str | None = None
+    nkey: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def __post_init__(self):
+        check_auth(self)
 
 
 def parse_reply(reply: str):
@@ -138,7 +235,8 @@ class Collector:
     def __init__(self, cfg: CollectorConfig, metrics: Metrics | None = None):
         self.cfg = cfg
         self.metrics = metrics or Metrics()
-        self.store = Store(cfg.db, consumer=cfg.instance, snapshot_interval=cfg.snapshot_interval)
+        self.store = Store(cfg.db, consumer=cfg.instance, snapshot_interval=cfg.snapshot_interval,
+                           memory_limit=cfg.memory_limit)
         self.archive = Archive(cfg.archive, consumer=cfg.instance, fsync=cfg.fsync) if cfg.archive else None
         self.metrics.store_size_fn = self.store.size_bytes
         self._stop = asyncio.Event()
@@ -147,20 +245,46 @@ class Collector:
         self.nc = None
         self.js = None
         self.psub = None
+        self._last_nats_error = None
 
     def stop(self):
         self._stop.set()
 
     # ------------------------------------------------------------ NATS
     async def connect(self):
-        from emitter.natsio import NatsOptions, connect, ensure_streams
-        opts = NatsOptions(servers=self.cfg.nats_url, creds=self.cfg.creds, name=f"hookscope-collector-"
-                           f"{self.cfg.instance}", max_reconnect_attempts=20, reconnect_time_wait=0.5,
-                           request_timeout=self.cfg.request_timeout)
-        self.nc = await connect(opts)
-        self.js = self.nc.jetstream(timeout=self.cfg.request_timeout)
-        await self._ensure_streams(ensure_streams)
-        await self._ensure_consumer()
+        """Connect, create the streams if missing, bind the durable consumer.
+
+        All or nothing: a failure part-way (a cluster electing a new leader
+        times out the stream/consumer calls) closes the connection and leaves
+        ``nc``/``js``/``psub`` None, so the loop connects again with backoff
+        instead of fetching on a consumer it never bound."""
+        from emitter.natsio import close, connect, ensure_streams
+        await self.close_nats()
+        nc = await connect(self.cfg.nats_options(), error_cb=self._on_nats_error)
+        try:
+            self.nc, self.js, self.psub = nc, nc.jetstream(timeout=self.cfg.request_timeout), None
+            await self._ensure_streams(ensure_streams)
+            await self._ensure_consumer()
+        except BaseException:
+            self.nc = self.js = self.psub = None
+            await close(nc)
+            raise
+
+    async def _on_nats_error(self, exc=None, *_a, **_k):
+        # permission violations arrive here, not as the failing call's exception
+        if isinstance(exc, BaseException):
+            self._last_nats_error = _describe(exc)
+
+    def _setup_error(self, exc) -> ConsumerError:
+        why = _describe(exc)
+        last = self._last_nats_error
+        if last and last not in why:
+            why += f"; server said: {last}"
+        hint = ""
+        if _is_timeout(exc) or "ermission" in why:
+            hint = (" (is JetStream enabled, and does this identity have the collector's permissions "
+                    "from deploy/nats/gen_auth.py? see docs/security.md)")
+        return ConsumerError(f"NATS at {self.cfg.nats_url}: streams/consumer not set up: {why}{hint}")
 
     async def _ensure_streams(self, ensure_streams):
         """Create the streams when missing; never re-configure existing ones
@@ -183,11 +307,18 @@ class Collector:
             await asyncio.wait_for(self.js.add_consumer(C.STREAM_NAME, cfg), self.cfg.request_timeout)
         except Exception as exc:  # exists with other settings: bind to it as it is
             log.info("consumer %s not (re)created: %s", self.cfg.durable, exc)
+            try:  # ... but only if it does exist (not a timeout of a leaderless cluster)
+                await asyncio.wait_for(self.js.consumer_info(C.STREAM_NAME, self.cfg.durable),
+                                       self.cfg.request_timeout)
+            except Exception as exc2:
+                raise ConsumerError(f"durable consumer {self.cfg.durable} on stream {C.STREAM_NAME} "
+                                    f"could not be created ({type(exc).__name__}: {exc}) nor found "
+                                    f"({type(exc2).__name__}: {exc2})") from None
         self.psub = await self.js.pull_subscribe_bind(self.cfg.durable, stream=C.STREAM_NAME)
 
     async def close_nats(self):
         from emitter.natsio import close
-        nc, self.nc = self.nc, None
+        nc, self.nc, self.js, self.psub = self.nc, None, None, None
         await close(nc)
 
     # ------------------------------------------------------------ loop
@@ -197,22 +328,30 @@ class Collector:
         pending = None  # (future, msgs, batch) being committed
         last_msg = time.monotonic()
         backoff = 0.2
+        fetch_errors = 0
         try:
             while not self._stop.is_set():
-                if self.nc is None or self.nc.is_closed:
+                if self.nc is None or self.nc.is_closed or self.psub is None:
+                    if pending is not None:  # its acks need the old connection
+                        await self._finish(pending)
+                        pending = None
                     try:
                         await self.connect()
                         backoff = 0.2
+                        fetch_errors = 0
                     except Exception as exc:
-                        log.warning("NATS not ready (%s); retrying in %.1fs", exc, backoff)
+                        log.warning("NATS not ready (%s); retrying in %.1fs", _describe(exc), backoff)
                         self.metrics.inc("nats_errors")
                         if once and time.monotonic() - last_msg > max(idle_exit, 10.0):
-                            raise
+                            if isinstance(exc, (CollectorError, EmitterError)):
+                                raise  # already says what to fix
+                            raise self._setup_error(exc) from exc
                         await self._sleep(backoff)
                         backoff = min(backoff * 2, 5.0)
                         continue
                 try:
                     msgs = await self.psub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout)
+                    fetch_errors = 0
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -220,6 +359,10 @@ class Collector:
                     if not _is_timeout(exc):
                         log.warning("fetch failed: %s", exc)
                         self.metrics.inc("nats_errors")
+                        fetch_errors += 1
+                        if fetch_errors >= 3:
+                            # e.g. the durable was deleted: bind it again from scratch
+                            self.psub = None
                         await self._sleep(0.2)
                 if not msgs:
                     if pending is not None:
@@ -335,8 +478,16 @@ class Collector:
                 return
         if batch.dead:
             await self._publish_dead(batch, msgs)
-        for m in msgs:
-            await m.ack()
+        for i, m in enumerate(msgs):
+            try:
+                await m.ack()
+            except Exception as exc:
+                # Committed already: the unacked rest comes back after ack_wait
+                # and inserts nothing twice.  Not a reason to stop the collector.
+                log.warning("ack of batch %s-%s failed after %d of %d messages (%s); they will be "
+                            "redelivered", batch.first_seq, batch.last_seq, i, len(msgs), exc)
+                self.metrics.inc("nats_errors")
+                break
         self.metrics.batch_done(batch, took)
 
     async def _isolated(self, m):
@@ -407,6 +558,11 @@ def _is_data_error(exc) -> bool:
     return isinstance(exc, (duckdb.ConstraintException, duckdb.ConversionException,
                             duckdb.InvalidInputException, duckdb.BinderException,
                             duckdb.TypeMismatchException, pa.ArrowException))
+
+
+def _describe(exc) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no answer in time)"
 
 
 def _is_timeout(exc) -> bool:

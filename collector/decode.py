@@ -317,8 +317,8 @@ def _decode_traces(payload, stream_seq, received_ns):
                     if span_hook is None:
                         span_hook = hook
                     cluster = rcluster
+                killed = False
                 if sp.events:
-                    killed = False
                     span_node = journal[-1][1]
                     for eidx, ev in enumerate(sp.events):
                         ets = ev.time_unix_nano
@@ -329,10 +329,17 @@ def _decode_traces(payload, stream_seq, received_ns):
                         attrs = {kv.key: _any_value(kv.value) for kv in ev.attributes}
                         events.append((sid, span_hook, span_node, ets, ev.name,
                                        json.dumps(attrs, sort_keys=True, ensure_ascii=False), eidx))
-                    if killed:
-                        ent = scripts.get(sid) or hooks.get(sid)
-                        if ent is not None:
-                            ent[3] = True
+                # The agent marks a killed runner's open script span and its
+                # hook span with the A_KILLED attribute (the E_KILLED event may
+                # be on one of them only).  Its marked spans always carry an
+                # event or lack their end record; other spans are not walked
+                # (a few microseconds per span is the whole budget).
+                ent = scripts.get(sid) or hooks.get(sid)
+                if ent is not None and not killed and (sp.events or ent[1] is None):
+                    kv = _find_attr(sp.attributes, C.A_KILLED)
+                    killed = kv is not None and kv.bool_value
+                if killed and ent is not None:
+                    ent[3] = True
     if not journal:
         raise _Bad(DL_MISSING, "no journal records in any span")
     if version is None:

@@ -115,13 +115,20 @@ def from_archive(archive_dir: str, db: str, progress: bool = True) -> dict:
 
 
 def from_stream(nats_url: str, db: str, archive_dir: str | None = None, batch: int = 1024,
-                progress: bool = True, creds: str | None = None, timeout: float = 5.0) -> dict:
-    """Rebuild ``db`` by reading the whole stream again (an ephemeral consumer)."""
+                progress: bool = True, creds: str | None = None, timeout: float = 5.0,
+                auth=None) -> dict:
+    """Rebuild ``db`` by reading the whole stream again (an ephemeral consumer).
+
+    ``auth``: a :class:`collector.consumer.NatsAuth` (nkey, user/password, TLS);
+    ``creds`` alone is the short form of ``NatsAuth(creds=...)``."""
+    from collector.consumer import NatsAuth, nats_options
+    opts = nats_options(auth if auth is not None else NatsAuth(creds=creds), nats_url, "hookscope-rebuild",
+                        timeout)
     tmp = _fresh_path(db)
     store = Store(tmp, consumer="rebuild")
     archive = arch.Archive(archive_dir, consumer="rebuild") if archive_dir else None
     try:
-        n = asyncio.run(_replay(nats_url, store, archive, batch, progress, creds, timeout))
+        n = asyncio.run(_replay(opts, store, archive, batch, progress, timeout))
         counts = store.counts()
         store.close(snapshot=False)
     except Exception as exc:
@@ -140,15 +147,15 @@ def from_stream(nats_url: str, db: str, archive_dir: str | None = None, batch: i
     return counts
 
 
-async def _replay(url, store, archive, batch, progress, creds, timeout):
+async def _replay(opts, store, archive, batch, progress, timeout):
     import nats.errors
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     from collector.consumer import build_batch
     from emitter import contract as C
-    from emitter.natsio import NatsOptions, close, connect
+    from emitter.natsio import close, connect
 
-    nc = await connect(NatsOptions(servers=url, creds=creds, name="hookscope-rebuild"))
+    nc = await connect(opts)
     try:
         js = nc.jetstream(timeout=timeout)
         info = await js.stream_info(C.STREAM_NAME)

@@ -42,7 +42,8 @@ class Store:
     """The live DuckDB file, written by exactly one collector process."""
 
     def __init__(self, path: str | os.PathLike, consumer: str = "collector",
-                 snapshot_interval: float = 2.0, threads: int | None = None):
+                 snapshot_interval: float = 2.0, threads: int | None = None,
+                 memory_limit: str | None = None):
         self.path = os.fspath(path)
         self.consumer = consumer
         self.snapshot_interval = float(snapshot_interval)
@@ -70,6 +71,16 @@ class Store:
                              "run 'hookscope rebuild' to recreate it from the archive") from exc
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            # DuckDB's default buffer pool is 80 % of the machine's RAM and it
+            # keeps every block it touched cached up to that: a long-running
+            # collector's RSS then grows with the store.  Capped, DuckDB evicts
+            # (and spills to temp_directory) instead.
+            try:
+                self.con.execute("SET memory_limit = '" + str(memory_limit).replace("'", "''") + "'")
+            except duckdb.Error as exc:
+                self.con.close()
+                raise StoreError(f"memory limit {memory_limit!r} refused by DuckDB: {exc}") from exc
         # Checkpoint when we publish the snapshot (every few seconds), not every
         # 16 MB of WAL in the middle of a batch commit.
         self.con.execute("SET checkpoint_threshold = '1GB'")
@@ -94,6 +105,19 @@ class Store:
     def commit(self, tables: dict, last_seq: int | None) -> None:
         """Insert Arrow tables {table: pa.Table} and move ingest_state, atomically."""
         t0 = time.perf_counter()
+        try:
+            self._commit(tables, last_seq)
+        except duckdb.OutOfMemoryException:
+            # Under memory_limit, what DuckDB cannot evict is the part of the
+            # key indexes (ART) written since the last CHECKPOINT: the snapshot
+            # checkpoints every few seconds, but a burst can outgrow that.
+            # Checkpoint (the index becomes evictable) and try once more.
+            with self._lock:
+                self.con.execute("CHECKPOINT")
+            self._commit(tables, last_seq)
+        self.last_commit_s = time.perf_counter() - t0
+
+    def _commit(self, tables: dict, last_seq: int | None) -> None:
         with self._lock:
             con = self.con
             con.execute("BEGIN TRANSACTION")
@@ -105,7 +129,10 @@ class Store:
                     try:
                         con.execute(self._sql[table])
                     finally:
-                        con.unregister("_hs_batch")
+                        try:
+                            con.unregister("_hs_batch")
+                        except duckdb.Error:  # aborted transaction: keep the real error
+                            pass
                 if last_seq is not None:
                     con.execute(
                         "INSERT INTO ingest_state VALUES (?, ?, now()) ON CONFLICT (consumer) DO UPDATE "
@@ -119,7 +146,6 @@ class Store:
                     pass
                 raise
             self._dirty = True
-        self.last_commit_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------ reading
     def counts(self) -> dict:

@@ -199,6 +199,7 @@ class Stats:
     duplicates: int = 0
     failures: int = 0
     damage_reports: int = 0
+    untrusted_reports: int = 0
     metric_rounds: int = 0
     metric_dropped: int = 0
 
@@ -216,6 +217,7 @@ class Agent:
         self._load_state()
         self._seen: set[str] = set()
         self._reported: set[str] = set()
+        self._untrusted: set[str] = set()  # reported untrusted files (usually moved away)
         self._latest: dict[int, object] = {}  # gpu index -> latest GpuSample
         self._pending_metrics: deque = deque(maxlen=max(1, settings.metrics_backlog))
         self._stop = threading.Event()
@@ -260,8 +262,8 @@ class Agent:
         present = set()
         for jf in files:
             present.add(jf.path)
-            if jf.path in self._seen:
-                continue
+            if jf.path in self._seen or jf.state == spool.UNTRUSTED:
+                continue  # an untrusted file teaches us nothing (cluster, GPU jobs)
             if jf.entries and not self._cluster:
                 self._cluster = str(jf.entries[0][1].get(c.R_CLUSTER) or "")
             started = jf.started
@@ -272,6 +274,7 @@ class Agent:
                 changed = True
         self._seen &= present
         self._reported &= present
+        self._untrusted &= present
         if changed:
             self._save_state()
             if self.s.dcgm_job_map_dir:
@@ -303,6 +306,32 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - a report must not stop shipping
             self.log(f"could not record the damage of {jf.path}: {exc}")
 
+    def _report_untrusted(self, jf: spool.JournalFile) -> None:
+        """Record a ``journal_error`` for a file a user could have written, then
+        move it to ``<name>.untrusted`` so neither this run nor the next reports
+        it again (once per file).  Never shipped, never deleted."""
+        if jf.path in self._untrusted:
+            return
+        self._untrusted.add(jf.path)  # if the move fails: once per agent run
+        kept_as = spool.aside_path(jf.path)
+        self.log(f"journal file {jf.path} {jf.untrusted}: not shipped (a non-root user could have "
+                 f"written it); recording a journal_error and moving it to {kept_as}")
+        try:
+            from emitter.journal import write_standalone
+
+            # Node and cluster are ours, never the untrusted file's.
+            write_standalone(self.s.journal, [spool.untrusted_record(jf, kept_as)], node=self.s.node,
+                             cluster=self._cluster or None)
+            self.stats.untrusted_reports += 1
+        except Exception as exc:  # noqa: BLE001 - a report must not stop shipping
+            self.log(f"could not record the untrusted file {jf.path}: {exc}; it stays where it is, "
+                     "unshipped, and is reported again on the next start")
+            return
+        # Report first, then move: a crash in between reports it twice, never zero times.
+        if not spool.set_aside(jf.path, kept_as) and os.path.lexists(jf.path):
+            self.log(f"could not move {jf.path} to {kept_as}; it stays, unshipped, and is "
+                     "reported again on the next start")
+
     def _snapshots(self, jf: spool.JournalFile) -> list[dict]:
         started = jf.started or {}
         if started.get(c.R_CONTEXT) not in ("prolog_slurmd", "epilog_slurmd"):
@@ -330,6 +359,9 @@ class Agent:
             jf = spool.load_full(jf)
             if jf is None:
                 continue  # shipped by direct mode meanwhile
+            if jf.state == spool.UNTRUSTED:  # replaced by an untrusted file since the scan
+                self._report_untrusted(jf)
+                continue
             self._report_damage(jf)
             if not jf.entries:
                 spool.remove(jf.path)  # nothing readable; the damage report says so
@@ -371,16 +403,19 @@ class Agent:
         reports written during the pass are new files: ship them in the same call."""
         total = 0
         for _ in range(3):
-            reports = self.stats.damage_reports
+            reports = self.stats.damage_reports + self.stats.untrusted_reports
             shipped, left = self._pass(files)
             files = None
             total += shipped
-            if left or self.stats.damage_reports == reports:
+            if left or self.stats.damage_reports + self.stats.untrusted_reports == reports:
                 return total, left
         return total, left
 
     def _pass(self, files=None) -> tuple[int, int]:
         files = self.scan() if files is None else files
+        for jf in files:
+            if jf.state == spool.UNTRUSTED:
+                self._report_untrusted(jf)
         ready = spool.ready(files)
         shipped = i = 0
         while i < len(ready) and not self._stop.is_set():

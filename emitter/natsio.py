@@ -133,29 +133,80 @@ async def _quiet(*_a, **_k):
     outages itself, once, instead of a line per attempt."""
 
 
+_AUTH_HINT = (" (the server refused the login: check --creds / --nkey / --user and "
+              "HOOKSCOPE_NATS_PASSWORD, or the [agent] section of the config)")
+
+
 async def connect(opts: NatsOptions, *, error_cb=None, disconnected_cb=None, reconnected_cb=None,
                   closed_cb=None):
     """Connected ``nats.aio.client.Client`` or :class:`NatsUnavailable`, within
     ``connect_timeout * (len(servers) + 1)`` seconds in total."""
     import nats
 
+    # nats-py reports the real cause of a refused connect ("Authorization
+    # Violation", TLS failures) only to error_cb, then raises a bare "no servers
+    # available"; remember what it saw so the message says what to fix.
+    seen: list[BaseException] = []
+
+    async def _record(exc=None, *a, **k):
+        if isinstance(exc, BaseException) and len(seen) < 32:
+            seen.append(exc)
+        if error_cb is not None:
+            await error_cb(exc, *a, **k)
+
     kw = opts.connect_kwargs()
-    kw["error_cb"] = error_cb or _quiet
+    kw["error_cb"] = _record
     kw["disconnected_cb"] = disconnected_cb or _quiet
     kw["reconnected_cb"] = reconnected_cb or _quiet
     kw["closed_cb"] = closed_cb or _quiet
+    where = ", ".join(opts.servers)
     # Initial connect also honours max_reconnect_attempts; bound it overall.
     total = opts.connect_timeout * (len(opts.servers) + 1) + 0.5
     try:
         return await asyncio.wait_for(nats.connect(**kw), total)
     except (asyncio.TimeoutError, OSError) as exc:
-        raise NatsUnavailable(f"NATS at {', '.join(opts.servers)} unreachable: "
-                              f"{type(exc).__name__}: {exc or 'timed out'}") from None
+        msg = f"{type(exc).__name__}: {exc or 'timed out'}"
+        cause = _telling(seen)
+        if cause and cause not in msg:
+            msg += f"; last error: {cause}"
+        raise NatsUnavailable(f"NATS at {where} unreachable: {_hint(msg)}") from None
     except Exception as exc:  # nats-py raises plain Errors for auth, TLS, no servers
-        msg = str(exc) or type(exc).__name__
-        if "uthoriz" in msg:
-            msg += " (check --creds / user / password / nkey for this server)"
-        raise NatsUnavailable(f"NATS at {', '.join(opts.servers)}: {msg}") from None
+        msg = _describe(exc)
+        cause = _telling(seen)
+        if cause and cause not in msg:
+            msg = f"{cause} ({msg})" if msg else cause
+        raise NatsUnavailable(f"could not connect to {where}: {_hint(msg)}") from None
+
+
+def _telling(seen: list[BaseException]) -> str:
+    """The error that says what to fix: a refusal by the server (authorization,
+    TLS) beats the broken pipes and resets that follow it on retries."""
+    texts = [_describe(e) for e in seen]
+    for t in reversed(texts):
+        low = t.lower()
+        if "uthoriz" in t or "certificate" in low or "ssl" in low or "tls" in low:
+            return t
+    return texts[-1] if texts else ""
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if text.startswith("nats: "):  # nats-py wraps server -ERR text as "nats: 'Authorization Violation'"
+        text = text[len("nats: "):]
+    return text.strip("'\" ") or type(exc).__name__
+
+
+def _hint(msg: str) -> str:
+    low = msg.lower()
+    if "uthoriz" in msg:
+        return msg + _AUTH_HINT
+    if "certificate required" in low or "certificate_required" in low:
+        # mTLS (tls { verify: true }): the server refuses before any login.
+        return ("not authorized: the server requires a TLS client certificate and refused "
+                f"this one without it ({msg}); pass --tls-cert and --tls-key")
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        return msg + " (the server certificate is not trusted: check --tls-ca)"
+    return msg
 
 
 async def close(nc, timeout: float = 2.0) -> None:

@@ -8,12 +8,19 @@ seconds; otherwise *running* (left alone).  Damage (a torn last line after a
 kill -9, an unparseable line, a record whose hash does not match) never stops
 the rest of the file from shipping: intact lines go out, and the damage is
 described so the agent can report it as a ``journal_error`` record.
+
+A file someone other than root (or the agent's own user) could have written
+is *untrusted*: not owned by uid 0 or the euid, writable by group or others,
+a symlink, or not a regular file.  Its contents are never read or shipped; the
+agent reports it once and sets it aside (docs/agent.md, "Untrusted files").
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +29,8 @@ from emitter import contract as c
 COMPLETE = "complete"
 ABANDONED = "abandoned"
 RUNNING = "running"
+UNTRUSTED = "untrusted"  # never shipped; see trust_problem
+UNTRUSTED_SUFFIX = ".untrusted"  # where the agent moves a reported untrusted file
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _BTIME: int | None = None
@@ -36,6 +45,7 @@ class JournalFile:
     mtime_ns: int = 0
     size: int = 0
     full: bool = True  # False: scanned lightly (head and tail only); see load_full
+    untrusted: str | None = None  # why the file is not evidence (state UNTRUSTED)
 
     @property
     def records(self) -> list[dict]:
@@ -209,16 +219,53 @@ def _head_and_tail(data: bytes) -> tuple[list, list]:
     return entries, []
 
 
+def trust_problem(st: os.stat_result, euid: int | None = None) -> str | None:
+    """Why a journal file with these stats is not evidence, or None.  Pure.
+
+    The runner writes its files 0600 as root (or as the agent's user on a
+    non-root test setup); anything else could have been written by a user."""
+    euid = os.geteuid() if euid is None else euid
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    problems = []
+    if st.st_uid not in (0, euid):
+        problems.append(f"is owned by uid {st.st_uid}, not root" + (f" or uid {euid}" if euid else ""))
+    if mode & 0o022:
+        who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
+        problems.append(f"has mode {mode:04o} (writable by {who})")
+    return " and ".join(problems) or None
+
+
+def _untrusted(path: str, st: os.stat_result, why: str) -> JournalFile:
+    return JournalFile(path=path, state=UNTRUSTED, untrusted=why, mtime_ns=st.st_mtime_ns,
+                       size=st.st_size, full=True)
+
+
 def read_file(path: str, full: bool = True, **classify_kw) -> JournalFile | None:
     """Read and classify one file; None if it vanished (shipped by another process).
     ``full=False``: a light read for scanning (see _head_and_tail); call
-    ``load_full`` before shipping it."""
+    ``load_full`` before shipping it.  An untrusted file (trust_problem) comes
+    back in state UNTRUSTED with no entries: its contents are not read."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        # O_NOFOLLOW: a symlink is refused, not followed; O_NONBLOCK: a FIFO
+        # planted here must not block the open (it is refused by its fstat).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        try:
+            return _untrusted(path, os.lstat(path), "is a symlink")
+        except FileNotFoundError:
+            return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())  # of what was opened: no race with a swap of the name
+        why = trust_problem(st)
+        if why:
+            return _untrusted(path, st, why)
+        data = f.read()
     entries, damage = parse_lines(data) if full else _head_and_tail(data)
     jf = JournalFile(path=path, entries=entries, damage=damage, mtime_ns=st.st_mtime_ns,
                      size=st.st_size, full=full)
@@ -235,10 +282,20 @@ def load_full(jf: JournalFile) -> JournalFile | None:
     if jf.full:
         return jf
     try:
-        with open(jf.path, "rb") as f:
-            data = f.read()
+        fd = os.open(jf.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        jf.state, jf.untrusted, jf.entries = UNTRUSTED, "is a symlink", []
+        return jf
+    with os.fdopen(fd, "rb") as f:
+        why = trust_problem(os.fstat(f.fileno()))
+        if why:  # replaced since the scan
+            jf.state, jf.untrusted, jf.entries = UNTRUSTED, why, []
+            return jf
+        data = f.read()
     jf.entries, jf.damage = parse_lines(data)
     jf.full = True
     return jf
@@ -254,8 +311,40 @@ def scan(journal_dir: str, full: bool = True, **classify_kw) -> list[JournalFile
 
 
 def ready(files: list[JournalFile]) -> list[JournalFile]:
-    """Files the agent may ship now, in order."""
+    """Files the agent may ship now, in order (never an UNTRUSTED one)."""
     return [jf for jf in files if jf.state in (COMPLETE, ABANDONED)]
+
+
+def untrusted_record(jf: JournalFile, kept_as: str | None) -> dict:
+    """The ``journal_error`` body reporting an untrusted file (for
+    ``journal.write_standalone``): names the file, why, and what to do."""
+    where = (f"it is kept, unread, as {kept_as}" if kept_as
+             else "it is left in place, unread")
+    reason = (f"untrusted journal file {jf.path}: it {jf.untrusted}, so a non-root user could have "
+              f"written it (possible forgery); it was not shipped as evidence and {where}. Find out who "
+              "wrote it, then remove it, and keep the journal directory root-owned 0700")
+    return {c.R_KIND: c.K_JOURNAL_ERROR, c.R_PATH: jf.path, c.R_REASON: reason}
+
+
+def aside_path(path: str) -> str:
+    """Where ``set_aside`` moves ``path``: ``<name>.untrusted``, or a numbered
+    variant when that exists (an earlier file's evidence is never overwritten)."""
+    for n in range(1000):
+        dest = path + (f".{n}" if n else "") + UNTRUSTED_SUFFIX
+        if not os.path.lexists(dest):
+            return dest
+    return path + f".{time.time_ns()}" + UNTRUSTED_SUFFIX
+
+
+def set_aside(path: str, dest: str) -> bool:
+    """Move a reported untrusted file to ``dest`` (from aside_path) so no scan
+    sees it again, across agent restarts; its bytes, owner and mode are kept.
+    False when it could not be moved (gone, read-only spool)."""
+    try:
+        os.rename(path, dest)
+        return True
+    except OSError:
+        return False
 
 
 def remove(path: str) -> bool:

@@ -242,3 +242,85 @@ def test_fuzz_decoder_never_raises_and_output_is_storable(payload, subject):
     if check_rows(out) is None:
         parts, tables = b.arrow()
         assert all(tb.num_rows >= 0 for tb in tables.values())
+
+
+# ---------------------------------------------------------------- runner killed
+def _span_by_id(req, sid):
+    for sp in req.resource_spans[0].scope_spans[0].spans:
+        if sp.span_id.hex() == sid:
+            return sp
+    raise AssertionError(sid)
+
+
+def _mark_killed(span, event=True):
+    kv = span.attributes.add()
+    kv.key = C.A_KILLED
+    kv.value.bool_value = True
+    if not event:
+        keep = [ev for ev in span.events if ev.name != C.E_KILLED]
+        del span.events[:]
+        span.events.extend(keep)
+
+
+def test_runner_killed_attribute_without_the_event():
+    """The agent marks the killed runner's open script span AND its hook span
+    with the A_KILLED attribute; the E_KILLED event may be on one of them only.
+    Both rows say runner_killed, whichever span carries the event."""
+    node = Node()
+    hook_id, recs = node.hook(killed_at=1, n_scripts=3)
+    req = otlp.trace_request(recs, abandoned_ts=recs[-1][C.R_TS] + 10**9)
+    for sp in req.resource_spans[0].scope_spans[0].spans:  # no E_KILLED anywhere
+        keep = [ev for ev in sp.events if ev.name != C.E_KILLED]
+        del sp.events[:]
+        sp.events.extend(keep)
+    out = dec(req.SerializeToString())
+    (hook,) = out.rows["hook_runs"]
+    assert hook[23] is True
+    by_idx = {r[8]: r for r in out.rows["script_runs"]}
+    assert by_idx[1][22] is True and by_idx[0][22] is False
+
+
+def test_runner_killed_attribute_is_read_on_spans_with_their_end():
+    """The attribute is authoritative even where the records have an end (an
+    agent that knows better than the records); a span with events is checked."""
+    node = Node()
+    hook_id, recs = node.hook(fail_index=1, n_scripts=3)  # script 1 fails: an output event
+    req = otlp.trace_request(recs)
+    _mark_killed(_span_by_id(req, C.script_span_id(hook_id, 1)))
+    out = dec(req.SerializeToString())
+    by_idx = {r[8]: r for r in out.rows["script_runs"]}
+    assert by_idx[1][22] is True and by_idx[0][22] is False
+    assert out.rows["hook_runs"][0][23] is False
+
+
+# ---------------------------------------------------------------- JSON parser fallback
+def _decode_module_without_msgspec(monkeypatch):
+    """A second copy of collector.decode imported as if msgspec were not installed."""
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "msgspec", None)  # import msgspec -> ImportError
+    spec = importlib.util.spec_from_file_location("collector._decode_stdlib", D.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stdlib_json_fallback_decodes_the_same(monkeypatch):
+    plain = _decode_module_without_msgspec(monkeypatch)
+    assert plain._loads is json.loads and plain._JSON_ERRORS == (ValueError,)
+    node = Node()
+    payloads = [hook_message(node, fail_index=i % 3 if i % 2 else None)[2] for i in range(6)]
+    payloads.append(hook_message(node, killed_at=0)[2])
+    for payload in payloads:
+        a = D.decode_message(payload, SPANS, 7, NOW)
+        b = plain.decode_message(payload, SPANS, 7, NOW)
+        assert isinstance(b, plain.Decoded) and a.rows == b.rows and a.n_spans == b.n_spans
+
+    def garble(req, recs):
+        _set_records(req, 1, '{"v": 1, "kind": "script_started", garbage')
+    bad = _spans_with(garble)
+    for mod in (D, plain):
+        out = mod.decode_message(bad, SPANS, 7, NOW)
+        assert out.reason == D.DL_BAD_RECORD and "not JSON lines" in out.detail, out

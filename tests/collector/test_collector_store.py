@@ -217,3 +217,39 @@ def test_rebuild_from_archive_keeps_old_store_on_failure(tmp_path):
 ])
 def test_parse_reply(reply, expect):
     assert parse_reply(reply) == expect
+
+
+def test_memory_limit_holds_without_out_of_memory_errors(tmp_path):
+    """Under a memory limit the un-checkpointed part of the key indexes cannot
+    be evicted: a long burst without a snapshot must not fail the commit (it
+    would be retried forever).  The store checkpoints and commits again."""
+    node = Node("mem01")
+    payloads = [hook_message(node, n_scripts=8)[:3] for _ in range(400)]
+    # 32MB, one thread: measured with DuckDB 2.0, the commit without the
+    # checkpoint-and-retry fails in round 3; with it, 40 rounds pass
+    store = Store(tmp_path / "m.duckdb", consumer="t1", snapshot_interval=3600, memory_limit="32MB", threads=1)
+    try:
+        seq = 0
+        for rnd in range(10):  # 4000 hooks, 72k journal rows; snapshots never due
+            b = Batch("t1")
+            for subj, mid, payload in payloads:
+                seq += 1
+                # same records, new hook/seq keys per round: fresh index entries
+                b.add(decode_message(payload, subj, seq, NOW), seq, subj, NOW, payload, f"{mid}.{rnd}", "gpu1")
+            parts, tables = b.arrow()
+            for t in ("journal", "hook_runs", "script_runs"):
+                tables[t] = _rekey(tables[t], t, rnd)
+            store.commit(tables, seq)
+        got = store.counts()
+        assert got["hook_runs"] == seq and got["journal"] == 10 * 400 * 18
+    finally:
+        store.close(snapshot=False)
+
+
+def _rekey(tb, table, rnd):
+    """Make the key columns of ``tb`` unique to round ``rnd``."""
+    import pyarrow.compute as pc
+
+    col = {"journal": "node", "hook_runs": "hook_id", "script_runs": "span_id"}[table]
+    i = tb.schema.get_field_index(col)
+    return tb.set_column(i, col, pc.binary_join_element_wise(tb.column(col), str(rnd), "-"))

@@ -184,31 +184,60 @@ def test_collector_kill_9(pl, tmp_path):
     pl.assert_exact()
 
 
-def test_runner_sigkill_mid_script_is_recorded(pl, tmp_path):
-    """slurmd's PrologEpilogTimeout: SIGTERM to the runner, SIGKILL 10 ms later."""
+@pytest.mark.parametrize("signals", ["term+kill", "kill"])
+def test_runner_sigkill_mid_script_is_recorded(pl, tmp_path, signals):
+    """slurmd's PrologEpilogTimeout: SIGTERM to the runner, SIGKILL 10 ms later
+    ("term+kill"); or a bare SIGKILL ("kill", e.g. the OOM killer).
+
+    On SIGTERM the runner forwards SIGTERM to the script's group, SIGKILLs it
+    5 ms later and journals the end, usually within the 10 ms before slurmd's
+    SIGKILL lands: then the script is recorded killed by signal 15 and the hook
+    with status 143 (what the bare script would have given), not as a killed
+    runner.  Which one happened is read from the journal, and the store must
+    say the same.  A bare SIGKILL always leaves the runner killed mid-script."""
     node = "node001"
     started = tmp_path / "started"
-    d = write_scripts(tmp_path / "prolog.d", {"10-hang.sh": f"touch {started}\nsleep 30\n"})
+    d = write_scripts(tmp_path / "prolog.d", {"10-hang.sh": f"echo $$ > {started}\nsleep 30\n"})
     proc = pl.run_hook(node, d, 7, background=True)
-    wait_for(started.exists, 15, what="script started")
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(5)
-    assert proc.returncode == -signal.SIGKILL or proc.returncode != 0
-    # slurmd would see the runner killed: the bare script killed the same way
-    # also "fails"; what matters is that the run is recorded.
+    wait_for(lambda: started.exists() and started.read_text().strip(), 15, what="script started")
+    script_pgid = int(started.read_text())
+    try:
+        if signals == "term+kill":
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        try:  # the orphaned script of a SIGKILLed runner (its own process group)
+            os.killpg(script_pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), proc.returncode
     files = pl.pending_files(node)
     assert len(files) == 1
     _age(files)
     pl.snapshot_journals()
+    kinds = {r[contract.R_KIND]: r for r in pl.node(node).journaled.values()}
+    runner_finished = contract.K_HOOK_ENDED in kinds
+    if signals == "kill":
+        assert not runner_finished, "a SIGKILLed runner cannot have journaled the hook's end"
     p = pl.agent_once(node)
     assert p.returncode == 0, p.stderr
     pl.collect_once()
     pl.assert_exact()
-    killed = pl.query("SELECT count(*) FROM script_runs WHERE runner_killed AND path LIKE '%10-hang.sh'")[0][0]
-    assert killed == 1
-    assert pl.query("SELECT count(*) FROM hook_runs WHERE runner_killed")[0][0] == 1
+    (script,) = pl.query("SELECT runner_killed, signal FROM script_runs WHERE path LIKE '%10-hang.sh'")
+    (hook,) = pl.query("SELECT runner_killed, status FROM hook_runs")
+    # slurmd's SIGKILL may also land between the script's end and the hook's
+    if contract.K_SCRIPT_ENDED in kinds:
+        assert kinds[contract.K_SCRIPT_ENDED][contract.R_SIGNAL] == signal.SIGTERM
+        assert script == (False, signal.SIGTERM), script
+    else:
+        assert script == (True, None), script
+    if runner_finished:
+        assert kinds[contract.K_HOOK_ENDED][contract.R_STATUS] == 128 + signal.SIGTERM
+        assert hook == (False, 128 + signal.SIGTERM), hook
+    else:
+        assert hook == (True, None), hook
 
 
 # ---------------------------------------------------------------- journal faults

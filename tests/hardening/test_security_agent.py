@@ -58,6 +58,14 @@ async def _collector_setup(srv, pki):
         await nc.close()
 
 
+async def _purge(srv, pki):
+    nc = await connect(srv.url, **_collector_kw(srv, pki))
+    try:
+        await nc.jetstream(timeout=5).purge_stream(contract.STREAM_NAME)
+    finally:
+        await nc.close()
+
+
 def _count(srv, pki, node) -> int:
     async def go():
         nc = await connect(srv.url, **_collector_kw(srv, pki))
@@ -155,6 +163,7 @@ def test_natsio_connect_options(server, pki):
 def test_whole_pipeline_with_the_right_credentials(server, pki, tmp_path):
     """runner -> agent (node001's identity) -> nats-server -> collector (the
     collector identity) -> DuckDB: exact counts, with auth (and mTLS) on."""
+    run(_purge(server, pki))  # the module's server holds the other tests' messages
     pl = _one_hook(tmp_path, server)
     pl.snapshot_journals()
     args, env = _agent_args(server, pki, "node001")
