@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from dashboards import DashboardError, data, pages
 from dashboards.server import load_static
+from emitter.fsutil import replacing
 
 _LINK = re.compile(r'<a href="(/[^"]*)">(.*?)</a>', re.S)
 
@@ -75,15 +76,9 @@ def write_report(kind, key, output, db=None, archive=None, base_url=None, since=
     finally:
         con.close()
     out = os.path.abspath(output)
-    tmp = f"{out}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.replace(tmp, out)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise DashboardError(f"cannot write the report to {output}: {exc.strerror or exc}") from exc
+    def fail(exc):
+        return DashboardError(f"cannot write the report to {output}: {exc.strerror or exc}")
+
+    with replacing(out, fail) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(html)
     return out

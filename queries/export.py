@@ -11,6 +11,8 @@ import csv
 import json
 import os
 
+from emitter.fsutil import replacing
+
 from queries import QueryError
 
 FORMATS = ("csv", "parquet", "json")
@@ -51,8 +53,12 @@ def export(data, fmt: str, path) -> str:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+
+    def fail(exc):
+        return ExportError(f"cannot write the export file {path}: {exc.strerror or exc}; "
+                           f"check the directory exists and is writable")
+
+    with replacing(path, fail) as tmp:
         if fmt == "json":
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2, sort_keys=False, ensure_ascii=False)
@@ -72,12 +78,4 @@ def export(data, fmt: str, path) -> str:
             table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rows]) if rows \
                 else pa.table({})
             pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise ExportError(f"cannot write the export file {path}: {exc.strerror or exc}; "
-                          f"check the directory exists and is writable") from exc
     return path
