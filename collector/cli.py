@@ -156,7 +156,7 @@ _common = [
     click.option("--ack-wait", "ack_wait", type=float, help="seconds before JetStream redelivers a message "
                  "fetched but not acked (e.g. by a killed collector) [default 60]"),
     click.option("--memory-limit", "memory_limit", metavar="SIZE", help="DuckDB memory limit, e.g. 512MB, "
-                 "2GB; 'none': DuckDB's default, 80%% of RAM [env HOOKSCOPE_COLLECTOR_MEMORY_LIMIT; "
+                 "2GB; 'none': DuckDB's default, 80% of RAM [env HOOKSCOPE_COLLECTOR_MEMORY_LIMIT; "
                  "default 512MB]"),
     click.option("--config", "config", metavar="FILE", help="hookscope.toml ([collector] section)"),
 ]

@@ -96,6 +96,9 @@ class CollectorConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     request_timeout: float = 5.0
+    #: --once: give up after this long without a working consumer (a cluster
+    #: re-elects stream and consumer leaders within ~10 s of losing a node)
+    setup_timeout: float = 30.0
     #: DuckDB buffer-pool cap (its default is 80 % of the machine's RAM); "" = DuckDB's default
     memory_limit: str | None = DEFAULT_MEMORY_LIMIT
 
@@ -246,6 +249,7 @@ class Collector:
         self.js = None
         self.psub = None
         self._last_nats_error = None
+        self._step = "connect"
 
     def stop(self):
         self._stop.set()
@@ -260,6 +264,7 @@ class Collector:
         instead of fetching on a consumer it never bound."""
         from emitter.natsio import close, connect, ensure_streams
         await self.close_nats()
+        self._step = "connect"
         nc = await connect(self.cfg.nats_options(), error_cb=self._on_nats_error)
         try:
             self.nc, self.js, self.psub = nc, nc.jetstream(timeout=self.cfg.request_timeout), None
@@ -281,21 +286,32 @@ class Collector:
         if last and last not in why:
             why += f"; server said: {last}"
         hint = ""
-        if _is_timeout(exc) or "ermission" in why:
+        if _is_timeout(exc) or any(w in why for w in ("ermission", "ServiceUnavailable", "NoResponders")):
             hint = (" (is JetStream enabled, and does this identity have the collector's permissions "
                     "from deploy/nats/gen_auth.py? see docs/security.md)")
-        return ConsumerError(f"NATS at {self.cfg.nats_url}: streams/consumer not set up: {why}{hint}")
+        return ConsumerError(f"NATS at {self.cfg.nats_url}: streams/consumer not set up "
+                             f"(at: {self._step}): {why}{hint}")
 
     async def _ensure_streams(self, ensure_streams):
         """Create the streams when missing; never re-configure existing ones
         (a collector started without --replicas must not shrink an R3 stream)."""
         from nats.js.errors import NotFoundError
         for name in (C.STREAM_NAME, C.DLQ_STREAM_NAME):
+            self._step = f"stream info {name}"
             try:
                 await asyncio.wait_for(self.js.stream_info(name), self.cfg.request_timeout)
             except NotFoundError:
+                self._step = "create streams"
                 await ensure_streams(self.js, replicas=self.cfg.replicas, timeout=self.cfg.request_timeout)
                 return
+            except Exception as exc:
+                if name != C.DLQ_STREAM_NAME or not _is_timeout(exc):
+                    raise
+                # Consuming does not need it (dead letters are in the table first;
+                # their DLQ copy is best effort): a DLQ stream still electing its
+                # leader after a cluster node died must not hold the collector up.
+                log.warning("stream %s did not answer within %.1fs; going on without checking it",
+                            name, self.cfg.request_timeout)
 
     async def _ensure_consumer(self):
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -303,6 +319,7 @@ class Collector:
                              deliver_policy=DeliverPolicy.ALL, ack_wait=self.cfg.ack_wait,
                              max_ack_pending=self.cfg.max_ack_pending, max_deliver=-1,
                              num_replicas=self.cfg.replicas if self.cfg.replicas > 1 else None)
+        self._step = f"create consumer {self.cfg.durable}"
         try:
             await asyncio.wait_for(self.js.add_consumer(C.STREAM_NAME, cfg), self.cfg.request_timeout)
         except Exception as exc:  # exists with other settings: bind to it as it is
@@ -340,9 +357,10 @@ class Collector:
                         backoff = 0.2
                         fetch_errors = 0
                     except Exception as exc:
-                        log.warning("NATS not ready (%s); retrying in %.1fs", _describe(exc), backoff)
+                        log.warning("NATS not ready (at: %s: %s); retrying in %.1fs", self._step,
+                                    _describe(exc), backoff)
                         self.metrics.inc("nats_errors")
-                        if once and time.monotonic() - last_msg > max(idle_exit, 10.0):
+                        if once and time.monotonic() - last_msg > max(idle_exit, self.cfg.setup_timeout):
                             if isinstance(exc, (CollectorError, EmitterError)):
                                 raise  # already says what to fix
                             raise self._setup_error(exc) from exc

@@ -55,6 +55,8 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create the store directory {parent}: {exc}; "
                              "choose another --db path") from exc
+        if not os.path.exists(self.path):
+            _create(self.path)
         try:
             self.con = duckdb.connect(self.path)
         except duckdb.IOException as exc:
@@ -217,6 +219,42 @@ class Store:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _create(path: str) -> None:
+    """A new store file, complete or not at all: DuckDB writes a new file's
+    headers after creating it, and a collector killed in between left a file
+    that no later start could open.  Made under a temporary name, then renamed."""
+    tmp = f"{path}.creating-{os.getpid()}"
+    for p in (tmp, tmp + ".wal"):
+        if os.path.exists(p):
+            os.unlink(p)
+    try:
+        con = duckdb.connect(tmp)
+        try:
+            schema.create_all(con)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not os.path.exists(path):  # another process may have won the race
+            os.replace(tmp, path)
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except (OSError, duckdb.Error) as exc:
+        raise StoreError(f"cannot create the store {path}: {exc}; check the path, free space and "
+                         "permissions") from exc
+    finally:
+        for p in (tmp, tmp + ".wal"):
+            if os.path.exists(p):
+                os.unlink(p)
 
 
 def _copy_fd(src_fd: int, dst: str) -> None:

@@ -76,12 +76,12 @@ def test_once_gives_up_when_jetstream_never_answers(tmp_path):
     srv.start()
     try:
         cfg = CollectorConfig(nats_url=srv.url, db=str(tmp_path / "h.duckdb"), archive=None, fsync=False,
-                              request_timeout=0.5)
+                              request_timeout=0.5, setup_timeout=2)
         col = Collector(cfg)
 
         async def go():
             try:
-                return await asyncio.wait_for(col.run(once=True, idle_exit=0.2), 40)
+                return await asyncio.wait_for(col.run(once=True, idle_exit=0.2), 20)
             finally:
                 await col.close_nats()
 
@@ -91,6 +91,7 @@ def test_once_gives_up_when_jetstream_never_answers(tmp_path):
         finally:
             col.close()
         assert not isinstance(ei.value, asyncio.TimeoutError), "--once looped instead of giving up"
+        assert isinstance(ei.value, CollectorError) and "JetStream enabled" in str(ei.value), ei.value
         assert col.nc is None and col.psub is None
     finally:
         srv.stop()
@@ -198,15 +199,30 @@ def test_collect_with_generated_authorization(tmp_path, mode):
         assert c["hook_runs"] == 5 and c["dead_letters"] == 1
         assert "not published" not in p.stderr, "the collector may publish its dead letters"
         no_duplicates(db)
-        # a node's identity is not the collector's: refused, with the reason
+        # rebuild --from stream with the same credentials: an ephemeral consumer, same rows
+        rb = tmp_path / "rebuilt.duckdb"
+        p = subprocess.run(HOOKSCOPE + ["rebuild", "--from", "stream", "--quiet", "--nats", srv.url, "--db", str(rb)]
+                           + auth, env=env, capture_output=True, text=True, timeout=90, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        assert counts(rb)["hook_runs"] == 5 and counts(rb)["dead_letters"] == 1
+        # a node's identity is not the collector's: refused, with the server's reason
         node_secret = tmp_path / "auth" / "nodes" / ("node001.nk" if mode == "nkey" else "node001.pass")
-        bad = ["--nkey", str(node_secret)] if mode == "nkey" else ["--user", "node001"]
-        if mode == "password":
-            env["HOOKSCOPE_NATS_PASSWORD"] = node_secret.read_text().strip()
-        p = subprocess.run(cmd[:-4] + ["--db", str(tmp_path / "other.duckdb")] + bad, env=env,
-                           capture_output=True, text=True, timeout=90, cwd=ROOT)
-        assert p.returncode != 0
-        assert "streams/consumer not set up" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        kw = {"nkey": str(node_secret)} if mode == "nkey" else {"user": "node001",
+                                                                "password": node_secret.read_text().strip()}
+        col = Collector(CollectorConfig(nats_url=srv.url, db=str(tmp_path / "other.duckdb"), archive=None,
+                                        fsync=False, request_timeout=1, setup_timeout=2, **kw))
+
+        async def go():
+            try:
+                await asyncio.wait_for(col.run(once=True, idle_exit=0.2), 20)
+            finally:
+                await col.close_nats()
+
+        try:
+            with pytest.raises(CollectorError, match="ermissions violation"):
+                asyncio.run(go())
+        finally:
+            col.close()
     finally:
         srv.stop()
 

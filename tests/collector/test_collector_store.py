@@ -253,3 +253,24 @@ def _rekey(tb, table, rnd):
     col = {"journal": "node", "hook_runs": "hook_id", "script_runs": "span_id"}[table]
     i = tb.schema.get_field_index(col)
     return tb.set_column(i, col, pc.binary_join_element_wise(tb.column(col), str(rnd), "-"))
+
+
+def test_a_store_dying_while_created_leaves_no_half_file(tmp_path, monkeypatch):
+    """A collector killed while DuckDB wrote a new file's headers left a file no
+    later start could open (test_faults' kill -9 hit it).  A new store is made
+    under a temporary name and renamed: the path has the whole file or none."""
+    import collector.store as S
+
+    path = tmp_path / "new.duckdb"
+
+    def dies(con):
+        assert not path.exists(), "the store's path must not exist before it is complete"
+        raise duckdb.IOException("simulated crash while creating")
+
+    monkeypatch.setattr(S.schema, "create_all", dies)
+    with pytest.raises(StoreError, match="cannot create the store"):
+        Store(path)
+    assert not path.exists() and not list(tmp_path.glob("new.duckdb*"))
+    monkeypatch.undo()
+    with Store(path) as st:
+        assert st.last_seq() == 0
