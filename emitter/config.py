@@ -227,6 +227,34 @@ def _parse(p, data):
     return cfg
 
 
+def salvage_config(path=None):
+    """What of a config file that failed ``load_config`` is still usable.
+
+    A typo in one key must not stop the hook from running the site's own
+    directories (a failing hook drains the node): keep every [runner] key that
+    validates on its own, drop the rest.  An unparsable file gives ``{}``.
+    """
+    p, _ = config_path(path)
+    try:
+        import tomllib
+
+        with open(p, "rb") as f:
+            cfg = tomllib.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, invalid TOML
+        return {}
+    section = cfg.get("runner")
+    good = {}
+    if isinstance(section, dict):
+        for key, value in section.items():
+            try:
+                validate_runner({key: value}, p)
+            except ConfigError:
+                continue
+            good[key] = value
+    cfg["runner"] = good
+    return cfg
+
+
 def validate_runner(section, path="<config>"):
     """Raise ConfigError for unknown keys, wrong types or bad values in [runner]."""
     if not isinstance(section, dict):

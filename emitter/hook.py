@@ -3,7 +3,7 @@
 The context comes from ``SLURM_SCRIPT_CONTEXT``, the directories and every
 setting from the config file.  Whatever goes wrong in hookscope itself, the
 scripts still run and their status is returned: a broken config file falls
-back to the built-in defaults (with a stderr line and a journal warning), a
+back to its valid keys and the defaults (with a stderr line and a journal warning), a
 journal that cannot be written only loses records.
 """
 
@@ -31,10 +31,10 @@ def main():
     except EmitterError as exc:
         # Running the scripts from the default directories beats failing the
         # hook (and draining the node) over a typo in our own config.
-        msg = f"{exc} -- running with built-in defaults until it is fixed"
+        msg = f"{exc} -- ignoring what is invalid until it is fixed"
         say(f"hookscope-hook: {msg}\n")
         warnings.append(msg)
-        cfg = {}
+        cfg = cf.salvage_config()
     settings = cf.runner_settings(cfg)
     if os.environ.get("HOOKSCOPE_JOURNAL_DIR"):
         settings["journal_dir"] = os.environ["HOOKSCOPE_JOURNAL_DIR"]
