@@ -12,7 +12,9 @@ alone; every record of the file lands in exactly one span:
 * a standalone file (no ``hook_started``) gives one span per record:
   ``node_event`` -> SPAN_NODE_EVENT, ``journal_error``/other -> SPAN_JOURNAL.
 
-GPU samples become one ``ExportMetricsServiceRequest`` of gauges.
+GPU samples become one ``ExportMetricsServiceRequest`` of gauges
+(:mod:`emitter.otlp_metrics`); the conversion to and from SDK ReadableSpans
+is in :mod:`emitter.otlp_sdk`.  Both are re-exported here.
 
 Both encoders take plain dicts so the collector and tests can use them without
 the agent; ``entries`` are ``(raw_line, record)`` pairs (the raw line is kept
@@ -24,31 +26,19 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from emitter import __version__
 from emitter import contract as c
+# Re-exported: callers keep importing these from here.  Those modules import
+# this one's helpers at call time, so there is no import cycle.
+from emitter.otlp_metrics import (  # noqa: F401
+    GPU_UNITS, decode_metrics, encode_metrics, metrics_request, samples_from_metrics)
+from emitter.otlp_sdk import encode_sdk_spans, sdk_spans  # noqa: F401
 
 SCOPE_NAME = "hookscope.emitter"
-
-#: Units of the GPU gauges (UCUM, as OTel semconv uses them).
-GPU_UNITS = {
-    c.M_GPU_UTILIZATION: "1",
-    c.M_GPU_MEMORY_USAGE: "By",
-    c.M_GPU_MEMORY_LIMIT: "By",
-    c.M_GPU_POWER: "W",
-    c.M_GPU_TEMPERATURE: "Cel",
-    c.M_GPU_CLOCK_SM: "MHz",
-    c.M_GPU_ECC_SBE: "{error}",
-    c.M_GPU_ECC_DBE: "{error}",
-    c.M_GPU_XID: "1",
-    c.M_GPU_RETIRED_PAGES: "{page}",
-    c.M_GPU_THROTTLE: "1",
-}
 #: Room left for the NATS headers and protocol line within MAX_MESSAGE_BYTES.
 HEADER_ROOM = 4096
 # Output tail lengths tried, in turn, when a message is too big.
@@ -435,154 +425,7 @@ def journal_lines(req: ExportTraceServiceRequest) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------- metrics
-def metrics_request(samples: Sequence[dict], *, node: str, cluster: str,
-                    ts: int) -> ExportMetricsServiceRequest:
-    """One sampling round: a gauge per metric name, a data point per GPU.
-
-    A sample dict: ``index, uuid, model, vendor, source, job_id (or None),
-    ts (ns, optional: defaults to ts), metrics: {contract.M_GPU_*: number}``.
-    """
-    req = ExportMetricsServiceRequest()
-    rm = req.resource_metrics.add()
-    _resource(rm.resource, node, cluster)
-    sm = rm.scope_metrics.add()
-    sm.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
-    by_name: dict[str, Metric] = {}
-    for name in c.GPU_METRICS:
-        if any(name in (s.get("metrics") or {}) for s in samples):
-            m = sm.metrics.add()
-            m.name = name
-            m.unit = GPU_UNITS.get(name, "1")
-            m.gauge.CopyFrom(Gauge())
-            by_name[name] = m
-    for s in samples:
-        pattrs = {
-            c.A_GPU_INDEX: s.get("index"),
-            c.A_GPU_ID: s.get("uuid"),
-            c.A_GPU_MODEL: s.get("model"),
-            c.A_GPU_VENDOR: s.get("vendor"),
-            c.A_GPU_SOURCE: s.get("source"),
-            c.A_JOB_ID: s.get("job_id"),
-        }
-        for name, value in (s.get("metrics") or {}).items():
-            if value is None or name not in by_name:
-                continue
-            dp: NumberDataPoint = by_name[name].gauge.data_points.add()
-            dp.time_unix_nano = int(s.get("ts") or ts)
-            if isinstance(value, bool) or isinstance(value, int):
-                dp.as_int = int(value)
-            else:
-                dp.as_double = float(value)
-            _attrs(dp.attributes, pattrs)
-    return req
-
-
-def encode_metrics(samples: Sequence[dict], **kw) -> bytes:
-    return metrics_request(samples, **kw).SerializeToString()
-
-
-def decode_metrics(data: bytes) -> ExportMetricsServiceRequest:
-    req = ExportMetricsServiceRequest()
-    req.ParseFromString(data)
-    return req
-
-
-def samples_from_metrics(req: ExportMetricsServiceRequest) -> list[dict]:
-    """Flatten gauges back to rows: one dict per data point (for tests and loaders)."""
-    rows = []
-    for rm in req.resource_metrics:
-        res = attributes_dict(rm.resource.attributes)
-        for sm in rm.scope_metrics:
-            for m in sm.metrics:
-                for dp in m.gauge.data_points:
-                    row = attributes_dict(dp.attributes)
-                    row["metric"] = m.name
-                    row["unit"] = m.unit
-                    row["value"] = dp.as_int if dp.WhichOneof("value") == "as_int" else dp.as_double
-                    row["ts"] = dp.time_unix_nano
-                    row[c.A_HOST_NAME] = res.get(c.A_HOST_NAME)
-                    row[c.A_CLUSTER] = res.get(c.A_CLUSTER)
-                    rows.append(row)
-    return rows
-
-
-# ---------------------------------------------------------------- SDK spans
-# The agent hands journal files to the SDK's SpanExporter interface as
-# ReadableSpans; these two functions convert both ways so that
-# encode_sdk_spans(sdk_spans(trace_request(x))) == trace_request(x) (tested).
-# opentelemetry.sdk is imported here only, lazily: direct mode never needs it.
-def sdk_spans(req: ExportTraceServiceRequest) -> list:
-    """ReadableSpans (opentelemetry-sdk) equivalent to ``req``."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import Event, ReadableSpan
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
-    from opentelemetry.trace import SpanContext, SpanKind, Status as SdkStatus, StatusCode, TraceFlags
-
-    out = []
-    for rs in req.resource_spans:
-        resource = Resource(attributes_dict(rs.resource.attributes))
-        for ss in rs.scope_spans:
-            scope = SdkScope(ss.scope.name, ss.scope.version or None)
-            for sp in ss.spans:
-                tid = int.from_bytes(sp.trace_id, "big")
-                ctx = SpanContext(tid, int.from_bytes(sp.span_id, "big"), False, TraceFlags(1))
-                parent = (SpanContext(tid, int.from_bytes(sp.parent_span_id, "big"), False, TraceFlags(1))
-                          if sp.parent_span_id else None)
-                events = [Event(ev.name, attributes_dict(ev.attributes), ev.time_unix_nano)
-                          for ev in sp.events]
-                status = SdkStatus(StatusCode(sp.status.code), sp.status.message or None) \
-                    if sp.status.code == Status.STATUS_CODE_ERROR else SdkStatus(StatusCode(sp.status.code))
-                out.append(ReadableSpan(
-                    sp.name, context=ctx, parent=parent, resource=resource,
-                    attributes=attributes_dict(sp.attributes), events=events,
-                    kind=SpanKind(sp.kind - 1 if sp.kind else 0), status=status,
-                    start_time=sp.start_time_unix_nano, end_time=sp.end_time_unix_nano,
-                    instrumentation_scope=scope))
-    return out
-
-
-def encode_sdk_spans(spans) -> ExportTraceServiceRequest:
-    """ReadableSpans -> one request, grouped by resource then scope (OTLP's shape)."""
-    req = ExportTraceServiceRequest()
-    by_res: dict = {}
-    for span in spans:
-        res_key = tuple(sorted((k, str(v)) for k, v in span.resource.attributes.items()))
-        if res_key not in by_res:
-            rs = req.resource_spans.add()
-            _attrs(rs.resource.attributes, dict(span.resource.attributes))
-            by_res[res_key] = (rs, {})
-        rs, scopes = by_res[res_key]
-        sc = span.instrumentation_scope
-        sc_key = (sc.name, sc.version) if sc else ("", None)
-        if sc_key not in scopes:
-            ss = rs.scope_spans.add()
-            ss.scope.name = sc_key[0]
-            if sc_key[1]:
-                ss.scope.version = sc_key[1]
-            scopes[sc_key] = ss
-        p = scopes[sc_key].spans.add()
-        ctx = span.get_span_context()
-        p.trace_id = ctx.trace_id.to_bytes(16, "big")
-        p.span_id = ctx.span_id.to_bytes(8, "big")
-        if span.parent is not None:
-            p.parent_span_id = span.parent.span_id.to_bytes(8, "big")
-        p.name = span.name
-        p.kind = span.kind.value + 1  # SDK INTERNAL=0 -> OTLP SPAN_KIND_INTERNAL=1
-        p.start_time_unix_nano = span.start_time or 0
-        p.end_time_unix_nano = span.end_time or 0
-        _attrs(p.attributes, {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in (span.attributes or {}).items()})
-        for ev in span.events:
-            _event(p, ev.name, ev.timestamp, {k: (list(v) if isinstance(v, tuple) else v)
-                                              for k, v in (ev.attributes or {}).items()})
-        if span.status.status_code.value:
-            p.status.code = span.status.status_code.value
-            if span.status.description:
-                p.status.message = span.status.description
-    return req
-
-
+# ---------------------------------------------------------------- messages
 def message_key(req: ExportTraceServiceRequest) -> str:
     """The Nats-Msg-Id key of a one-message request (see split_requests): the
     hook span's ID (= the hook ID), or a standalone span's own ID."""
