@@ -135,14 +135,34 @@ def read_sql(root: str, table: str) -> str:
     """
     sch = ARROW_SCHEMAS[table]
     cols = ", ".join(f'"{f.name}"' for f in sch)
-    if not glob.glob(os.path.join(root, table, "cluster=*", "date=*", "*.parquet")):
+    files = glob.glob(os.path.join(root, table, "cluster=*", "date=*", "*.parquet"))
+    if not files:
         return f"SELECT {cols} FROM ({_empty_sql(table)})"
+    # Files written before a column was added lack it: NULL, or for a key
+    # column the documented default (journal.chain: '' = before chain ids).
+    have = {"cluster"}  # only in the partition path
+    for f in files:
+        have.update(pq.read_schema(f).names)
+    from collector.columns import COLUMNS
+    exprs = []
+    for name, typ, _ in COLUMNS[table]:
+        default = _KEY_DEFAULTS.get((table, name))
+        if name not in have:
+            exprs.append(f'CAST({default or "NULL"} AS {typ}) AS "{name}"')
+        elif default is not None:
+            exprs.append(f'coalesce("{name}", {default}) AS "{name}"')
+        else:
+            exprs.append(f'"{name}"')
     keys = ", ".join(schema.KEYS[table])
-    order = "stream_seq" if "stream_seq" in sch.names else "filename"
+    order = "stream_seq" if "stream_seq" in sch.names else "_file"
     src = (f"read_parquet('{table_glob(root, table)}', hive_partitioning=true, "
            f"hive_types={{'cluster': VARCHAR, 'date': DATE}}, union_by_name=true, filename=true)")
-    return (f"SELECT {cols} FROM {src} "
+    return (f"SELECT {cols} FROM (SELECT {', '.join(exprs)}, filename AS _file FROM {src}) "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1")
+
+
+#: (table, key column) -> SQL value for rows archived before the column existed.
+_KEY_DEFAULTS = {("journal", "chain"): "''"}
 
 
 def _empty_sql(table: str) -> str:

@@ -97,6 +97,11 @@ def _upgrade_v0(rec: dict) -> dict:
 #: from-version -> function returning the record at from-version + 1.
 UPGRADES = {0: _upgrade_v0}
 
+#: ``chain`` of a record written before chain ids existed (same schema
+#: version: the field was added, nothing changed meaning); such records are
+#: stored with this chain so they keep the (cluster, node, chain, seq) key.
+NO_CHAIN = ""
+
 
 def upgrade_record(rec: dict) -> dict:
     """Bring an older record up to ``contract.SCHEMA_VERSION`` (hash untouched:
@@ -278,7 +283,10 @@ def _decode_traces(payload, stream_seq, received_ns):
                         except KeyError as exc:
                             raise _Bad(DL_MISSING, f"span {sid}: record lacks field {exc}")
                         hook = None
-                    jrow = (rcluster, node, seq, kind, hook, h, prev, line)
+                    chain = rec.get(C.R_CHAIN, NO_CHAIN)
+                    if type(chain) is not str:
+                        raise _Bad(DL_BAD_RECORD, f"span {sid} {kind} record: chain {chain!r} is not a string")
+                    jrow = (rcluster, node, chain, seq, kind, hook, h, prev, line)
                     if rcluster is None or node is None or seq is None or kind is None or h is None \
                             or prev is None:
                         raise _Bad(DL_MISSING, f"span {sid}: record has a null cluster/node/seq/kind/hash/prev")
@@ -312,7 +320,7 @@ def _decode_traces(payload, stream_seq, received_ns):
                             ent = hooks[sid] = [None, None, tid, False]
                         ent[0 if kind == C.K_HOOK_STARTED else 1] = rec
                     elif kind == C.K_NODE_EVENT:
-                        node_events.append((jrow[5], rcluster, node, ts, rec.get(C.R_STATE),
+                        node_events.append((h, rcluster, node, ts, rec.get(C.R_STATE),
                                             rec.get(C.R_REASON), rec.get(C.R_SOURCE)))
                     if span_hook is None:
                         span_hook = hook

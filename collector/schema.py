@@ -115,16 +115,19 @@ TABLES = {
         source         VARCHAR
     """,
     # Every journal record, as the node wrote it: the per-node hash chain.
+    # A node's journal re-created (spool wiped, chain.head corrupt) starts a
+    # new chain at seq 1: the chain id keeps its rows apart from the old ones.
     "journal": """
         cluster        VARCHAR NOT NULL,
         node           VARCHAR NOT NULL,
+        chain          VARCHAR NOT NULL,      -- R_CHAIN; '' for records written before chain ids
         seq            UBIGINT NOT NULL,
         kind           VARCHAR NOT NULL,
         hook_id        VARCHAR,
         hash           VARCHAR NOT NULL,
         prev           VARCHAR NOT NULL,
         record         VARCHAR NOT NULL,      -- canonical JSON, hashed
-        PRIMARY KEY (cluster, node, seq)
+        PRIMARY KEY (cluster, node, chain, seq)
     """,
     "dead_letters": """
         stream_seq     UBIGINT PRIMARY KEY,
@@ -177,7 +180,7 @@ KEYS = {
     "span_events": ("span_id", "name", "ts", "idx"),
     "gpu_samples": ("cluster", "node", "gpu_index", "ts"),
     "node_events": ("event_id",),
-    "journal": ("cluster", "node", "seq"),
+    "journal": ("cluster", "node", "chain", "seq"),
     "dead_letters": ("stream_seq",),
     "raw": ("stream_seq",),
 }

@@ -37,7 +37,7 @@ DRAIN_REASON = {
 #: One journal file per hook invocation, JSON lines, canonical JSON per line.
 JOURNAL_DIR_DEFAULT = "/var/spool/hookscope/journal"
 JOURNAL_SUFFIX = ".jsonl"
-#: File holding the node's hash-chain head ("<seq> <hash>"), updated under flock.
+#: File holding the node's hash-chain head ("<seq> <hash> <chain>"), updated under flock.
 CHAIN_HEAD_FILE = "chain.head"
 #: Hash of the record before the first one on a node.
 CHAIN_GENESIS = "0" * 64
@@ -61,6 +61,10 @@ R_VERSION = "v"
 R_KIND = "kind"
 R_SEQ = "seq"  # per-node, strictly increasing, no gaps unless evicted
 R_PREV = "prev"  # hash of the record with seq-1 on this node
+#: 16 hex chars naming the node's current chain: a re-created journal (wiped
+#: spool, corrupt chain.head) starts a new chain at seq 1, and the store keys
+#: journal rows by (cluster, node, chain, seq) so the two never collide.
+R_CHAIN = "chain"
 R_HASH = "hash"  # sha256 of the canonical JSON of the record without "hash"
 R_TS = "ts"  # node wall clock, integer ns since the epoch
 R_NODE = "node"

@@ -164,25 +164,41 @@ def seal(record):
 _HEX = frozenset("0123456789abcdef")
 
 
+def _new_chain():
+    return os.urandom(8).hex()
+
+
 def _parse_head(data):
-    """(seq, hash) from chain.head bytes; None if corrupt; (0, GENESIS) if empty."""
+    """(seq, hash, chain) from chain.head bytes; None if corrupt.
+
+    Empty (new or deleted head): a new chain at seq 0.  The two-token form
+    written before chain ids existed keeps its seq/hash and gets a chain id
+    (the append writes the three-token form back, so this happens once).
+    """
     if not data:
-        return 0, c.CHAIN_GENESIS
+        return 0, c.CHAIN_GENESIS, _new_chain()
     try:
-        seq_s, h = data.decode("ascii").split()
-        seq = int(seq_s)
-    except (ValueError, UnicodeDecodeError):
+        parts = data.decode("ascii").split()
+        seq = int(parts[0])
+        h = parts[1]
+    except (ValueError, IndexError, UnicodeDecodeError):
         return None
     if seq < 0 or len(h) != 64 or not _HEX.issuperset(h):
         return None
-    return seq, h
+    if len(parts) == 2:
+        return seq, h, _new_chain()
+    if len(parts) != 3 or len(parts[2]) != 16 or not _HEX.issuperset(parts[2]):
+        return None
+    return seq, h, parts[2]
 
 
 def _chain_append(head_fd, records, write, on_reset):
-    """Assign seq/prev/hash to ``records`` under the lock and ``write`` their lines.
+    """Assign chain/seq/prev/hash to ``records`` under the lock and ``write`` their lines.
 
     ``write(lines)`` must raise OSError on failure, in which case the head is
-    not advanced (the records never existed).
+    not advanced (the records never existed).  A missing or corrupt head
+    starts a new chain (new id, seq 1, prev GENESIS) so the store keeps the
+    old chain's records apart from the new one's (same seq numbers).
     """
     import fcntl
 
@@ -192,17 +208,18 @@ def _chain_append(head_fd, records, write, on_reset):
         head = _parse_head(data)
         if head is None:
             on_reset(data)
-            head = (0, c.CHAIN_GENESIS)
-        seq, prev = head
+            head = (0, c.CHAIN_GENESIS, _new_chain())
+        seq, prev, chain = head
         lines = []
         for r in records:
             seq += 1
+            r[c.R_CHAIN] = chain
             r[c.R_SEQ] = seq
             r[c.R_PREV] = prev
             lines.append(seal(r))
             prev = r[c.R_HASH]
         write(b"".join(lines))
-        new = b"%d %s\n" % (seq, prev.encode("ascii"))
+        new = b"%d %s %s\n" % (seq, prev.encode("ascii"), chain.encode("ascii"))
         os.pwrite(head_fd, new, 0)
         if len(data) > len(new):
             os.ftruncate(head_fd, len(new))

@@ -180,7 +180,10 @@ def _select(con, table: str, files: list[str]) -> str:
                           f"({files[0]} ...): {exc}") from exc
     sel = []
     for name, typ in table_columns(table):
-        if name not in have:
+        if table == "journal" and name == "chain":
+            # Records archived before chain ids: chain '' (as the collector loads them).
+            sel.append(f"coalesce({name}, '') AS {name}" if name in have else f"''::{typ} AS {name}")
+        elif name not in have:
             # Written before the column was added to the schema.
             sel.append(f"NULL::{typ} AS {name}")
         elif have[name] in (typ, _TYPE_ALIASES.get(typ)):

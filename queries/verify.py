@@ -3,8 +3,16 @@
 Each node's journal records carry ``seq`` (+1 per record), ``prev`` (the hash
 of record seq-1) and ``hash`` (``contract.record_hash``).  The store keeps every
 record verbatim in ``journal.record``.  This module recomputes each hash,
-walks every (cluster, node) chain in position order and checks that the
-derived rows (hook_runs, script_runs) still say what their records say.
+walks every (cluster, node, chain) chain in position order and checks that
+the derived rows (hook_runs, script_runs) still say what their records say.
+
+A node has one chain until its journal is re-created (spool wiped, chain.head
+lost or corrupt): the runner then starts a new chain (new ``chain`` id, seq 1,
+genesis ``prev``).  A node's chains are taken in the order of their first
+record's ``ts``; every chain after the first is a ``reset`` at its first
+position, unless it links on from the previous chain's last record (a head
+written before chain ids were upgraded: same seq/hash, new id).  Two chains
+sharing seq numbers never make records look missing or altered.
 
 Problems, each naming the node and the position (``seq``):
 
@@ -17,8 +25,8 @@ Problems, each naming the node and the position (``seq``):
   chain leaves no broken link, the derived rows still tell;
 * ``reorder``: a record sits at a position other than its own ``seq``, or
   links to a record that is not its predecessor but is elsewhere in the chain;
-* ``reset``: the chain restarts (``prev`` is the genesis hash past position 1:
-  the node's chain head was lost).
+* ``reset``: the node's chain was re-created (a later chain of the node), or
+  a chain restarts inside itself (``prev`` is the genesis hash past position 1).
 """
 
 from __future__ import annotations
@@ -30,9 +38,35 @@ from emitter import contract as C
 MAX_PROBLEMS = 10_000
 
 
-def _problem(out, cluster, node, seq, kind, detail):
+def _problem(out, cluster, node, seq, kind, detail, chain=None):
     if len(out) < MAX_PROBLEMS:
-        out.append({"cluster": cluster, "node": node, "seq": seq, "kind": kind, "detail": detail})
+        out.append({"cluster": cluster, "node": node, "chain": chain, "seq": seq, "kind": kind,
+                    "detail": detail})
+
+
+def _chain_order(con, where, params) -> dict:
+    """(cluster, node, chain) -> (rank among the node's chains, the previous
+    chain's (chain, last seq, last hash) or None), chains ordered by their
+    first record's ts (a record too damaged to tell sorts last)."""
+    firsts: dict = {}
+    for cluster, nd, chain, first_rec, last_seq, last_hash in con.execute(
+            f"SELECT cluster, node, chain, arg_min(record, seq), max(seq), arg_max(hash, seq) "
+            f"FROM journal{where} GROUP BY cluster, node, chain", params).fetchall():
+        try:
+            ts = json.loads(first_rec).get(C.R_TS)
+            ts = ts if type(ts) is int else None
+        except (ValueError, AttributeError):
+            ts = None
+        firsts.setdefault((cluster, nd), []).append(
+            ((ts is None, ts or 0, chain), chain, last_seq, last_hash))
+    order = {}
+    for (cluster, nd), lst in firsts.items():
+        lst.sort()
+        before = None
+        for rank, (_, chain, last_seq, last_hash) in enumerate(lst):
+            order[(cluster, nd, chain)] = (rank, before)
+            before = (chain, last_seq, last_hash)
+    return order
 
 
 def verify_chain(con, node=None) -> dict:
@@ -41,17 +75,20 @@ def verify_chain(con, node=None) -> dict:
     where = ""
     if node:
         where, params = " WHERE node = ?", [str(node)]
-    cur = con.execute(f"SELECT cluster, node, seq, kind, hook_id, hash, prev, record FROM journal{where} "
-                      f"ORDER BY cluster, node, seq", params)
+    order = _chain_order(con, where, params)
+    cur = con.execute(f"SELECT cluster, node, chain, seq, kind, hook_id, hash, prev, record FROM journal{where} "
+                      f"ORDER BY cluster, node, chain, seq", params)
     problems: list[dict] = []
     info: list[dict] = []
-    # Chain gaps per (cluster, node), so that the row checks do not report
-    # the same deletion twice.
+    # Chain gaps per (cluster, node, chain), so that the row checks do not
+    # report the same deletion twice.
     gaps: dict = {}
-    records: dict[tuple, dict] = {}  # (cluster, node, seq) -> parsed record, for the row checks
+    records: dict[tuple, dict] = {}  # (cluster, node, chain, seq) -> parsed record, for the row checks
     n_records = 0
+    nodes = set()
     chains = 0
     key = None
+    linked = False  # this chain links on from the node's previous chain
     last_seq = last_hash = None
     hashes: dict[str, int] = {}
     explained: list[tuple[int, int]] = []
@@ -59,33 +96,36 @@ def verify_chain(con, node=None) -> dict:
 
     def close_chain():
         # Links that pointed at no predecessor: reorder if the target is elsewhere in the chain.
-        for (cl, nd, seq, prev) in pending_links:
+        for (cl, nd, ch, seq, prev) in pending_links:
             if prev in hashes:
                 _problem(problems, cl, nd, seq, "reorder",
                          f"record at position {seq} links to the record at position {hashes[prev]}, "
-                         f"not to its predecessor")
+                         f"not to its predecessor", ch)
             else:
                 _problem(problems, cl, nd, seq, "altered",
                          f"record at position {seq} does not link to the record at position {seq - 1}: "
-                         f"one of them was changed")
+                         f"one of them was changed", ch)
         pending_links.clear()
 
     while True:
         batch = cur.fetchmany(10_000)
         if not batch:
             break
-        for cluster, nd, seq, kind, hook_id, h, prev, text in batch:
+        for cluster, nd, ch, seq, kind, hook_id, h, prev, text in batch:
             n_records += 1
-            if (cluster, nd) != key:
+            if (cluster, nd, ch) != key:
                 close_chain()
-                key, last_seq, last_hash, hashes, explained = (cluster, nd), None, None, {}, []
+                key, last_seq, last_hash, hashes, explained = (cluster, nd, ch), None, None, {}, []
                 chains += 1
+                nodes.add((cluster, nd))
+                rank, before = order.get(key, (0, None))
+                linked = False
             try:
                 rec = json.loads(text)
                 if type(rec) is not dict:
                     raise ValueError("not a JSON object")
             except ValueError as exc:
-                _problem(problems, cluster, nd, seq, "altered", f"record is not valid JSON ({exc})")
+                _problem(problems, cluster, nd, seq, "altered", f"record is not valid JSON ({exc})", ch)
                 last_seq, last_hash = seq, h
                 continue
             actual = C.record_hash(rec)
@@ -93,62 +133,73 @@ def verify_chain(con, node=None) -> dict:
             if not own_ok:
                 _problem(problems, cluster, nd, seq, "altered",
                          f"{rec.get(C.R_KIND, kind)} record at position {seq} does not match its hash "
-                         f"(stored {str(rec.get(C.R_HASH))[:12]}, content hashes to {actual[:12]})")
+                         f"(stored {str(rec.get(C.R_HASH))[:12]}, content hashes to {actual[:12]})", ch)
             elif h != actual or prev != rec.get(C.R_PREV) or kind != rec.get(C.R_KIND) \
-                    or hook_id != rec.get(C.R_HOOK_ID) or nd != rec.get(C.R_NODE):
+                    or hook_id != rec.get(C.R_HOOK_ID) or nd != rec.get(C.R_NODE) \
+                    or ch != rec.get(C.R_CHAIN, ""):
                 _problem(problems, cluster, nd, seq, "altered",
-                         f"journal columns at position {seq} disagree with the record they hold")
+                         f"journal columns at position {seq} disagree with the record they hold", ch)
             rseq = rec.get(C.R_SEQ)
             if own_ok and rseq != seq:
                 _problem(problems, cluster, nd, seq, "reorder",
-                         f"position {seq} holds the record written as position {rseq}")
+                         f"position {seq} holds the record written as position {rseq}", ch)
             hashes[actual] = seq
-            records[(cluster, nd, seq)] = rec
+            records[(cluster, nd, ch, seq)] = rec
             if kind == C.K_SPOOL_EVICTED:
                 span = rec.get(C.R_EVICTED_SEQS) or []
                 if len(span) == 2:
                     explained.append((int(span[0]), int(span[1])))
             rprev = rec.get(C.R_PREV)
             if last_seq is None:
-                if seq != 1 and rprev == C.CHAIN_GENESIS:
+                if rank and before is not None and rprev == before[2] and seq == before[1] + 1:
+                    # A chain.head from before chain ids, upgraded: same chain, new id.
+                    linked = True
+                elif rank:
+                    _problem(problems, cluster, nd, seq, "reset",
+                             f"chain {ch or '(none)'} starts at position {seq} after chain "
+                             f"{(before[0] if before else '') or '(none)'}: the node's journal was "
+                             f"re-created (chain head lost, spool wiped or node reimaged)", ch)
+                if seq != 1 and rprev == C.CHAIN_GENESIS and not rank:
                     _problem(problems, cluster, nd, seq, "reset",
                              f"chain starts again at position {seq} (prev is the genesis hash): "
-                             f"the node's chain head was lost")
-                elif seq != 1 and kind != C.K_SPOOL_EVICTED:
-                    _note_gap(problems, info, cluster, nd, 1, seq - 1, explained, rec, gaps)
+                             f"the node's chain head was lost", ch)
+                elif seq != 1 and kind != C.K_SPOOL_EVICTED and not linked and rprev != C.CHAIN_GENESIS:
+                    _note_gap(problems, info, cluster, nd, ch, 1, seq - 1, explained, rec, gaps)
             else:
                 if seq > last_seq + 1:
-                    _note_gap(problems, info, cluster, nd, last_seq + 1, seq - 1, explained, rec, gaps)
+                    _note_gap(problems, info, cluster, nd, ch, last_seq + 1, seq - 1, explained, rec, gaps)
                 if rprev == C.CHAIN_GENESIS and seq != 1:
                     _problem(problems, cluster, nd, seq, "reset",
                              f"chain starts again at position {seq} (prev is the genesis hash): "
-                             f"the node's chain head was lost")
+                             f"the node's chain head was lost", ch)
                 elif seq == last_seq + 1 and rprev != last_hash and own_ok:
-                    pending_links.append((cluster, nd, seq, rprev))
+                    pending_links.append((cluster, nd, ch, seq, rprev))
             last_seq, last_hash = seq, actual
     close_chain()
     _check_rows(con, node, records, problems, gaps)
-    problems.sort(key=lambda p: (p["cluster"], p["node"], p["seq"] if p["seq"] is not None else -1))
+    problems.sort(key=lambda p: (p["cluster"], p["node"], order.get((p["cluster"], p["node"], p["chain"]),
+                                                                   (-1,))[0],
+                                 p["seq"] if p["seq"] is not None else -1))
     return {"ok": not problems, "problems": problems, "info": info,
-            "checked": {"nodes": chains, "records": n_records},
+            "checked": {"nodes": len(nodes), "chains": chains, "records": n_records},
             "truncated": len(problems) >= MAX_PROBLEMS}
 
 
-def _note_gap(problems, info, cluster, node, first, last, explained, rec, gaps):
-    gaps.setdefault((cluster, node), []).append((first, last))
+def _note_gap(problems, info, cluster, node, chain, first, last, explained, rec, gaps):
+    gaps.setdefault((cluster, node, chain), []).append((first, last))
     # The spool_evicted record follows the gap it explains (it is written
     # into the next hook's file), so this record itself may be it.
     spans = list(explained)
     if rec.get(C.R_KIND) == C.K_SPOOL_EVICTED and len(rec.get(C.R_EVICTED_SEQS) or []) == 2:
         spans.append(tuple(rec[C.R_EVICTED_SEQS]))
     if any(a <= first and last <= b for a, b in spans):
-        info.append({"cluster": cluster, "node": node, "seq": first, "kind": "evicted",
+        info.append({"cluster": cluster, "node": node, "chain": chain, "seq": first, "kind": "evicted",
                      "detail": f"positions {first}..{last} were evicted from the node's bounded spool "
                                f"before shipping (spool_evicted record)"})
         return
     n = last - first + 1
     _problem(problems, cluster, node, first, "gap",
-             f"{n} record(s) missing at position {first}" + (f"..{last}" if n > 1 else ""))
+             f"{n} record(s) missing at position {first}" + (f"..{last}" if n > 1 else ""), chain)
 
 
 # Derived-row columns and the record fields they must equal.
@@ -162,7 +213,7 @@ _HOOK_STARTED = {"context": C.R_CONTEXT}
 def _check_rows(con, node, records, problems, gaps):
     """Every hook_runs / script_runs row must say what its journal records say."""
     by_hook: dict[str, dict] = {}
-    for (cluster, nd, seq), rec in records.items():
+    for (cluster, nd, _ch, seq), rec in records.items():
         hid = rec.get(C.R_HOOK_ID)
         if hid:
             by_hook.setdefault(hid, {})[(rec.get(C.R_KIND), rec.get(C.R_INDEX))] = (seq, rec)
@@ -207,8 +258,8 @@ def _check_rows(con, node, records, problems, gaps):
                 _missing(problems, gaps, cluster, nd, recs, f"the {kind} record of hook {hid} "
                                                       f"(its hook_runs row is stored)")
     # Node events are keyed by their record's hash.
-    events = {(cl, nd): set() for (cl, nd, _s) in records}
-    for (cl, nd, seq), rec in records.items():
+    events = {(cl, nd): set() for (cl, nd, _c, _s) in records}
+    for (cl, nd, _c, seq), rec in records.items():
         if rec.get(C.R_KIND) == C.K_NODE_EVENT:
             events[(cl, nd)].add(rec.get(C.R_HASH))
     for cluster, nd, event_id, ts in con.execute(
@@ -222,11 +273,12 @@ def _missing(problems, gaps, cluster, node, recs, what):
     """A record the derived rows prove was written is not in the journal:
     a deletion the chain cannot show (the end of a chain has no successor)."""
     first = min(seq for seq, _ in recs.values())
-    after = max(seq for seq, _ in recs.values())
-    if any(a <= after + 1 and b >= first - 1 for a, b in gaps.get((cluster, node), ())):
+    after, last = max(recs.values(), key=lambda hit: hit[0])
+    chain = last.get(C.R_CHAIN, "")  # a hook's records are in one chain
+    if any(a <= after + 1 and b >= first - 1 for a, b in gaps.get((cluster, node, chain), ())):
         return  # inside a gap the chain walk already reported
     _problem(problems, cluster, node, after + 1, "gap", f"{what} is missing from the journal "
-             f"(expected after position {after})")
+             f"(expected after position {after})", chain)
 
 
 def _compare(problems, cluster, node, hit, row, fields, what):

@@ -81,9 +81,10 @@ VIEWS: list[tuple[str, str, str]] = [
      "SELECT * FROM gpu_samples WHERE coalesce(xid, 0) <> 0 OR coalesce(ecc_dbe, 0) > 0 "
      "OR coalesce(throttle_reasons, 0) <> 0 OR coalesce(temperature_c, 0) >= 85"),
     ("v_journal_chains",
-     "Per node: how many journal records the store holds, first and last position.",
-     "SELECT cluster, node, count(*) AS records, min(seq) AS first_seq, max(seq) AS last_seq, "
-     "max(seq) - min(seq) + 1 - count(*) AS missing FROM journal GROUP BY cluster, node"),
+     "Per node and chain (a re-created journal starts a new chain): how many journal "
+     "records the store holds, first and last position.",
+     "SELECT cluster, node, chain, count(*) AS records, min(seq) AS first_seq, max(seq) AS last_seq, "
+     "max(seq) - min(seq) + 1 - count(*) AS missing FROM journal GROUP BY cluster, node, chain"),
 ]
 
 

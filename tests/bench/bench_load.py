@@ -161,7 +161,7 @@ def store_counts(db: Path) -> dict:
         q = lambda s: con.execute(s).fetchone()[0]  # noqa: E731
         return {"hook_runs": q("SELECT count(*) FROM hook_runs"), "script_runs": q("SELECT count(*) FROM script_runs"),
                 "journal": q("SELECT count(*) FROM journal"),
-                "dups": q("SELECT count(*) - count(DISTINCT (cluster, node, seq)) FROM journal"),
+                "dups": q("SELECT count(*) - count(DISTINCT (cluster, node, chain, seq)) FROM journal"),
                 "dead_letters": q("SELECT count(*) FROM dead_letters")}
     finally:
         con.close()

@@ -21,10 +21,19 @@ class Node:
         self.cluster = cluster
         self.seq = 0
         self.prev = C.CHAIN_GENESIS
+        self.chain = os.urandom(8).hex()
+
+    def new_chain(self):
+        """The journal is re-created (spool wiped, chain.head lost): a new
+        chain id, seq 1 again from the genesis hash."""
+        self.seq = 0
+        self.prev = C.CHAIN_GENESIS
+        self.chain = os.urandom(8).hex()
 
     def record(self, kind, hook, ts, **fields):
         self.seq += 1
-        rec = {C.R_VERSION: C.SCHEMA_VERSION, C.R_KIND: kind, C.R_SEQ: self.seq, C.R_PREV: self.prev,
+        rec = {C.R_VERSION: C.SCHEMA_VERSION, C.R_KIND: kind, C.R_CHAIN: self.chain, C.R_SEQ: self.seq,
+               C.R_PREV: self.prev,
                C.R_TS: ts, C.R_NODE: self.node, C.R_CLUSTER: self.cluster, C.R_HOOK_ID: hook,
                C.R_PID: 4242}
         rec.update(fields)

@@ -40,8 +40,9 @@ def test_hook_round_trip_through_the_agent_encoder():
     assert scripts[2][18] == 1 and scripts[2][23] == "boom: gpu 3 fell off the bus"
     assert scripts[0][0] == C.script_span_id(hook[0], 0)
     # every record reaches the journal table exactly once, verbatim
-    assert sorted(r[2] for r in out.rows["journal"]) == [r[C.R_SEQ] for r in recs]
-    assert {r[7] for r in out.rows["journal"]} == {C.canonical_json(r) for r in recs}
+    assert sorted(r[3] for r in out.rows["journal"]) == [r[C.R_SEQ] for r in recs]
+    assert {r[2] for r in out.rows["journal"]} == {recs[0][C.R_CHAIN]}  # the chain column
+    assert {r[8] for r in out.rows["journal"]} == {C.canonical_json(r) for r in recs}
     (ev,) = out.rows["span_events"]
     assert ev[4] == C.E_OUTPUT and json.loads(ev[5])[C.EA_OUTPUT_TEXT].startswith("boom")
     for t, rows in out.rows.items():
@@ -86,7 +87,7 @@ def test_bad_hash_is_stored_not_dead_lettered():
     recs[1] = dict(recs[1], exit_code=0, path="/tampered")  # hash no longer matches
     out = dec(otlp.encode_trace(recs))
     assert isinstance(out, D.Decoded)
-    assert any('"/tampered"' in r[7] for r in out.rows["journal"])
+    assert any('"/tampered"' in r[8] for r in out.rows["journal"])
 
 
 def _spans_with(mutate):
@@ -198,7 +199,7 @@ def test_upgrade_v0_record_shape():
     assert isinstance(out, D.Decoded), out
     (hook,) = out.rows["hook_runs"]
     assert hook[0] == hook_id and hook[17] == (recs[0][C.R_TS] // 1000) * 1000 and hook[25] == 0
-    assert {r[7] for r in out.rows["journal"]} == {C.canonical_json(r) for r in old}
+    assert {r[8] for r in out.rows["journal"]} == {C.canonical_json(r) for r in old}
 
 
 # ---------------------------------------------------------------- fuzz

@@ -86,7 +86,7 @@ class Node:
     name: str
     journal: Path
     agent: subprocess.Popen | None = None
-    journaled: dict = field(default_factory=dict)  # (node, seq) -> record, as written
+    journaled: dict = field(default_factory=dict)  # (node, chain, seq) -> record, as written
 
 
 class Pipeline:
@@ -153,7 +153,8 @@ class Pipeline:
                     except ValueError:
                         continue  # torn line: the agent reports it as damage
                     if isinstance(rec, dict) and contract.R_SEQ in rec:
-                        n.journaled[(rec.get(contract.R_NODE), rec[contract.R_SEQ])] = rec
+                        n.journaled[(rec.get(contract.R_NODE), rec.get(contract.R_CHAIN, ""),
+                                     rec[contract.R_SEQ])] = rec
         return sum(len(n.journaled) for n in self.nodes.values())
 
     def pending_files(self, node: str) -> list[str]:
@@ -234,7 +235,7 @@ class Pipeline:
         out = {}
         for t in ("journal", "hook_runs", "script_runs", "dead_letters"):
             out[t] = self.query(f"SELECT count(*) FROM {t}")[0][0]
-        out["dups"] = self.query("SELECT count(*) - count(DISTINCT (cluster, node, seq)) FROM journal")[0][0]
+        out["dups"] = self.query("SELECT count(*) - count(DISTINCT (cluster, node, chain, seq)) FROM journal")[0][0]
         return out
 
     def expected(self) -> dict:
@@ -244,7 +245,7 @@ class Pipeline:
                 "script_runs": kinds.count(contract.K_SCRIPT_STARTED)}
 
     def stored_keys(self) -> set:
-        return {(n, s) for n, s in self.query("SELECT node, seq FROM journal")}
+        return {(n, c, s) for n, c, s in self.query("SELECT node, chain, seq FROM journal")}
 
     def assert_exact(self, extra_journal: int = 0) -> dict:
         """Everything journaled is stored exactly once.  ``extra_journal``: records

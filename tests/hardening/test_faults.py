@@ -325,7 +325,8 @@ def _rewrite_chain(journal: Path, shift_ns: int) -> None:
         out[f].append(contract.canonical_json(r))
     for f, lines in out.items():
         f.write_text("\n".join(lines) + "\n")
-    (journal / contract.CHAIN_HEAD_FILE).write_text(f"{recs[-1][1][contract.R_SEQ]} {prev}\n")
+    last = recs[-1][1]
+    (journal / contract.CHAIN_HEAD_FILE).write_text(f"{last[contract.R_SEQ]} {prev} {last[contract.R_CHAIN]}\n")
 
 
 @pytest.mark.parametrize("hours", [+1, -1])

@@ -68,6 +68,7 @@ class StoreBuilder:
         self.cluster = cluster
         self.rows: dict[str, list[dict]] = defaultdict(list)
         self._chain: dict[tuple, tuple[int, str]] = {}
+        self._chain_id: dict[tuple, str] = {}  # (cluster, node) -> current chain id
         self._n = 0
         self.stream_seq = 0
 
@@ -75,13 +76,15 @@ class StoreBuilder:
     def _record(self, node, kind, ts_ns, hook_id=None, **fields):
         key = (self.cluster, node)
         seq, prev = self._chain.get(key, (0, C.CHAIN_GENESIS))
-        rec = {C.R_VERSION: C.SCHEMA_VERSION, C.R_KIND: kind, C.R_SEQ: seq + 1, C.R_PREV: prev,
+        chain = self._chain_id.setdefault(key, hashlib.sha256(f"{self.cluster}:{node}".encode()).hexdigest()[:16])
+        rec = {C.R_VERSION: C.SCHEMA_VERSION, C.R_KIND: kind, C.R_CHAIN: chain, C.R_SEQ: seq + 1, C.R_PREV: prev,
                C.R_TS: ts_ns, C.R_NODE: node, C.R_CLUSTER: self.cluster, C.R_HOOK_ID: hook_id,
                C.R_PID: 4242, **fields}
         rec[C.R_HASH] = C.record_hash(rec)
         self._chain[key] = (seq + 1, rec[C.R_HASH])
         self.rows["journal"].append({
-            "cluster": self.cluster, "node": node, "seq": seq + 1, "kind": kind, "hook_id": hook_id,
+            "cluster": self.cluster, "node": node, "chain": chain, "seq": seq + 1, "kind": kind,
+            "hook_id": hook_id,
             "hash": rec[C.R_HASH], "prev": prev, "record": C.canonical_json(rec)})
         return rec
 
@@ -163,6 +166,15 @@ class StoreBuilder:
             "warnings": list(start_rec[C.R_WARNINGS]), "schema_version": C.SCHEMA_VERSION,
             "received_ts": from_ns(cursor + 10**9), "skew_ms": 0.0, "stream_seq": self.stream_seq})
         return hid
+
+    def new_chain(self, node) -> str:
+        """The node's journal is re-created (spool wiped, chain.head lost): the
+        runner starts a new chain, seq 1 from the genesis hash."""
+        key = (self.cluster, node)
+        old = self._chain_id.get(key, "")
+        self._chain_id[key] = hashlib.sha256(f"{self.cluster}:{node}:{old}".encode()).hexdigest()[:16]
+        self._chain[key] = (0, C.CHAIN_GENESIS)
+        return self._chain_id[key]
 
     def node_event(self, node, at: datetime, state, reason, source="slurmctld_epilog"):
         rec = self._record(node, C.K_NODE_EVENT, ns(at), None, state=state, reason=reason, source=source)

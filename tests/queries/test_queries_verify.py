@@ -147,6 +147,71 @@ def test_chain_reset(tmp_path, kind):
     assert [(p["node"], p["seq"], p["kind"]) for p in r["problems"]] == [("kt01", j[4]["seq"], "reset")]
 
 
+def _two_chains():
+    """reimg01's journal is re-created between two hooks (node reimaged): the
+    second chain starts at seq 1 again, with a new chain id."""
+    from datetime import timedelta
+
+    from qbuilder import T0, StoreBuilder, script
+
+    b = StoreBuilder(cluster="c1")
+    ok = [script("/etc/slurm/prolog.d/10-ok.sh")]
+    b.hook("reimg01", T0, "prolog_slurmd", 1, "alice", ok)
+    b.hook("other01", T0, "prolog_slurmd", 1, "alice", ok)
+    b.new_chain("reimg01")
+    b.hook("reimg01", T0 + timedelta(hours=1), "prolog_slurmd", 2, "alice", ok)
+    return b
+
+
+def test_recreated_chain_is_one_reset_and_nothing_missing(tmp_path, kind):
+    b = _two_chains()
+    j = _journal(b, "reimg01")
+    chains = list(dict.fromkeys(r["chain"] for r in j))
+    assert len(chains) == 2
+    second = [r for r in j if r["chain"] == chains[1]]
+    assert second[0]["seq"] == 1 and {r["seq"] for r in second} <= {r["seq"] for r in j if r["chain"] == chains[0]}
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert r["checked"] == {"nodes": 2, "chains": 3, "records": len(b.rows["journal"])}
+    assert [(p["node"], p["chain"], p["seq"], p["kind"]) for p in r["problems"]] == \
+        [("reimg01", chains[1], 1, "reset")]
+    assert "re-created" in r["problems"][0]["detail"]
+
+
+def test_recreated_chain_still_reports_its_own_gap(tmp_path, kind):
+    # Two chains share seq numbers: a deletion in the second is still a gap
+    # of the second chain (the first chain's copy of that seq hides nothing).
+    b = _two_chains()
+    j = _journal(b, "reimg01")
+    victim = [r for r in j if r["chain"] == j[-1]["chain"]][2]
+    b.rows["journal"].remove(victim)
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert [(p["node"], p["seq"], p["kind"]) for p in r["problems"]] == \
+        [("reimg01", 1, "reset"), ("reimg01", victim["seq"], "gap")]
+
+
+def test_upgraded_head_links_on_without_reset(tmp_path, kind):
+    # Records written before chain ids (chain '') and the records after the
+    # runner upgraded the two-token chain.head: same seq/hash line, new id.
+    b = _two_chains()
+    j = _journal(b, "reimg01")
+    first = j[0]["chain"]
+    n_old = sum(1 for row in j if row["chain"] == first)
+    prev = C.CHAIN_GENESIS
+    for row in j:
+        rec = json.loads(row["record"])
+        if row["chain"] == first:
+            del rec[C.R_CHAIN]
+            row["chain"] = ""
+        else:
+            rec[C.R_SEQ] = row["seq"] = row["seq"] + n_old
+        rec[C.R_PREV] = row["prev"] = prev
+        rec[C.R_HASH] = prev = C.record_hash(rec)
+        row.update(record=C.canonical_json(rec), hash=rec[C.R_HASH])
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert r["ok"], r["problems"]
+    assert r["checked"]["chains"] == 3
+
+
 def test_node_filter(base, tmp_path):
     con = _open(base, tmp_path, "db")
     r = verify_chain(con, node="gpu01")

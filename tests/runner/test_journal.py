@@ -61,8 +61,10 @@ def test_chain_across_files_and_fields(tmp_path):
     assert recs[0][c.R_PREV] == c.CHAIN_GENESIS
     for a, b in zip(recs, recs[1:]):
         assert b[c.R_PREV] == a[c.R_HASH]
+    chain = recs[0][c.R_CHAIN]
+    assert len(chain) == 16 and int(chain, 16) >= 0 and {r[c.R_CHAIN] for r in recs} == {chain}
     head = (tmp_path / c.CHAIN_HEAD_FILE).read_text()
-    assert head == f"6 {recs[-1][c.R_HASH]}\n"
+    assert head == f"6 {recs[-1][c.R_HASH]} {chain}\n"
     r = recs[0]
     assert (r[c.R_VERSION], r[c.R_NODE], r[c.R_CLUSTER], r[c.R_PID]) == (c.SCHEMA_VERSION, "n1", "cl", os.getpid())
     assert isinstance(r[c.R_TS], int) and len(r[c.R_HOOK_ID]) == 16
@@ -124,6 +126,64 @@ def test_corrupt_chain_head_restarts_with_warning(tmp_path, capfd):
     assert rec[c.R_WARNINGS][0] == "w0"
     assert any("chain.head" in w and "restarts" in w for w in rec[c.R_WARNINGS])
     assert "chain.head" in capfd.readouterr().err
+
+
+def _one(d, **fields):
+    j = _journal(d)
+    rec = j.append(c.K_HOOK_STARTED, dict({c.R_WARNINGS: []}, **fields))
+    j.close()
+    return rec
+
+
+def test_chain_id_is_kept_across_hooks_and_sealed(tmp_path):
+    a, b = _one(tmp_path), _one(tmp_path)
+    assert a[c.R_CHAIN] == b[c.R_CHAIN] and b[c.R_SEQ] == 2
+    # the chain id is part of the hashed body: changing it breaks the hash
+    assert c.record_hash(dict(b, chain="0" * 16)) != b[c.R_HASH] == c.record_hash(b)
+    assert jn.seal(dict(b))[:-1].decode() == c.canonical_json(b)
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "bad_chain_token", "four_tokens"])
+def test_lost_or_corrupt_chain_head_starts_a_new_chain_at_seq_1(tmp_path, damage):
+    """A re-created journal must not reuse the old chain id: the store keys
+    journal rows by (cluster, node, chain, seq) and would drop the new records."""
+    _one(tmp_path)
+    old = _one(tmp_path)
+    head = tmp_path / c.CHAIN_HEAD_FILE
+    if damage == "delete":
+        head.unlink()
+    elif damage == "garbage":
+        head.write_text("garbage\x00\n")
+    elif damage == "bad_chain_token":
+        head.write_text(f"2 {old[c.R_HASH]} not-a-chain-id!\n")
+    else:
+        head.write_text(f"2 {old[c.R_HASH]} {old[c.R_CHAIN]} extra\n")
+    new = _one(tmp_path)
+    assert new[c.R_SEQ] == 1 and new[c.R_PREV] == c.CHAIN_GENESIS
+    assert len(new[c.R_CHAIN]) == 16 and new[c.R_CHAIN] != old[c.R_CHAIN]
+    assert head.read_text() == f"1 {new[c.R_HASH]} {new[c.R_CHAIN]}\n"
+    nxt = _one(tmp_path)
+    assert (nxt[c.R_SEQ], nxt[c.R_PREV], nxt[c.R_CHAIN]) == (2, new[c.R_HASH], new[c.R_CHAIN])
+
+
+def test_two_token_head_from_before_chain_ids_is_upgraded_keeping_seq(tmp_path):
+    h = "ab" * 32
+    head = tmp_path / c.CHAIN_HEAD_FILE
+    head.write_text(f"41 {h}\n")
+    rec = _one(tmp_path)
+    assert (rec[c.R_SEQ], rec[c.R_PREV]) == (42, h)
+    assert not any("restarts" in w for w in rec[c.R_WARNINGS])
+    chain = rec[c.R_CHAIN]
+    assert len(chain) == 16 and head.read_text() == f"42 {rec[c.R_HASH]} {chain}\n"
+    nxt = _one(tmp_path)  # the id is created once, then kept
+    assert (nxt[c.R_SEQ], nxt[c.R_PREV], nxt[c.R_CHAIN]) == (43, rec[c.R_HASH], chain)
+
+
+def test_standalone_records_carry_the_chain(tmp_path):
+    rec = _one(tmp_path)
+    path = jn.write_standalone(tmp_path, [{c.R_KIND: c.K_NODE_EVENT, c.R_STATE: "drain"}], node="n1")
+    recs, damage = jn.read_records(path)
+    assert not damage and recs[0][c.R_CHAIN] == rec[c.R_CHAIN] and recs[0][c.R_SEQ] == 2
 
 
 def test_read_records_reports_torn_and_altered_lines(tmp_path):
