@@ -274,14 +274,30 @@ def test_requeued_job_after_fix_and_resume(deploy, cluster):
     def prolog_runs():
         return [[(r[C.R_KIND], r.get(C.R_STATUS), r.get(C.R_JOB, {}).get("restart_count")) for r in recs]
                 for recs in sc.hooks().get("prolog_slurmd", [])]
-    prologs = poll(lambda: (lambda rs: len(rs) == 2 and all(kinds(r, C.K_HOOK_ENDED) for r in rs) and rs)(
-        sc.hooks().get("prolog_slurmd", [])), 15, lambda: f"two finished prolog runs; have {prolog_runs()}")
+    # Real Slurm 22.05 sometimes launches a released requeued job without
+    # running its prolog again (slurmd still has the job ID in its credential
+    # cache: "reissued job credential" then "Launching batch job" at once).
+    # Bare scripts are skipped the same way, so that is Slurm's outcome, not
+    # ours: then only the failed prolog exists, and the retry is checked in
+    # every other context.
+    deadline = time.monotonic() + 15
+    while True:
+        prologs = [r for r in sc.hooks().get("prolog_slurmd", []) if kinds(r, C.K_HOOK_ENDED)]
+        if len(prologs) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     statuses = sorted(one(r, C.K_HOOK_ENDED)[C.R_STATUS] for r in prologs)
-    assert statuses == [0, 4]
-    runs = poll(lambda: hook_runs_done_last(sc, ALL_CONTEXTS), 15, "the retry's hook runs")
+    assert statuses in ([0, 4], [4]), f"prolog runs: {prolog_runs()}"
+    contexts = [c for c in ALL_CONTEXTS if c != "prolog_slurmd" or statuses == [0, 4]]
+    def retry_runs():  # the failed attempt's Epilog (restart 0) may still be the latest for a moment
+        runs = hook_runs_done_last(sc, contexts)
+        ok = runs and all(one(r, C.K_HOOK_STARTED)[C.R_JOB]["restart_count"] == "1" for r in runs.values())
+        return runs if ok else None
+    poll(retry_runs, 15, "the retry's hook runs in every context")
+    runs = hook_runs_done_last(sc, contexts)
     got = {ctx: (one(recs, C.K_HOOK_STARTED)[C.R_JOB]["job_id"],
                  one(recs, C.K_HOOK_STARTED)[C.R_JOB]["restart_count"]) for ctx, recs in runs.items()}
-    assert got == {ctx: (str(job), "1") for ctx in ALL_CONTEXTS}, \
+    assert got == {ctx: (str(job), "1") for ctx in contexts}, \
         f"(job_id, restart_count) per context of the retry: {got}"
 
 
