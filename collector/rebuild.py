@@ -102,16 +102,24 @@ def from_archive(archive_dir: str, db: str, progress: bool = True) -> dict:
         con.execute("INSERT INTO ingest_state VALUES ('rebuild', ?, now())", [int(last)])
         store.close(snapshot=False)
     except Exception as exc:
-        store.close(snapshot=False)
-        for p in (tmp, tmp + ".wal"):
-            if os.path.exists(p):
-                os.unlink(p)
-        if isinstance(exc, CollectorError):
+        err = _abandon(store, tmp, exc, archive_dir)
+        if err is exc:
             raise
-        raise RebuildError(f"rebuild from {archive_dir} failed: {exc}") from exc
+        raise err from exc
     bar.close()
     _install(tmp, db)
     return counts
+
+
+def _abandon(store, tmp: str, exc: Exception, source: str) -> Exception:
+    """Drop the half-built file (the live store was never touched); the error to raise."""
+    store.close(snapshot=False)
+    for p in (tmp, tmp + ".wal"):
+        if os.path.exists(p):
+            os.unlink(p)
+    if isinstance(exc, CollectorError):
+        return exc
+    return RebuildError(f"rebuild from {source} failed: {exc}")
 
 
 def from_stream(nats_url: str, db: str, archive_dir: str | None = None, batch: int = 1024,
@@ -132,13 +140,10 @@ def from_stream(nats_url: str, db: str, archive_dir: str | None = None, batch: i
         counts = store.counts()
         store.close(snapshot=False)
     except Exception as exc:
-        store.close(snapshot=False)
-        for p in (tmp, tmp + ".wal"):
-            if os.path.exists(p):
-                os.unlink(p)
-        if isinstance(exc, CollectorError):
+        err = _abandon(store, tmp, exc, f"the stream at {nats_url}")
+        if err is exc:
             raise
-        raise RebuildError(f"rebuild from the stream at {nats_url} failed: {exc}") from exc
+        raise err from exc
     finally:
         if archive is not None:
             archive.close()
