@@ -225,12 +225,17 @@ _XGET = itemgetter(C.R_TS, C.R_DURATION_NS, C.R_EXIT, C.R_SIGNAL, C.R_TIMED_OUT,
 _NO_CTX = ("unknown", None, None)
 
 
-def _decode_traces(payload, stream_seq, received_ns):
-    req = ExportTraceServiceRequest()
+def _parse(cls, payload):
+    req = cls()
     try:
         req.ParseFromString(payload)
     except DecodeError as exc:
-        raise _Bad(DL_MALFORMED, f"not an OTLP ExportTraceServiceRequest: {exc}")
+        raise _Bad(DL_MALFORMED, f"not an OTLP {cls.__name__}: {exc}")
+    return req
+
+
+def _decode_traces(payload, stream_seq, received_ns):
+    req = _parse(ExportTraceServiceRequest, payload)
     if not req.resource_spans:
         raise _Bad(DL_NOT_OURS, "OTLP request with no resource spans")
     lo, hi = MIN_TS_NS, received_ns + MAX_FUTURE_NS
@@ -465,11 +470,7 @@ _GPU_INT_COLS = frozenset(("memory_used", "memory_total", "ecc_sbe", "ecc_dbe", 
 
 
 def _decode_metrics(payload, received_ns):
-    req = ExportMetricsServiceRequest()
-    try:
-        req.ParseFromString(payload)
-    except DecodeError as exc:
-        raise _Bad(DL_MALFORMED, f"not an OTLP ExportMetricsServiceRequest: {exc}")
+    req = _parse(ExportMetricsServiceRequest, payload)
     if not req.resource_metrics:
         raise _Bad(DL_NOT_OURS, "OTLP metrics request with no resource metrics")
     lo, hi = MIN_TS_NS, received_ns + MAX_FUTURE_NS
