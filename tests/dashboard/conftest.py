@@ -63,26 +63,24 @@ def _serve(**kw):
     return srv, t
 
 
-@pytest.fixture(scope="session")
-def server(store_db):
-    srv, t = _serve(db=store_db)
+def _serving(**kw):
+    srv, t = _serve(**kw)
     try:
         yield srv
     finally:
         srv.shutdown()
         srv.server_close()
         t.join(5)
+
+
+@pytest.fixture(scope="session")
+def server(store_db):
+    yield from _serving(db=store_db)
 
 
 @pytest.fixture(scope="session")
 def token_server(store_db):
-    srv, t = _serve(db=store_db, token=TOKEN)
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(5)
+    yield from _serving(db=store_db, token=TOKEN)
 
 
 # Module scope, not session: Playwright's sync API keeps an event loop running

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from collector.embedded import NatsServer
 from emitter import contract
 
@@ -263,3 +265,13 @@ class Pipeline:
 
     def archive_bytes(self) -> bytes:
         return b"".join(p.read_bytes() for p in sorted(self.archive.rglob("*.parquet")))
+
+
+@pytest.fixture
+def pl(tmp_path, nats_server):
+    """A Pipeline on the test's own nats-server, closed after the test."""
+    p = Pipeline(tmp_path, nats_server)
+    try:
+        yield p
+    finally:
+        p.close()

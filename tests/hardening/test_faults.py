@@ -19,22 +19,13 @@ from pathlib import Path
 import pytest
 
 from emitter import contract
-from pipeline import Pipeline, bare_status, wait_for, write_scripts
+from pipeline import Pipeline, bare_status, pl, wait_for, write_scripts  # noqa: F401 (pl: fixture)
 
 SCRIPTS = {
     "10-gpu.sh": "echo gpu ok\nexit 0\n",
     "20-fs.sh": "echo fs ok\n",
 }
 FAILING = {"10-gpu.sh": "echo 'GPU 3 missing' >&2\nexit 1\n", "20-fs.sh": "exit 0\n"}
-
-
-@pytest.fixture
-def pl(tmp_path, nats_server):
-    p = Pipeline(tmp_path, nats_server)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def _hooks(pl: Pipeline, tmp: Path, nodes=("node001", "node002"), jobs=range(1, 4), scripts=SCRIPTS):

@@ -9,22 +9,13 @@ import os
 
 import pytest
 
-from pipeline import Pipeline, bare_status, write_scripts
+from pipeline import Pipeline, bare_status, pl, write_scripts  # noqa: F401 (pl: fixture)
 
 TOKEN = "ghp_" + "Zq9Xw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDcBa98"
 AWS = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzSECRETzz"
 DBPASS = "hunter2-correct-horse-battery"
 BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA"
 SECRETS = (TOKEN, AWS, DBPASS, BEARER)
-
-
-@pytest.fixture
-def pl(tmp_path, nats_server):
-    p = Pipeline(tmp_path, nats_server)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def _all_bytes(root) -> bytes:
