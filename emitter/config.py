@@ -236,11 +236,15 @@ def salvage_config(path=None):
     """
     p, _ = config_path(path)
     try:
+        with open(p, "rb") as f:
+            data = f.read()
+    except OSError:  # missing or unreadable: nothing to salvage, and no tomllib to pay for
+        return {}
+    try:
         import tomllib
 
-        with open(p, "rb") as f:
-            cfg = tomllib.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError):  # unreadable, not UTF-8, invalid TOML
+        cfg = tomllib.loads(data.decode("utf-8"))
+    except ValueError:  # not UTF-8, invalid TOML
         return {}
     section = cfg.get("runner")
     good = {}
