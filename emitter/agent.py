@@ -241,15 +241,15 @@ class Agent:
         try:
             with open(self._state_path()) as f:
                 data = json.load(f)
-            self.jobs.by_gpu = {int(k): set(v) for k, v in data.get("gpus", {}).items() if v}
-        except (OSError, ValueError, AttributeError):
+            self.jobs.load(data.get("gpus"))
+        except (OSError, ValueError, AttributeError, TypeError):
             pass
 
     def _save_state(self) -> None:
         tmp = self._state_path() + ".tmp"
         try:
             with open(tmp, "w") as f:
-                json.dump({"gpus": {str(k): sorted(v) for k, v in self.jobs.by_gpu.items()}}, f)
+                json.dump({"gpus": self.jobs.dump()}, f)
             os.replace(tmp, self._state_path())
         except OSError as exc:
             self.log(f"cannot save GPU job map to {self._state_path()}: {exc.strerror}")

@@ -32,6 +32,13 @@ except ImportError:  # pragma: no cover - a build without the builtin modules
     from hashlib import sha256 as _sha256
 
 LOST_FILE = "lost"
+# The spool bound is checked by scanning the directory (a stat per file), which
+# costs ~0.3 s once a dead agent has let 256 MiB pile up.  That scan runs at
+# most once per EVICT_CHECK_S per node (the marker's mtime says when it last
+# ran), so a hook pays one stat, not one per waiting file; the bound overshoots
+# by at most that many seconds of hooks.
+EVICT_MARKER = ".evict-check"
+EVICT_CHECK_S = 5.0
 _LOST_WIDTH = 64
 _TMP_PREFIX = ".tmp-"
 
@@ -292,6 +299,25 @@ def _file_summary(path, size):
     return complete, seq(lines[0]), seq(lines[-1])
 
 
+def evict_due(directory, interval=EVICT_CHECK_S):
+    """True (and the marker touched) when the spool bound should be checked now."""
+    marker = os.path.join(directory, EVICT_MARKER)
+    if interval > 0:
+        try:
+            import time  # builtin module, already loaded
+
+            if time.time() - os.stat(marker).st_mtime < interval:
+                return False
+        except OSError:
+            pass
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.utime(marker)
+    except OSError:
+        pass  # a full or read-only spool: check every time rather than never
+    return True
+
+
 def evict(directory, max_bytes, keep=()):
     """Delete oldest COMPLETE journal files until the spool is under 90 % of the bound.
 
@@ -341,7 +367,7 @@ class Journal:
     """The journal file of one hook invocation.  Never raises OSError."""
 
     def __init__(self, directory, node=None, cluster=None, hook_id=None, fsync=True,
-                 spool_max_bytes=256 * 1024 * 1024, pid=None, ts_ns=None):
+                 spool_max_bytes=256 * 1024 * 1024, pid=None, ts_ns=None, evict_interval=EVICT_CHECK_S):
         import time
 
         self._time_ns = time.time_ns
@@ -357,7 +383,7 @@ class Journal:
         self.lost_since = 0
         self.problem = None  # first OSError text, reported once on stderr
         self.carried = []  # warnings for hook_started: earlier losses, chain reset
-        self._open(spool_max_bytes)
+        self._open(spool_max_bytes, evict_interval)
 
     def _fail(self, what, exc):
         if self.problem is None:
@@ -367,7 +393,7 @@ class Journal:
                 f"still run and its status is unchanged, but its records are lost (counted in "
                 f"{os.path.join(self.dir, LOST_FILE)}); free space or make {self.dir} writable by root\n")
 
-    def _open(self, spool_max_bytes):
+    def _open(self, spool_max_bytes, evict_interval):
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             head = os.path.join(self.dir, c.CHAIN_HEAD_FILE)
@@ -395,7 +421,7 @@ class Journal:
         if lfd is not None:
             self._lost_fd = lfd
         evicted = None
-        if spool_max_bytes:
+        if spool_max_bytes and evict_due(self.dir, evict_interval):
             try:
                 evicted = evict(self.dir, spool_max_bytes)
             except OSError:

@@ -15,6 +15,12 @@ from emitter import contract as c
 
 PROLOGS = ("prolog_slurmd",)
 EPILOGS = ("epilog_slurmd",)
+# A job whose epilog the agent never sees (Epilog not wrapped by hookscope, a
+# node rebooted mid-job) would hold its GPUs in the map for ever: a soak of
+# prologs grew it by one job per hook.  Slurm hands an unshared GPU to one job
+# at a time, and even gres/shard sharing rarely puts dozens of jobs on one
+# GPU, so each GPU keeps its newest claims only.
+MAX_JOBS_PER_GPU = 64
 
 
 def parse_gpu_list(value) -> list[int]:
@@ -41,10 +47,22 @@ def job_gpus(job: dict) -> list[int]:
 
 
 class JobMap:
-    """GPU index -> set of job IDs currently holding it (shared GPUs: several)."""
+    """GPU index -> job IDs currently holding it (shared GPUs: several), oldest
+    claim first, at most ``max_jobs`` per GPU."""
 
-    def __init__(self):
-        self.by_gpu: dict[int, set[str]] = {}
+    def __init__(self, max_jobs: int = MAX_JOBS_PER_GPU):
+        self.by_gpu: dict[int, dict[str, None]] = {}  # a dict as an insertion-ordered set
+        self.max_jobs = max_jobs
+
+    def load(self, data: dict) -> None:
+        """From ``dump()``'s form (the agent's state file); bad entries are skipped."""
+        self.by_gpu = {}
+        for k, v in (data or {}).items():
+            if isinstance(v, list) and v and str(k).isdigit():
+                self.by_gpu[int(k)] = dict.fromkeys(str(j) for j in v[-self.max_jobs:])
+
+    def dump(self) -> dict:
+        return {str(k): list(v) for k, v in self.by_gpu.items()}
 
     def observe(self, started: dict | None) -> str | None:
         """Update from one hook_started record; returns 'claim'/'release'/None."""
@@ -57,11 +75,15 @@ class JobMap:
             return None
         if ctx in PROLOGS:
             for i in job_gpus(job):
-                self.by_gpu.setdefault(i, set()).add(str(job_id))
+                jobs = self.by_gpu.setdefault(i, {})
+                jobs.pop(str(job_id), None)
+                jobs[str(job_id)] = None
+                while len(jobs) > self.max_jobs:
+                    del jobs[next(iter(jobs))]
             return "claim"
         if ctx in EPILOGS:
             for jobs in self.by_gpu.values():
-                jobs.discard(str(job_id))
+                jobs.pop(str(job_id), None)
             self.by_gpu = {i: j for i, j in self.by_gpu.items() if j}
             return "release"
         return None

@@ -104,6 +104,22 @@ def test_job_map_claim_release_and_dcgm_dir(tmp_path):
     assert jm.observe(started("prolog_task", "9", gpus="3")) is None
 
 
+def test_job_map_stays_bounded_without_epilogs_and_round_trips():
+    """Prologs whose epilogs never come (Epilog not wrapped, node rebooted)
+    must not grow the map for ever: each GPU keeps its newest claims."""
+    jm = JobMap(max_jobs=3)
+    for j in range(1000):
+        jm.observe({c.R_CONTEXT: "prolog_slurmd", c.R_JOB: {"job_id": str(j), "gpus": "0-7"}})
+    assert all(list(v) == ["997", "998", "999"] for v in jm.by_gpu.values()) and len(jm.by_gpu) == 8
+    jm.observe({c.R_CONTEXT: "prolog_slurmd", c.R_JOB: {"job_id": "997", "gpus": "0"}})  # re-claim: newest
+    assert jm.job_of(0) == "997,998,999" and list(jm.by_gpu[0]) == ["998", "999", "997"]
+    back = JobMap(max_jobs=3)
+    back.load(json.loads(json.dumps(jm.dump())))  # the agent's state file
+    assert back.by_gpu == jm.by_gpu
+    back.load({"x": ["1"], "2": "not a list", "3": []})  # a damaged state file: nothing usable
+    assert back.by_gpu == {}
+
+
 NVML_NAMES = (
     "nvmlInit nvmlShutdown nvmlDeviceGetCount nvmlDeviceGetHandleByIndex nvmlEventSetCreate nvmlEventSetFree "
     "nvmlDeviceRegisterEvents nvmlEventTypeXidCriticalError NVMLError nvmlDeviceGetUUID nvmlEventSetWait_v2 "

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Soak: N minutes (default 30) at a target of 2,000 hook runs/s.
 
-Generator processes write hook journals (the runner's own writer, as in
-bench_load.py) into the journals of a few simulated nodes at the target rate;
+Generator processes write hook journals (simjournal.SimNode: the runner's
+byte format and hash chain, without its per-hook set-up cost, which real nodes
+pay on their own CPUs) into the journals of a few simulated nodes at the target rate;
 one real ``hookscope agent`` process per node journal ships them; one real
 ``hookscope collect`` process stores them.  Every ``--sample`` seconds it
 records agent and collector RSS (/proc/PID/status VmRSS), consumer lag
 (messages in the stream not yet acked by the durable consumer) and the journal
 backlog (files waiting on the nodes).  At the end: achieved rate, RSS at start
 and end per process, the RSS slope over the second half (memory must not grow
-without bound), lag, and an exact stored-vs-journaled count.
+without bound), lag, CPU per process, an exact stored-vs-journaled count, and a
+verification of every node's stored hash chain.
 
 Usage: bench_soak.py [--minutes 30] [--rate 2000] [--agents 4] [--generators 2] [--scripts 2]
 """
@@ -32,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_load import CLUSTER, consumer_state, ensure_streams, sim_hook, start_collector, stop, store_counts  # noqa: E402
+from bench_load import CLUSTER, consumer_state, ensure_streams, start_collector, stop, store_counts  # noqa: E402
+from simjournal import SimNode  # noqa: E402
 from collector.embedded import NatsServer  # noqa: E402
 
 
@@ -54,8 +57,18 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a live process (/proc/PID/stat fields 14, 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _generator(base: str, nodes: list[str], rate: float, seconds: float, n_scripts: int, counter, go):
     """Write hooks round-robin over ``nodes`` at ``rate``/s for ``seconds``."""
+    sims = [SimNode(os.path.join(base, node), node, CLUSTER) for node in nodes]
     go.wait()
     t0 = time.monotonic()
     i = 0
@@ -69,9 +82,11 @@ def _generator(base: str, nodes: list[str], rate: float, seconds: float, n_scrip
         # achieved rate is reported), not chase an ever-growing backlog
         end_batch = time.monotonic() + 0.5
         while i < due and time.monotonic() < end_batch:
-            node = nodes[i % len(nodes)]
-            recs += sim_hook(os.path.join(base, node), node, 100000 + i, n_scripts,
-                             fail_index=0 if i % 50 == 0 else None)
+            # Each job: a prolog, then its epilog on the same node (the agent's
+            # GPU job map sees both, as on a real node); every 50th hook fails.
+            job = i // 2
+            recs += sims[job % len(sims)].hook(100000 + job, n_scripts, fail_index=0 if i % 50 == 0 else None,
+                                               context="epilog_slurmd" if i % 2 else "prolog_slurmd")
             i += 1
         time.sleep(0.002)
     with counter.get_lock():
@@ -112,6 +127,19 @@ def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
     return sum((t - mx) * (v - my) for t, v in half) / den * 60
 
 
+def verify_chains(db: Path) -> dict:
+    """queries.verify over every node's stored chain (what 'hookscope audit verify' runs)."""
+    import duckdb
+
+    from queries.verify import verify_chain
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return verify_chain(con)
+    finally:
+        con.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30)
@@ -121,10 +149,18 @@ def main(argv=None) -> int:
     ap.add_argument("--scripts", type=int, default=2, help="scripts per hook")
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--keep")
+    ap.add_argument("--spool-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                    help="where the simulated nodes' journal spools go (default /dev/shm; '' = the work dir)")
     a = ap.parse_args(argv)
+    if a.generators > a.agents:
+        ap.error("--generators must not exceed --agents: each node's chain has exactly one writer")
     work = Path(a.keep or tempfile.mkdtemp(prefix="hookscope-soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    journals = work / "journals"
+    # Each simulated node's spool would be on that node's own disk; here they
+    # would share one disk with nats-server's file store and the DuckDB file,
+    # so by default they live in tmpfs (the agents' reads and deletes are the same).
+    spool_base = Path(a.spool_dir) if a.spool_dir else work
+    journals = Path(tempfile.mkdtemp(prefix="hookscope-soak-spools-", dir=spool_base))
     nodes = [f"soak{i:03d}" for i in range(a.agents)]
     seconds = a.minutes * 60
     ctx = mp.get_context("fork")
@@ -140,15 +176,20 @@ def main(argv=None) -> int:
             procs[f"agent-{n}"] = start_agent(srv.url, journals / n, n, work / f"agent-{n}.log")
         time.sleep(3.0)  # start-up, then the first RSS sample is the baseline
         counter, go = ctx.Value("q", 0), ctx.Event()
-        gens = [ctx.Process(target=_generator, args=(str(journals), nodes[g::a.generators] or nodes,
+        gens = [ctx.Process(target=_generator, args=(str(journals), nodes[g::a.generators],
                                                      a.rate / a.generators, seconds, a.scripts, counter, go))
                 for g in range(a.generators)]
         for g in gens:
             g.start()
+        cpu0 = {name: cpu_s(p.pid) for name, p in procs.items()}
+        cpu0["nats-server"] = cpu_s(srv.proc.pid)
+        gen_cpu0 = sum(cpu_s(g.pid) for g in gens)
         t0 = time.monotonic()
         go.set()
         next_sample = 0.0
+        gen_cpu = gen_cpu0
         while any(g.is_alive() for g in gens):
+            gen_cpu = max(gen_cpu, sum(cpu_s(g.pid) for g in gens if g.is_alive()))
             el = time.monotonic() - t0
             if el >= next_sample:
                 for name, p in procs.items():
@@ -158,6 +199,8 @@ def main(argv=None) -> int:
                 next_sample += a.sample
             time.sleep(0.2)
         t_gen = time.monotonic() - t0
+        cpu = {name: cpu_s(p.pid) for name, p in procs.items()}
+        cpu["nats-server"] = cpu_s(srv.proc.pid)
         for g in gens:
             g.join(10)
         records = counter.value
@@ -171,6 +214,7 @@ def main(argv=None) -> int:
         for p in procs.values():
             stop(p)
         counts = store_counts(work / "store.duckdb")
+        chains = verify_chains(work / "store.duckdb")
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -184,12 +228,19 @@ def main(argv=None) -> int:
     for name, s in samples.items():
         print(f"  RSS {name:<16} start {s[0][1]:7.1f} MB  end {s[-1][1]:7.1f} MB  max {max(v for _, v in s):7.1f} MB  "
               f"2nd-half slope {slope_mb_per_min(s):+6.2f} MB/min")
+    share = {name: (cpu[name] - cpu0.get(name, 0.0)) / t_gen for name in cpu}
+    share["generators"] = (gen_cpu - gen_cpu0) / t_gen
+    print("  CPU while writing (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in share.items()))
     lv = [v for _, v in lags if v is not None]
     print(f"  consumer lag (msgs not yet acked): max {max(lv, default=0)}, last during run {lv[-1] if lv else 0}")
     print(f"  journal backlog (files on nodes): max {max((v for _, v in backlogs), default=0)}")
     ok = counts["journal"] == records and counts["dups"] == 0
     print(f"  stored journal records {counts['journal']} vs journaled {records}, duplicates {counts['dups']}: "
           + ("OK" if ok else "DEFECT"))
+    print(f"  stored hash chains: {'OK' if chains['ok'] else 'DEFECT'} ({chains.get('checked')} records checked, "
+          f"{len(chains['problems'])} problems{': ' + str(chains['problems'][:3]) if chains['problems'] else ''})")
+    ok = ok and chains["ok"]
+    shutil.rmtree(journals, ignore_errors=True)
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
@@ -218,7 +219,7 @@ def test_spool_bound_evicts_oldest_complete_files_and_reports(tmp_path):
     standalone = jn.write_standalone(tmp_path, [{c.R_KIND: c.K_NODE_EVENT, c.R_STATE: "drain",
                                                  c.R_REASON: "Prolog error", c.R_SOURCE: "test"}])
     first_seq = records(tmp_path)[0][c.R_SEQ]
-    j = _journal(tmp_path, spool_max_bytes=60_000)
+    j = _journal(tmp_path, spool_max_bytes=60_000, evict_interval=0)
     j.append(c.K_HOOK_STARTED, {})
     j.close()
     assert os.path.exists(old_incomplete), "an incomplete file (runner may still be alive) is never evicted"
@@ -234,6 +235,26 @@ def test_spool_bound_evicts_oldest_complete_files_and_reports(tmp_path):
     assert ev[c.R_EVICTED_SEQS][0] > first_seq  # the incomplete file's seqs were kept
     assert ev[c.R_EVICTED_SEQS][0] <= ev[c.R_EVICTED_SEQS][1]
     assert os.path.exists(standalone) or len(gone) == 5
+
+
+def test_spool_bound_is_checked_at_most_once_per_interval(tmp_path):
+    """The scan stats every waiting file; with a big backlog a hook must not pay
+    it every time.  Within the interval a hook opens without scanning; once the
+    marker is older than the interval, the next hook evicts."""
+    olds = [_complete_file(tmp_path, 20_000) for _ in range(5)]  # the first one scanned: marker fresh
+    marker = tmp_path / jn.EVICT_MARKER
+    assert marker.exists()
+    j = _journal(tmp_path, spool_max_bytes=60_000, evict_interval=3600)
+    j.close()
+    assert all(os.path.exists(p) for p in olds), "checked within the interval: no scan"
+    os.utime(marker, (time.time() - 7200, time.time() - 7200))
+    j = _journal(tmp_path, spool_max_bytes=60_000, evict_interval=3600)
+    j.append(c.K_HOOK_STARTED, {})
+    j.close()
+    assert not os.path.exists(olds[0])
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) <= 60_000
+    assert jn.read_records(j.path)[0][0][c.R_KIND] == c.K_SPOOL_EVICTED
+    assert time.time() - marker.stat().st_mtime < 60
 
 
 def test_no_eviction_under_the_bound(tmp_path):
