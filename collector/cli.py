@@ -75,7 +75,7 @@ def _settings(config, **opts):
         if k in opts:
             s[k] = type(d)(s[k] if s[k] is not None else sec.get(k, d))
     if "memory_limit" in opts and s.get("memory_limit") is None:
-        from collector.consumer import DEFAULT_MEMORY_LIMIT
+        from collector.config import DEFAULT_MEMORY_LIMIT
         s["memory_limit"] = DEFAULT_MEMORY_LIMIT
     # never a command-line option (it would show in ps): environment or config only,
     # and only for a user (an agent's HOOKSCOPE_NATS_PASSWORD must not leak in)
@@ -100,7 +100,8 @@ def _embedded(db, port, announce=True):
 
 
 def _run(s, once, with_dashboard=None):
-    from collector.consumer import CollectorConfig, run_collector
+    from collector.config import CollectorConfig
+    from collector.consumer import run_collector
     server = None
     url = s.get("nats")
     if not url:
@@ -222,7 +223,7 @@ def rebuild(db, archive, source, nats, write_archive, quiet, config, **auth):
         else:
             if not s.get("nats"):
                 raise click.ClickException("--from stream needs --nats URL (or HOOKSCOPE_NATS_URL)")
-            from collector.consumer import NatsAuth
+            from collector.config import NatsAuth
             counts = rb.from_stream(s["nats"], s["db"], s["archive"] if write_archive else None,
                                     progress=not quiet, auth=NatsAuth(**_auth(s)))
     except _ERRORS as exc:

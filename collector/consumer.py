@@ -24,19 +24,17 @@ import asyncio
 import gc
 import logging
 import os
-import re
-import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from collector.archive import Archive
 from collector.columns import Batch, check_rows
+from collector.config import CollectorConfig
 from collector.decode import DL_BAD_RECORD, DL_STORE_REJECTED, DeadLetter, decode_message, subject_parts
 from collector.errors import CollectorError
 from collector.metrics import Metrics
-from collector.store import Store
+from collector.store import Store, StoreError
 from emitter import EmitterError
 from emitter import contract as C
 
@@ -50,137 +48,6 @@ HDR_ORIG_SEQ = "Hookscope-Original-Seq"
 
 class ConsumerError(CollectorError):
     """The JetStream consumer could not be set up."""
-
-
-#: reply-inbox prefix of the collector's connection (nats-py's default, spelled out:
-#: gen_auth.collector_permissions allows subscribing to ``_INBOX.>``)
-COLLECTOR_INBOX = "_INBOX"
-DEFAULT_MEMORY_LIMIT = "512MB"
-
-
-def default_instance() -> str:
-    return C.subject_token(socket.gethostname().split(".")[0]) or "collector"
-
-
-#: (field, label, option) of every file a CollectorConfig may name
-_NATS_FILES = (("creds", "NATS creds file", "--creds"), ("nkey", "NATS nkey seed file", "--nkey"),
-               ("tls_ca", "TLS CA file", "--tls-ca"), ("tls_cert", "TLS certificate", "--tls-cert"),
-               ("tls_key", "TLS key", "--tls-key"))
-_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$", re.I)
-
-
-@dataclass
-class CollectorConfig:
-    """Validated at construction (the CLI resolves option > env > [collector] > default
-    before it builds one): a bad file or value is a :class:`CollectorError` naming it."""
-
-    nats_url: str
-    db: str
-    archive: str | None
-    instance: str = field(default_factory=default_instance)
-    durable: str = C.DURABLE_CONSUMER
-    batch: int = 2048
-    fetch_timeout: float = 0.5
-    max_message_bytes: int = C.MAX_MESSAGE_BYTES
-    replicas: int = 1
-    ack_wait: float = 60.0
-    max_ack_pending: int = 20000
-    snapshot_interval: float = 1.0
-    keep_raw: bool = True
-    fsync: bool = True
-    creds: str | None = None
-    nkey: str | None = None       # file holding the collector's nkey seed
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    request_timeout: float = 5.0
-    #: --once: give up after this long without a working consumer (a cluster
-    #: re-elects stream and consumer leaders within ~10 s of losing a node)
-    setup_timeout: float = 30.0
-    #: DuckDB buffer-pool cap (its default is 80 % of the machine's RAM); "" = DuckDB's default
-    memory_limit: str | None = DEFAULT_MEMORY_LIMIT
-
-    def __post_init__(self):
-        if not 1 <= self.batch <= 10000:
-            raise CollectorError(f"batch size {self.batch} must be within 1..10000")
-        if self.fetch_timeout <= 0:
-            raise CollectorError("fetch timeout must be > 0 seconds")
-        if self.max_ack_pending < 2 * self.batch:
-            # two batches are in flight (one committing, one decoding)
-            self.max_ack_pending = 2 * self.batch
-        check_auth(self)
-        if self.memory_limit in (None, "") or str(self.memory_limit).lower() == "none":
-            self.memory_limit = None
-        elif not _MEMORY.match(str(self.memory_limit)):
-            raise CollectorError(f"memory limit {self.memory_limit!r} is not a size like 512MB or 2GB")
-        self.nats_options()
-
-    def nats_options(self):
-        return nats_options(self, self.nats_url, f"hookscope-collector-{self.instance}",
-                            self.request_timeout)
-
-
-def check_auth(obj) -> None:
-    """Validate and normalise the NATS credential fields of ``obj`` in place
-    (``creds nkey user password tls_ca tls_cert tls_key``)."""
-    for name, label, opt in _NATS_FILES:
-        path = getattr(obj, name)
-        if path in (None, ""):
-            setattr(obj, name, None)
-            continue
-        path = os.path.abspath(os.path.expanduser(str(path)))
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise CollectorError(f"{label} {path} cannot be read ({exc.strerror or exc}): fix "
-                                 f"{opt} (or [collector] {name} in the config file)") from None
-        setattr(obj, name, path)
-    if bool(obj.tls_cert) != bool(obj.tls_key):
-        raise CollectorError("TLS client authentication needs both --tls-cert and --tls-key")
-    if obj.password and not obj.user:
-        raise CollectorError("a NATS password is set (HOOKSCOPE_NATS_PASSWORD or [collector] "
-                             "password) but no user: add --user")
-    if obj.user and not obj.password:
-        raise CollectorError(f"NATS user {obj.user!r} has no password: set HOOKSCOPE_NATS_PASSWORD "
-                             "or [collector] password")
-
-
-def nats_options(auth, url, name: str, request_timeout: float = 5.0):
-    """``emitter.natsio.NatsOptions`` from a checked ``auth`` (see :func:`check_auth`).
-
-    The reply inbox is nats-py's default, spelled out: ``_INBOX`` is what
-    deploy/nats/gen_auth.py lets the collector user (alone) subscribe to;
-    the nodes' own prefixes are ``contract.inbox_prefix(node)``."""
-    from emitter.natsio import NatsOptions
-    try:
-        return NatsOptions(servers=url, creds=auth.creds, nkey_seed=auth.nkey, user=auth.user,
-                           password=auth.password, tls_ca=auth.tls_ca, tls_cert=auth.tls_cert,
-                           tls_key=auth.tls_key, name=name, max_reconnect_attempts=20,
-                           reconnect_time_wait=0.5, request_timeout=request_timeout,
-                           inbox_prefix=COLLECTOR_INBOX)
-    except CollectorError:
-        raise
-    except Exception as exc:  # emitter.natsio.NatsConfigError: bad URL, ...
-        raise CollectorError(str(exc)) from None
-
-
-@dataclass
-class NatsAuth:
-    """The credential fields alone (``hookscope rebuild --from stream``)."""
-
-    creds: str | None = None
-    nkey: str | None = None
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-    def __post_init__(self):
-        check_auth(self)
 
 
 def parse_reply(reply: str):
@@ -249,6 +116,8 @@ class Collector:
         self.js = None
         self.psub = None
         self._last_nats_error = None
+        #: set when DuckDB invalidated the store: run() stops and raises it
+        self.fatal: StoreError | None = None
         self._step = "connect"
 
     def stop(self):
@@ -386,7 +255,13 @@ class Collector:
                     if pending is not None:
                         await self._finish(pending)
                         pending = None
-                    await loop.run_in_executor(self._writer, self.store.maybe_snapshot, True)
+                    try:
+                        await loop.run_in_executor(self._writer, self.store.maybe_snapshot, True)
+                    except Exception as exc:  # the next batch's commit retries the snapshot
+                        if _is_fatal(exc):
+                            self.fatal = self.fatal or _fatal_error(self.cfg, exc)
+                            break
+                        log.warning("snapshot failed: %s", exc)
                     if once and time.monotonic() - last_msg > idle_exit and await self._drained():
                         break
                     continue
@@ -410,6 +285,8 @@ class Collector:
             if pending is not None:
                 await self._finish(pending)
                 pending = None
+            if self.fatal is not None:
+                raise self.fatal
         finally:
             if pending is not None:  # cancelled mid-commit: let the commit end, ack nothing
                 try:
@@ -493,6 +370,10 @@ class Collector:
                     exc = exc2
             if exc is not None:
                 await self._nak_all(batch, msgs, exc)
+                if _is_fatal(exc) and self.fatal is None:
+                    self.fatal = _fatal_error(self.cfg, exc)
+                    log.error("%s", self.fatal)
+                    self.stop()
                 return
         if batch.dead:
             await self._publish_dead(batch, msgs)
@@ -578,6 +459,25 @@ def _is_data_error(exc) -> bool:
                             duckdb.TypeMismatchException, pa.ArrowException))
 
 
+def _is_fatal(exc) -> bool:
+    """DuckDB invalidated the database (e.g. out of memory while flushing a
+    commit): every later statement fails until the process reopens the file."""
+    import duckdb
+    return isinstance(exc, duckdb.FatalException) or "database has been invalidated" in str(exc)
+
+
+def _fatal_error(cfg, exc) -> StoreError:
+    text = str(exc).strip().splitlines()
+    why = next((t for t in text if "allocate" in t or "Original error" in t), text[0] if text else "")
+    hint = ""
+    if "allocate" in str(exc) or "memory" in str(exc).lower():
+        hint = (f" It ran out of memory at --memory-limit {cfg.memory_limit or 'DuckDB default'}: the key "
+                "indexes need about 16 bytes per stored row; raise the limit (docs/collector.md).")
+    return StoreError(f"DuckDB invalidated the store {cfg.db} ({why.strip()[:300]}); the collector stops. "
+                      "Nothing of the failed batches was acked, so nothing is lost: restart the collector "
+                      f"(the systemd unit does) and it resumes from the stream.{hint}")
+
+
 def _describe(exc) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no answer in time)"
@@ -617,7 +517,3 @@ def run_collector(cfg: CollectorConfig, once: bool = False, metrics: Metrics | N
             http.shutdown()
         sys.stderr.flush()
 
-
-def env_default(name: str, default=None):
-    v = os.environ.get(name)
-    return v if v not in (None, "") else default

@@ -4,11 +4,13 @@ Exposed: messages, spans and GPU samples ingested; dead letters by reason;
 consumer lag (messages pending in the durable consumer, from the last
 fetched message's metadata: no extra API call); batch commit latency
 (histogram); store size; node clock skew (received minus hook end) with a
-count of hooks beyond ``SKEW_WARN_MS``.
+count of hooks beyond ``SKEW_WARN_MS``; the process's resident memory (the
+soak's bound, watchable in production).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,12 +132,23 @@ class Metrics:
             except Exception:
                 size = 0
         metric(p + "store_bytes", "gauge", "Size of the live DuckDB file (+WAL).", [("", size)])
+        metric("process_resident_memory_bytes", "gauge", "Resident memory of the collector process.",
+               [("", resident_bytes())])
         metric(p + "clock_skew_max_abs_ms", "gauge",
                "Largest |receive time - hook end| seen (node clock vs stream clock).", [("", skew)])
         metric(p + "skewed_hooks_total", "counter",
                f"Hooks whose node clock was off by more than {SKEW_WARN_MS // 60000} minutes.",
                [("", c["skewed_hooks"])])
         return "\n".join(out) + "\n"
+
+
+def resident_bytes() -> int:
+    """This process's RSS (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _esc(s: str) -> str:

@@ -127,9 +127,9 @@ def from_stream(nats_url: str, db: str, archive_dir: str | None = None, batch: i
                 auth=None) -> dict:
     """Rebuild ``db`` by reading the whole stream again (an ephemeral consumer).
 
-    ``auth``: a :class:`collector.consumer.NatsAuth` (nkey, user/password, TLS);
+    ``auth``: a :class:`collector.config.NatsAuth` (nkey, user/password, TLS);
     ``creds`` alone is the short form of ``NatsAuth(creds=...)``."""
-    from collector.consumer import NatsAuth, nats_options
+    from collector.config import NatsAuth, nats_options
     opts = nats_options(auth if auth is not None else NatsAuth(creds=creds), nats_url, "hookscope-rebuild",
                         timeout)
     tmp = _fresh_path(db)

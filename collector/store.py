@@ -209,6 +209,8 @@ class Store:
                 self.snapshot()
             else:
                 self.con.execute("CHECKPOINT")
+        except duckdb.FatalException:
+            pass  # invalidated: the WAL holds every committed batch; reopening replays it
         finally:
             self.con.close()
             self.con = None

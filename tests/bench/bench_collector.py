@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "tests" / "collector"))
 
 import duckdb  # noqa: E402
 
-from collector.consumer import Collector, CollectorConfig, build_batch  # noqa: E402
+from collector.config import CollectorConfig  # noqa: E402
+from collector.consumer import Collector, build_batch  # noqa: E402
 from collector.embedded import NatsServer  # noqa: E402
 from collector.store import Store  # noqa: E402
 from emitter import contract as C  # noqa: E402

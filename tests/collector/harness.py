@@ -13,7 +13,8 @@ from pathlib import Path
 import duckdb
 
 from collector import schema
-from collector.consumer import Collector, CollectorConfig
+from collector.config import CollectorConfig
+from collector.consumer import Collector
 from emitter import contract as C
 from emitter.natsio import ensure_streams
 

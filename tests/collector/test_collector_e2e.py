@@ -12,7 +12,8 @@ import pytest
 
 from collector import decode as D
 from collector import schema
-from collector.consumer import Collector, CollectorConfig
+from collector.config import CollectorConfig
+from collector.consumer import Collector
 from collector.embedded import EmbeddedCluster
 from collector.metrics import serve_metrics
 from collector.rebuild import from_archive, from_stream
@@ -367,6 +368,7 @@ def test_metrics_endpoint_reports_ingest(nats_server, tmp_path):
     assert 'hookscope_collector_dead_letters_total{reason="malformed"} 1' in text
     assert "hookscope_collector_consumer_lag_messages 0" in text
     assert metric_value(text, "hookscope_collector_store_bytes") > 0
+    assert 20e6 < metric_value(text, "process_resident_memory_bytes") < 4e9  # this test process's RSS
     assert "hookscope_collector_commit_seconds_count" in text
 
 

@@ -13,7 +13,8 @@ import duckdb
 import pytest
 
 from collector.cli import _settings
-from collector.consumer import DEFAULT_MEMORY_LIMIT, Collector, CollectorConfig, NatsAuth
+from collector.config import DEFAULT_MEMORY_LIMIT, CollectorConfig, NatsAuth
+from collector.consumer import Collector
 from collector.embedded import NatsServer
 from collector.errors import CollectorError
 from emitter import contract as C
@@ -260,14 +261,16 @@ def test_memory_limit_is_applied_and_configurable(nats_server, tmp_path):
     assert counts(tmp_path / "a.duckdb")["hook_runs"] == 5
     from collector.store import Store
 
-    for limit, want in (("64MB", 64), (DEFAULT_MEMORY_LIMIT, 512)):
-        st = Store(tmp_path / f"s{want}.duckdb", memory_limit=limit)
+    half_ram_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 / 2**20
+    assert DEFAULT_MEMORY_LIMIT == f"{max(1024, int(half_ram_mib))}MiB"
+    for limit, want_mib in (("64MB", 64e6 / 2**20), (DEFAULT_MEMORY_LIMIT, max(1024, int(half_ram_mib)))):
+        st = Store(tmp_path / f"s{int(want_mib)}.duckdb", memory_limit=limit)
         try:
             got = st.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
         finally:
             st.close(snapshot=False)
-        # DuckDB reports in its own units (61.0 MiB for 64MB)
-        assert abs(_mib(got) - want * 1e6 / 2**20) < 2, got
+        # DuckDB reports in its own units (61.0 MiB for 64MB, 11.7 GiB for 12000MiB)
+        assert abs(_mib(got) - want_mib) < max(2, want_mib / 100), got
     assert _cfg(tmp_path).memory_limit == DEFAULT_MEMORY_LIMIT
     assert _cfg(tmp_path, memory_limit="none").memory_limit is None
     with pytest.raises(CollectorError, match="not a size"):
@@ -279,3 +282,38 @@ def test_memory_limit_is_applied_and_configurable(nats_server, tmp_path):
 def _mib(text: str) -> float:
     num, unit = text.split()
     return float(num) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
+
+
+def test_an_invalidated_store_stops_the_collector_with_a_clear_error(nats_server, tmp_path, monkeypatch):
+    """DuckDB invalidates a database when a commit fails while flushing (the
+    soak hit it out of memory); every later statement fails.  The collector
+    must stop and say so, not retry the batch for ever, and must ack nothing
+    it did not store: a restarted collector then stores everything once."""
+    from collector.store import Store, StoreError
+
+    node = Node("fatal01")
+    publish(nats_server.url, [hook_message(node)[:3] for _ in range(6)])
+    real_commit = Store.commit
+    calls = []
+
+    def commit(self, tables, last_seq):
+        calls.append(last_seq)
+        if len(calls) > 1:
+            raise duckdb.FatalException("FATAL Error: Failed: database has been invalidated because of a "
+                                        "previous fatal error.\nOriginal error: \"Failed to flush table journal "
+                                        "during commit: failed to allocate data of size 256.0 KiB\"")
+        return real_commit(self, tables, last_seq)
+
+    monkeypatch.setattr(Store, "commit", commit)
+    db = tmp_path / "h.duckdb"
+    with pytest.raises(StoreError) as err:
+        collect_once(nats_server.url, db, None, batch=2, memory_limit="64MB")
+    msg = str(err.value)
+    assert str(db) in msg and "invalidated" in msg and "restart the collector" in msg
+    assert "--memory-limit 64MB" in msg and "nothing is lost" in msg
+    # the first batch, the fatal one, and at most the one already in flight behind it
+    assert len(calls) <= 3, f"kept retrying an invalidated store: {calls}"
+    monkeypatch.setattr(Store, "commit", real_commit)
+    collect_once(nats_server.url, db, None, batch=2, ack_wait=1.0)  # the naked batches come back
+    assert counts(db)["hook_runs"] == 6
+    no_duplicates(db)
