@@ -22,19 +22,33 @@ from emitter import contract as C
 COLLECTOR_INBOX = "_INBOX"
 
 
-def default_memory_limit() -> str:
-    """Half the machine's RAM, at least 1 GiB.
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def default_memory_limit(cgroup_files=_CGROUP_LIMITS) -> str:
+    """Half the memory this process may use, at least 1 GiB.
 
     DuckDB keeps the key indexes it checks on every insert in memory: about
     16 bytes per stored row (the 30-minute soak ran out at 512MB with 31 M
-    keyed rows, and a store that cannot commit is stuck).  Half the RAM is
-    DuckDB's own advice for staying clear of the kernel's OOM killer, and
-    leaves room for nats-server and the dashboard on the same host.
+    keyed rows, and a store that cannot commit is stuck).  Half is DuckDB's
+    own advice for staying clear of the OOM killer, and leaves room for
+    nats-server and the dashboard.  "The memory" is the machine's RAM or, when
+    lower, the cgroup's limit (systemd MemoryMax=, a container's limit), which
+    DuckDB's own default does not see.
     """
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        return "4GiB"
+        total = 8 << 30
+    for path in cgroup_files:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) = no limit; v1 reports a huge number instead
+            total = min(total, int(text))
+        break
     return f"{max(1024, total // 2 // 2**20)}MiB"
 
 

@@ -203,9 +203,14 @@ def _chain_append(head_fd, records, write, on_reset):
     """Assign chain/seq/prev/hash to ``records`` under the lock and ``write`` their lines.
 
     ``write(lines)`` must raise OSError on failure, in which case the head is
-    not advanced (the records never existed).  A missing or corrupt head
+    put back (the records never existed).  A missing or corrupt head
     starts a new chain (new id, seq 1, prev GENESIS) so the store keeps the
     old chain's records apart from the new one's (same seq numbers).
+
+    The head moves BEFORE the lines are written: a runner SIGKILLed between
+    the two (slurmd kills 10 ms after its SIGTERM, while the runner writes its
+    last records) leaves a gap that ``audit verify`` names, never two records
+    with one seq, of which the store could keep only one.
     """
     import fcntl
 
@@ -225,13 +230,24 @@ def _chain_append(head_fd, records, write, on_reset):
             r[c.R_PREV] = prev
             lines.append(seal(r))
             prev = r[c.R_HASH]
-        write(b"".join(lines))
         new = b"%d %s %s\n" % (seq, prev.encode("ascii"), chain.encode("ascii"))
-        os.pwrite(head_fd, new, 0)
-        if len(data) > len(new):
-            os.ftruncate(head_fd, len(new))
+        _put_head(head_fd, new, len(data))
+        try:
+            write(b"".join(lines))
+        except OSError:
+            try:
+                _put_head(head_fd, data, len(new))
+            except OSError:
+                pass  # the head stays ahead: a gap, reported as lost below
+            raise
     finally:
         fcntl.flock(head_fd, fcntl.LOCK_UN)
+
+
+def _put_head(head_fd, data, old_len):
+    os.pwrite(head_fd, data, 0)
+    if old_len > len(data):
+        os.ftruncate(head_fd, len(data))
 
 
 def _open_head(directory):

@@ -180,11 +180,11 @@ def ensure_streams(url: str, replicas: int = 1) -> None:
     asyncio.run(go())
 
 
-def start_collector(url: str, db: Path, archive: Path, log: Path):
+def start_collector(url: str, db: Path, archive: Path, log: Path, extra=()):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     f = open(log, "ab")
     p = subprocess.Popen([sys.executable, "-m", "emitter.cli", "collect", "--nats", url, "--db", str(db),
-                          "--archive", str(archive)], stdout=f, stderr=subprocess.STDOUT, env=env,
+                          "--archive", str(archive), *extra], stdout=f, stderr=subprocess.STDOUT, env=env,
                          start_new_session=True, cwd=ROOT)
     f.close()
     return p

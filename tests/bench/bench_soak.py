@@ -13,7 +13,7 @@ and end per process, the RSS slope over the second half (memory must not grow
 without bound), lag, CPU per process, an exact stored-vs-journaled count, and a
 verification of every node's stored hash chain.
 
-Usage: bench_soak.py [--minutes 30] [--rate 2000] [--agents 4] [--generators 2] [--scripts 2]
+Usage: bench_soak.py [--minutes 30] [--rate 2000] [--agents 4] [--generators 2] [--scripts 2] [--memory-limit 2GB]
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scripts", type=int, default=2, help="scripts per hook")
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--keep")
+    ap.add_argument("--memory-limit", help="the collector's --memory-limit (default: its own, half the RAM)")
     ap.add_argument("--spool-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                     help="where the simulated nodes' journal spools go (default /dev/shm; '' = the work dir)")
     a = ap.parse_args(argv)
@@ -179,7 +180,8 @@ def main(argv=None) -> int:
     lags, backlogs = [], []
     try:
         ensure_streams(srv.url)
-        procs["collector"] = start_collector(srv.url, work / "store.duckdb", work / "archive", work / "collector.log")
+        procs["collector"] = start_collector(srv.url, work / "store.duckdb", work / "archive", work / "collector.log",
+                                             ["--memory-limit", a.memory_limit] if a.memory_limit else [])
         for n in nodes:
             (journals / n).mkdir(parents=True, exist_ok=True)
             procs[f"agent-{n}"] = start_agent(srv.url, journals / n, n, work / f"agent-{n}.log")
@@ -234,7 +236,8 @@ def main(argv=None) -> int:
         srv.stop()
     hooks = counts["hook_runs"]
     print(f"soak: {a.minutes:g} min target {a.rate:g} hook runs/s, {a.agents} nodes/agents, "
-          f"{a.generators} generators, {a.scripts} scripts/hook")
+          f"{a.generators} generators, {a.scripts} scripts/hook, collector --memory-limit "
+          f"{a.memory_limit or 'default'}")
     print(f"  achieved: {hooks} hook runs in {t_gen:.0f} s = {hooks / t_gen:.0f}/s written; "
           f"drain after the end {t_drain:.1f} s")
     for name, s in samples.items():

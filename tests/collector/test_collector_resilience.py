@@ -261,9 +261,9 @@ def test_memory_limit_is_applied_and_configurable(nats_server, tmp_path):
     assert counts(tmp_path / "a.duckdb")["hook_runs"] == 5
     from collector.store import Store
 
-    half_ram_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 / 2**20
-    assert DEFAULT_MEMORY_LIMIT == f"{max(1024, int(half_ram_mib))}MiB"
-    for limit, want_mib in (("64MB", 64e6 / 2**20), (DEFAULT_MEMORY_LIMIT, max(1024, int(half_ram_mib)))):
+    default_mib = int(DEFAULT_MEMORY_LIMIT.removesuffix("MiB"))
+    assert 1024 <= default_mib <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 / 2**20 + 1024
+    for limit, want_mib in (("64MB", 64e6 / 2**20), (DEFAULT_MEMORY_LIMIT, default_mib)):
         st = Store(tmp_path / f"s{int(want_mib)}.duckdb", memory_limit=limit)
         try:
             got = st.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
@@ -277,6 +277,24 @@ def test_memory_limit_is_applied_and_configurable(nats_server, tmp_path):
         _cfg(tmp_path, memory_limit="lots")
     with pytest.raises(duckdb.Error):  # sanity: the setting really is DuckDB's
         duckdb.connect().execute("SET memory_limit = 'lots'")
+
+
+def test_default_memory_limit_is_half_of_the_ram_or_of_the_cgroup_limit(tmp_path):
+    """DuckDB sizes itself from the machine's RAM; under systemd MemoryMax= or a
+    container limit that would get the collector OOM-killed instead."""
+    from collector.config import default_memory_limit
+
+    phys_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    v2 = tmp_path / "memory.max"
+    v2.write_text("max\n")
+    assert default_memory_limit((str(v2),)) == f"{max(1024, phys_mib // 2)}MiB"
+    v2.write_text(str(4 << 30) + "\n")  # MemoryMax=4G
+    assert default_memory_limit((str(v2),)) == "2048MiB"
+    v2.write_text(str(1 << 30))
+    assert default_memory_limit((str(v2),)) == "1024MiB"  # never below 1 GiB
+    v1 = tmp_path / "memory.limit_in_bytes"
+    v1.write_text(str(9223372036854771712))  # cgroup v1's "no limit"
+    assert default_memory_limit((str(tmp_path / "absent"), str(v1))) == f"{max(1024, phys_mib // 2)}MiB"
 
 
 def _mib(text: str) -> float:

@@ -311,3 +311,49 @@ def test_missing_chain_head_with_existing_files_warns(tmp_path):
     j = _journal(tmp_path / "fresh")
     rec = j.append(c.K_HOOK_STARTED, {c.R_WARNINGS: []})
     assert rec[c.R_WARNINGS] == []
+
+
+def test_a_runner_killed_between_head_and_line_leaves_a_gap_not_a_reused_seq(tmp_path):
+    """slurmd SIGKILLs 10 ms after SIGTERM, while the runner writes its last
+    records.  Killed inside the append, the head has already moved: the next
+    hook skips that seq (a gap verify reports) instead of reusing it (two
+    records with one key, of which the store keeps one)."""
+    j = _journal(tmp_path)
+    first = j.append(c.K_HOOK_STARTED, {})
+    j.close()
+    pid = os.fork()
+    if pid == 0:  # the runner: killed after the head moved, before its line is written
+        try:
+            fd = os.open(tmp_path / c.CHAIN_HEAD_FILE, os.O_RDWR)
+            jn._chain_append(fd, [{c.R_KIND: c.K_HOOK_ENDED, c.R_HOOK_ID: "k" * 16}],
+                             lambda data: os.kill(os.getpid(), 9), lambda data: None)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+    j = _journal(tmp_path)
+    nxt = j.append(c.K_HOOK_STARTED, {})
+    j.close()
+    assert nxt[c.R_SEQ] == first[c.R_SEQ] + 2  # a gap of one, no reuse
+    seqs = [r[c.R_SEQ] for r in records(tmp_path)]
+    assert len(seqs) == len(set(seqs))
+
+
+def test_a_line_that_cannot_be_written_puts_the_head_back(tmp_path):
+    j = _journal(tmp_path)
+    first = j.append(c.K_HOOK_STARTED, {})
+    j.close()
+    head = (tmp_path / c.CHAIN_HEAD_FILE).read_bytes()
+    fd = os.open(tmp_path / c.CHAIN_HEAD_FILE, os.O_RDWR)
+    try:
+        def full(data):
+            raise OSError(28, "No space left on device")
+
+        with pytest.raises(OSError):
+            jn._chain_append(fd, [{c.R_KIND: c.K_HOOK_ENDED, c.R_HOOK_ID: "k" * 16}], full, lambda data: None)
+    finally:
+        os.close(fd)
+    assert (tmp_path / c.CHAIN_HEAD_FILE).read_bytes() == head
+    j = _journal(tmp_path)
+    assert j.append(c.K_HOOK_STARTED, {})[c.R_SEQ] == first[c.R_SEQ] + 1
+    j.close()
