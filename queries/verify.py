@@ -275,9 +275,9 @@ def _check_rows(con, node, problems, gaps):
         recs = _hook_records([r for r in rows if r[1] == 0], ix) if rows[0][1] == 0 else None
         for r in rows:
             if r[1] == 1:
-                _check_script_row(problems, gaps, r[2], r[3], hid, r[4], {c: r[ix[c]] for c in _SCOLS}, recs)
+                _check_row(problems, gaps, r[2], r[3], hid, r[4], {c: r[ix[c]] for c in _SCOLS}, recs)
             elif r[1] == 2:
-                _check_hook_row(problems, gaps, r[2], r[3], hid, {c: r[ix[c]] for c in _HCOLS}, recs)
+                _check_row(problems, gaps, r[2], r[3], hid, None, {c: r[ix[c]] for c in _HCOLS}, recs)
     # Node events are keyed by their record's hash.
     for cluster, nd, event_id, ts in con.execute(
             f"SELECT n.cluster, n.node, n.event_id, n.ts FROM node_events n WHERE NOT EXISTS ("
@@ -302,36 +302,28 @@ def _hook_records(rows, ix) -> dict:
     return out
 
 
-def _check_script_row(problems, gaps, cluster, nd, hid, idx, d, recs):
+def _check_row(problems, gaps, cluster, nd, hid, idx, d, recs):
+    """A hook_runs row (``idx`` None) or the script_runs row of script ``idx``
+    against the hook's records ``recs`` (None: the hook has none)."""
+    if idx is None:
+        table, name, what = "hook_runs", f"hook {hid}", f"hook_runs row {hid}"
+        # (record kind, fields to compare, whether the row claims the record exists)
+        checks = ((C.K_HOOK_ENDED, _HOOK_ENDED, d["status"] is not None), (C.K_HOOK_STARTED, _HOOK_STARTED, True))
+    else:
+        table, name, what = "script_runs", f"hook {hid} script {idx}", f"script_runs row of hook {hid} script {idx}"
+        # A sha256 comes from script_started, an exit status or refusal from script_ended.
+        checks = ((C.K_SCRIPT_ENDED, _SCRIPT_ENDED, d["exit_code"] is not None or d["refused"] is not None),
+                  (C.K_SCRIPT_STARTED, _SCRIPT_STARTED, d["sha256"] is not None))
     if recs is None:
-        _problem(problems, cluster, nd, None, "altered",
-                 f"script_runs row {hid}/{idx} has no journal record behind it")
+        row = f"hook_runs row {hid}" if idx is None else f"script_runs row {hid}/{idx}"
+        _problem(problems, cluster, nd, None, "altered", f"{row} has no journal record behind it")
         return
-    # What the row claims tells which records must exist: a sha256 comes
-    # from script_started, an exit status or refusal from script_ended.
-    claims = {C.K_SCRIPT_STARTED: d["sha256"] is not None,
-              C.K_SCRIPT_ENDED: d["exit_code"] is not None or d["refused"] is not None}
-    for kind, fields in ((C.K_SCRIPT_ENDED, _SCRIPT_ENDED), (C.K_SCRIPT_STARTED, _SCRIPT_STARTED)):
+    for kind, fields, claimed in checks:
         hit = recs.get((kind, idx))
         if hit:
-            _compare(problems, cluster, nd, hit, d, fields, f"script_runs row of hook {hid} script {idx}")
-        elif claims[kind]:
-            _missing(problems, gaps, cluster, nd, recs, f"the {kind} record of hook {hid} script {idx} "
-                                                  f"(its script_runs row is stored)")
-
-
-def _check_hook_row(problems, gaps, cluster, nd, hid, d, recs):
-    if recs is None:
-        _problem(problems, cluster, nd, None, "altered", f"hook_runs row {hid} has no journal record behind it")
-        return
-    claims = {C.K_HOOK_STARTED: True, C.K_HOOK_ENDED: d["status"] is not None}
-    for kind, fields in ((C.K_HOOK_ENDED, _HOOK_ENDED), (C.K_HOOK_STARTED, _HOOK_STARTED)):
-        hit = recs.get((kind, None))
-        if hit:
-            _compare(problems, cluster, nd, hit, d, fields, f"hook_runs row {hid}")
-        elif claims[kind]:
-            _missing(problems, gaps, cluster, nd, recs, f"the {kind} record of hook {hid} "
-                                                  f"(its hook_runs row is stored)")
+            _compare(problems, cluster, nd, hit, d, fields, what)
+        elif claimed:
+            _missing(problems, gaps, cluster, nd, recs, f"the {kind} record of {name} (its {table} row is stored)")
 
 
 def _missing(problems, gaps, cluster, node, recs, what):
