@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from collector import schema
 from collector.columns import ARROW_SCHEMAS
 from collector.errors import CollectorError
+from emitter.fsutil import replacing
 
 
 class ArchiveError(CollectorError):
@@ -93,8 +94,13 @@ class Archive:
 
     def _write_one(self, job) -> str:
         d, path, tb = job
-        tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-        try:
+
+        def error(exc):
+            return ArchiveError(f"cannot write {path}: {exc}; free space or fix permissions "
+                                "(nothing was acknowledged: the batch will come again)")
+
+        # hidden while partial: readers glob *.parquet
+        with replacing(path, error, tmp=os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")) as tmp:
             os.makedirs(d, exist_ok=True)
             with open(tmp, "wb") as fh:
                 pq.write_table(tb, fh, compression=self.compression,
@@ -102,14 +108,6 @@ class Archive:
                 if self.fsync:
                     fh.flush()
                     os.fdatasync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise ArchiveError(f"cannot write {path}: {exc}; free space or fix permissions "
-                               "(nothing was acknowledged: the batch will come again)") from exc
         return path
 
     def close(self):

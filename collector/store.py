@@ -23,6 +23,7 @@ import duckdb
 from collector import schema
 from collector.columns import NAMES
 from collector.errors import CollectorError
+from emitter.fsutil import replacing
 
 
 class StoreError(CollectorError):
@@ -181,19 +182,11 @@ class Store:
         rename replaces the name, not the file).
         """
         dst = schema.snapshot_path(self.path)
-        tmp = f"{dst}.tmp-{os.getpid()}"
         t0 = time.monotonic()
         with self._lock:
             self.con.execute("CHECKPOINT")
-            try:
+            with replacing(dst, lambda exc: StoreError(f"cannot publish the snapshot {dst}: {exc}")) as tmp:
                 _copy_fd(self._fd, tmp)
-                os.replace(tmp, dst)
-            except OSError as exc:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise StoreError(f"cannot publish the snapshot {dst}: {exc}") from exc
             self._dirty = False
         # A big store makes copies expensive: space them out in proportion.
         took = time.monotonic() - t0

@@ -11,13 +11,14 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def replacing(path, error=None):
+def replacing(path, error=None, tmp=None):
     """Yield a temporary name beside ``path``; rename it over ``path`` on success.
 
     ``error(exc)`` turns an ``OSError`` into the caller's exception; without
-    it the ``OSError`` propagates.  The temporary file never outlives a failure.
+    it the ``OSError`` propagates.  ``tmp`` overrides the temporary name
+    (default ``<path>.tmp-<pid>``).  The temporary file never outlives a failure.
     """
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = tmp or f"{path}.tmp-{os.getpid()}"
     try:
         yield tmp
         os.replace(tmp, path)
