@@ -1,6 +1,7 @@
 # hookscope: every target does its own set-up on a fresh machine.
 #   make demo   - run the main job on the embedded nats-server
 #   make test   - run every test tier (CI=true: no tier may be skipped)
+#   make test-fast - the unit tiers only, for the inner loop
 #   make bench  - benchmarks, apart from the tests
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench sysdeps venv clean
+.PHONY: demo test test-fast bench sysdeps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ sysdeps:
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: unit tiers only (no Slurm, browser, interop or slow end-to-end tests).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slurm and not browser and not slow and not interop" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m collector.demo

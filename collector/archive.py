@@ -2,33 +2,50 @@
 
 Layout (``schema.ARCHIVE_TABLES``)::
 
-    <archive>/<table>/cluster=<c>/date=<YYYY-MM-DD>/<consumer>-<first:012d>-<last:012d>.parquet
+    <archive>/<table>/date=<YYYY-MM-DD>/<cluster>/<consumer>-<first:012d>-<last:012d>.parquet
+    <archive>/<table>/date=1970-01-01/schema-000000000000-000000000000.parquet   (0 rows)
 
-Hive-partitioned, plain Parquet (zstd, microsecond UTC timestamps), readable
-as-is by DuckDB, Spark and Trino.  The ``cluster`` column lives only in the
-partition path (%-escaped like Hive; read it with ``hive_partitioning`` and
-``hive_types={'cluster': VARCHAR}`` so a cluster named "001" stays a string).  Each file is written under a temporary
-name, fsynced, renamed into place and its directory fsynced, so a reader
-never sees half a file.  The ``date`` is the day the stream received the
-message (UTC), so a replay writes into the same partition.
+Plain Parquet (zstd, microsecond UTC timestamps, no unsigned integers) that
+Spark, polars, pyarrow, DuckDB and Trino read as-is, with their defaults:
 
-A crash between this write and the DuckDB commit leaves a file whose rows
-come again after redelivery: readers dedupe on ``schema.KEYS``
-(:func:`read_sql` does).
+* identity columns live inside the files: ``cluster`` is a column of every
+  table that has one, so a cluster named ``001`` stays the string "001" (a
+  Hive ``cluster=001`` directory was typed as the integer 1 by Spark's,
+  polars' and pyarrow's partition discovery).  The ``<cluster>`` directory
+  (%-escaped; never starting with ``_`` or ``.``, which Spark and pyarrow
+  skip) only groups files; ``date=`` is the one Hive partition, for pruning,
+  and every engine types it the same (a date; pyarrow: a string);
+* every table has a 0-row file holding its schema, so an empty table
+  (``node_events``, ``dead_letters`` on a quiet cluster) is a table with
+  columns, not a missing path (Spark's PATH_NOT_FOUND).  The file is rewritten
+  when the schema grows, so an engine that takes the schema from one file
+  sees every column;
+* ``UBIGINT`` columns (stream sequences) are written as signed 64-bit
+  integers: Spark reads unsigned 64-bit Parquet as decimal(20,0).
+
+Archives written before this layout (``<table>/cluster=<c>/date=<d>/...``,
+cluster only in the path) are still read: :func:`read_sql` and
+``queries.source`` read each layout with its own partition settings.
+
+Each file is written under a hidden temporary name, fsynced, renamed into
+place and its directory fsynced, so a reader never sees half a file.  The
+``date`` is the day the stream received the message (UTC), so a replay writes
+into the same partition.  A crash between this write and the DuckDB commit
+leaves a file whose rows come again after redelivery: readers dedupe on
+``schema.KEYS`` (:func:`read_sql` does).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 
-import pyarrow.parquet as pq
-
 from collector import schema
-from collector.columns import ARROW_SCHEMAS
 from collector.errors import CollectorError
 from emitter.fsutil import replacing
+
+# pyarrow and the column tables are imported where used: ``queries.source``
+# imports this module for the path helpers alone, and its start-up stays light.
 
 
 class ArchiveError(CollectorError):
@@ -36,6 +53,10 @@ class ArchiveError(CollectorError):
 
 
 _CONSUMER_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+#: The 0-row file that carries each table's schema (the seq range keeps the
+#: file-name pattern readers use to find overlapping files).
+SCHEMA_DATE = "1970-01-01"
+SCHEMA_FILE = "schema-000000000000-000000000000.parquet"
 
 
 def file_name(consumer: str, first_seq: int, last_seq: int) -> str:
@@ -50,6 +71,44 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def table_files(root: str, table: str) -> list[str]:
+    """Every visible Parquet file of a table, both layouts, schema file included."""
+    out = []
+    for dirpath, _dirs, files in os.walk(os.path.join(root, table)):
+        out.extend(os.path.join(dirpath, f) for f in files
+                   if f.endswith(".parquet") and not f.startswith("."))
+    return sorted(out)
+
+
+def hive_keys(path: str) -> tuple:
+    """The Hive keys of a file's directories: ('date',) now, ('cluster', 'date') before."""
+    return tuple(seg.split("=", 1)[0] for seg in os.path.dirname(path).split(os.sep) if "=" in seg)
+
+
+def layout_groups(files: list[str]) -> list[list[str]]:
+    """Files split by layout: an engine's Hive partitioning wants one set of
+    keys per scan (DuckDB: "Hive partition mismatch")."""
+    groups: dict[tuple, list[str]] = {}
+    for f in files:
+        groups.setdefault(hive_keys(f), []).append(f)
+    return [groups[k] for k in sorted(groups)]
+
+
+def partition_key(path: str) -> tuple:
+    """(cluster directory, date) of a data file in either layout: files that
+    can hold copies of the same rows share it (a redelivery lands in the same
+    partition)."""
+    segs = os.path.dirname(path).split(os.sep)
+    kv = dict(seg.split("=", 1) for seg in segs if "=" in seg)
+    if "cluster" in kv:
+        cluster = kv["cluster"]
+    elif segs and "=" not in segs[-1]:
+        cluster = segs[-1]
+    else:
+        cluster = ""  # the schema file
+    return cluster, kv.get("date", "")
+
+
 class Archive:
     def __init__(self, root: str | os.PathLike, consumer: str = "collector", fsync: bool = True,
                  compression: str = "zstd"):
@@ -60,9 +119,29 @@ class Archive:
         self._executor = None
         try:
             os.makedirs(self.root, exist_ok=True)
+            self.write_schemas()
         except OSError as exc:
             raise ArchiveError(f"cannot create the archive directory {self.root}: {exc}; "
                                "choose another --archive") from exc
+
+    def write_schemas(self) -> None:
+        """The 0-row schema file of every table, (re)written when missing or
+        when the schema grew since it was written."""
+        import pyarrow.parquet as pq
+
+        from collector.columns import ARROW_SCHEMAS
+        for table in schema.ARCHIVE_TABLES:
+            d = os.path.join(self.root, table, f"date={SCHEMA_DATE}")
+            path = os.path.join(d, SCHEMA_FILE)
+            want = ARROW_SCHEMAS[table]
+            try:
+                if pq.read_schema(path).remove_metadata().equals(want):
+                    continue
+            except (OSError, ValueError):
+                pass  # missing or unreadable: write it
+            self._write_one((d, path, want.empty_table()))
+            if self.fsync:
+                _fsync_dir(d)
 
     def write(self, parts: dict, first_seq: int, last_seq: int) -> list[str]:
         """Write {(cluster_dir, date): {table: pa.Table}}; returns the file paths.
@@ -75,7 +154,7 @@ class Archive:
         for (cluster, date), tables in parts.items():
             for table, tb in tables.items():
                 if tb.num_rows:
-                    d = os.path.join(self.root, table, f"cluster={cluster}", f"date={date}")
+                    d = os.path.join(self.root, table, f"date={date}", cluster)
                     jobs.append((d, os.path.join(d, name), tb))
         if len(jobs) > 1:
             written = list(self._pool().map(self._write_one, jobs))
@@ -93,13 +172,15 @@ class Archive:
         return self._executor
 
     def _write_one(self, job) -> str:
+        import pyarrow.parquet as pq
+
         d, path, tb = job
 
         def error(exc):
             return ArchiveError(f"cannot write {path}: {exc}; free space or fix permissions "
                                 "(nothing was acknowledged: the batch will come again)")
 
-        # hidden while partial: readers glob *.parquet
+        # hidden while partial: readers skip dot files
         with replacing(path, error, tmp=os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")) as tmp:
             os.makedirs(d, exist_ok=True)
             with open(tmp, "wb") as fh:
@@ -116,11 +197,45 @@ class Archive:
             self._executor = None
 
     def files(self, table: str) -> list[str]:
-        return sorted(glob.glob(os.path.join(self.root, table, "cluster=*", "date=*", "*.parquet")))
+        """The data files of a table (the schema file left out)."""
+        return [f for f in table_files(self.root, table) if os.path.basename(f) != SCHEMA_FILE]
 
 
-def table_glob(root: str, table: str) -> str:
-    return os.path.join(root, table, "**", "*.parquet").replace("'", "''")
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _group_select(table: str, files: list[str]) -> str:
+    """The schema's columns (plus ``_file``) over files of one layout.
+
+    Files written before a column was added lack it: NULL, or for a key
+    column the documented default (journal.chain: '' = before chain ids).
+    The old layout's ``cluster`` comes from its path, typed VARCHAR.
+    """
+    import pyarrow.parquet as pq
+
+    from collector.columns import COLUMNS
+    have = set()
+    for f in files:
+        have.update(pq.read_schema(f).names)
+    keys = hive_keys(files[0])
+    have.update(keys)
+    exprs = []
+    for name, typ, _ in COLUMNS[table]:
+        default = _KEY_DEFAULTS.get((table, name))
+        if name not in have:
+            exprs.append(f'CAST({default or "NULL"} AS {typ}) AS "{name}"')
+        elif default is not None:
+            exprs.append(f'coalesce("{name}", {default}) AS "{name}"')
+        elif typ == "UBIGINT":  # written as BIGINT (portable); older files: UBIGINT
+            exprs.append(f'CAST("{name}" AS {typ}) AS "{name}"')
+        else:
+            exprs.append(f'"{name}"')
+    types = ", ".join(f"'{k}': {t}" for k, t in (("cluster", "VARCHAR"), ("date", "DATE")) if k in keys)
+    lst = "[" + ", ".join(_sql_str(f) for f in files) + "]"
+    src = (f"read_parquet({lst}, hive_partitioning={'true' if keys else 'false'}"
+           + (f", hive_types={{{types}}}" if types else "") + ", union_by_name=true, filename=true)")
+    return f"SELECT {', '.join(exprs)}, filename AS _file FROM {src}"
 
 
 def read_sql(root: str, table: str) -> str:
@@ -131,31 +246,16 @@ def read_sql(root: str, table: str) -> str:
     table has one (what the live store's INSERT OR IGNORE keeps); otherwise the
     rows are identical copies and any one will do.
     """
+    from collector.columns import ARROW_SCHEMAS
     sch = ARROW_SCHEMAS[table]
     cols = ", ".join(f'"{f.name}"' for f in sch)
-    files = glob.glob(os.path.join(root, table, "cluster=*", "date=*", "*.parquet"))
+    files = table_files(root, table)
     if not files:
         return f"SELECT {cols} FROM ({_empty_sql(table)})"
-    # Files written before a column was added lack it: NULL, or for a key
-    # column the documented default (journal.chain: '' = before chain ids).
-    have = {"cluster"}  # only in the partition path
-    for f in files:
-        have.update(pq.read_schema(f).names)
-    from collector.columns import COLUMNS
-    exprs = []
-    for name, typ, _ in COLUMNS[table]:
-        default = _KEY_DEFAULTS.get((table, name))
-        if name not in have:
-            exprs.append(f'CAST({default or "NULL"} AS {typ}) AS "{name}"')
-        elif default is not None:
-            exprs.append(f'coalesce("{name}", {default}) AS "{name}"')
-        else:
-            exprs.append(f'"{name}"')
+    union = " UNION ALL ".join(_group_select(table, g) for g in layout_groups(files))
     keys = ", ".join(schema.KEYS[table])
     order = "stream_seq" if "stream_seq" in sch.names else "_file"
-    src = (f"read_parquet('{table_glob(root, table)}', hive_partitioning=true, "
-           f"hive_types={{'cluster': VARCHAR, 'date': DATE}}, union_by_name=true, filename=true)")
-    return (f"SELECT {cols} FROM (SELECT {', '.join(exprs)}, filename AS _file FROM {src}) "
+    return (f"SELECT {cols} FROM ({union}) "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1")
 
 
@@ -167,3 +267,8 @@ def _empty_sql(table: str) -> str:
     from collector.columns import COLUMNS
     cols = ", ".join(f"CAST(NULL AS {ty}) AS {c}" for c, ty, _ in COLUMNS[table])
     return f"SELECT {cols} WHERE false"
+
+
+def table_glob(root: str, table: str) -> str:
+    """DuckDB glob of a table's files (both layouts; use :func:`read_sql` to read them)."""
+    return os.path.join(root, table, "**", "*.parquet").replace("'", "''")

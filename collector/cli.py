@@ -1,8 +1,10 @@
 """``hookscope collect | rebuild | serve``: a thin click layer over the collector library.
 
-Settings resolve once, here: option, then environment variable, then the
-``[collector]`` section of the config file (``emitter.config.load_config``),
-then the default.
+Settings resolve once, here, by click: option, then environment variable
+(each option's ``envvar=``, shown in ``-h``), then the ``[collector]`` section
+of the config file (``emitter.config.load_config``), which an eager
+``--config`` turns into the command's ``default_map``, then the default.  The
+NATS password alone is never an option (it would show in ``ps``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 
 import click
 
+from collector.config import DEFAULT_MEMORY_LIMIT
 from collector.errors import CollectorError
 
 try:
@@ -22,15 +25,14 @@ except ImportError:  # pragma: no cover
 _ERRORS = (CollectorError, EmitterError)
 
 DEFAULT_DB = "/var/lib/hookscope/hookscope.duckdb"
-_KEYS = {"nats": "HOOKSCOPE_NATS_URL", "db": "HOOKSCOPE_DB", "archive": "HOOKSCOPE_ARCHIVE",
-         "creds": "HOOKSCOPE_NATS_CREDS", "nkey": "HOOKSCOPE_NATS_NKEY", "user": "HOOKSCOPE_NATS_USER",
-         "password": "HOOKSCOPE_NATS_PASSWORD", "tls_ca": "HOOKSCOPE_NATS_TLS_CA",
-         "tls_cert": "HOOKSCOPE_NATS_TLS_CERT", "tls_key": "HOOKSCOPE_NATS_TLS_KEY",
-         "metrics": "HOOKSCOPE_COLLECTOR_METRICS", "name": "HOOKSCOPE_COLLECTOR_NAME",
-         "memory_limit": "HOOKSCOPE_COLLECTOR_MEMORY_LIMIT"}
+#: the dashboard's port, the same for ``serve`` and ``dashboard`` (dashboards.cli.DEFAULT_PORT;
+#: not imported: collector must not depend on dashboards)
+DASHBOARD_PORT = 8765
 _AUTH = ("creds", "nkey", "user", "tls_ca", "tls_cert", "tls_key")
 _SECTION_KEYS = {"nats", "db", "archive", "metrics", "name", "batch", "replicas",
                  "snapshot_interval", "nats_port", "ack_wait", "memory_limit", "password", *_AUTH}
+_SECTION = "hookscope.collector_section"
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 def _section(config_path):
@@ -52,34 +54,41 @@ def _section(config_path):
     return sec
 
 
-def _resolve(value, key, section, default=None):
-    if value not in (None, ""):
-        return value
-    env = _KEYS.get(key)
-    if env and os.environ.get(env):
-        return os.environ[env]
-    if key in section:
-        return section[key]
-    return default
+def _load_config(ctx, param, value):
+    """Eager ``--config`` callback: the ``[collector]`` section becomes the
+    command's ``default_map``, so click resolves option > environment >
+    config file > default for every option.  Each value is checked here with
+    its option's type, so a bad one names the file and the key."""
+    sec = _section(value)
+    ctx.meta[_SECTION] = sec
+    by_name = {p.name: p for p in ctx.command.params}
+    dm = {}
+    for key, v in sec.items():
+        opt = by_name.get(key)
+        if opt is None:  # password (never an option), or a key another command uses
+            continue
+        try:
+            opt.type_cast_value(ctx, v)
+        except click.BadParameter as exc:
+            from emitter.config import config_path
+            raise click.ClickException(f"hookscope config {config_path(value)[0]}: [collector] {key} = {v!r}: "
+                                       f"{exc.message}") from None
+        dm[key] = v
+    ctx.default_map = {**(ctx.default_map or {}), **dm}
+    return value
 
 
-def _settings(config, **opts):
-    sec = _section(config)
-    s = {k: _resolve(v, k, sec) for k, v in opts.items()}
+def _settings(ctx, params):
+    """Derived values on top of what click resolved (option > env > config > default)."""
+    s = dict(params)
+    sec = ctx.meta.get(_SECTION, {})
     s["db"] = os.path.abspath(s.get("db") or DEFAULT_DB)
-    if "archive" in opts:
+    if "archive" in s:
         s["archive"] = os.path.abspath(s["archive"]) if s.get("archive") else os.path.join(
             os.path.dirname(s["db"]), "archive")
-    for k, d in (("batch", 2048), ("replicas", 1), ("snapshot_interval", 1.0), ("nats_port", 4222),
-                 ("ack_wait", 60.0)):
-        if k in opts:
-            s[k] = type(d)(s[k] if s[k] is not None else sec.get(k, d))
-    if "memory_limit" in opts and s.get("memory_limit") is None:
-        from collector.config import DEFAULT_MEMORY_LIMIT
-        s["memory_limit"] = DEFAULT_MEMORY_LIMIT
     # never a command-line option (it would show in ps): environment or config only,
     # and only for a user (an agent's HOOKSCOPE_NATS_PASSWORD must not leak in)
-    s["password"] = _resolve(None, "password", sec) if s.get("user") else None
+    s["password"] = (os.environ.get("HOOKSCOPE_NATS_PASSWORD") or sec.get("password")) if s.get("user") else None
     for k in _AUTH:
         if s.get(k) is not None and not isinstance(s[k], str):
             raise click.ClickException(f"config: [collector] {k} must be a string")
@@ -123,43 +132,56 @@ def _run(s, once, with_dashboard=None):
                f"samples), {dead} dead-lettered, into {s['db']}", err=True)
 
 
+def _opt(*decls, env=None, **kw):
+    """An option whose environment variable click reads (and help shows)."""
+    if env:
+        kw.update(envvar=env, show_envvar=True)
+    return click.option(*decls, **kw)
+
+
 _auth_options = [
-    click.option("--creds", metavar="FILE", help="NATS .creds file [env HOOKSCOPE_NATS_CREDS]"),
-    click.option("--nkey", metavar="FILE", help="NATS nkey seed file of the collector user "
-                 "[env HOOKSCOPE_NATS_NKEY]"),
-    click.option("--user", metavar="USER", help="NATS user; the password comes from HOOKSCOPE_NATS_PASSWORD "
-                 "or [collector] password [env HOOKSCOPE_NATS_USER]"),
-    click.option("--tls-ca", "tls_ca", metavar="FILE", help="CA bundle to verify the NATS server "
-                 "[env HOOKSCOPE_NATS_TLS_CA]"),
-    click.option("--tls-cert", "tls_cert", metavar="FILE", help="client certificate for mutual TLS "
-                 "[env HOOKSCOPE_NATS_TLS_CERT]"),
-    click.option("--tls-key", "tls_key", metavar="FILE", help="client key for mutual TLS "
-                 "[env HOOKSCOPE_NATS_TLS_KEY]"),
+    _opt("--creds", metavar="FILE", env="HOOKSCOPE_NATS_CREDS", help="NATS .creds file"),
+    _opt("--nkey", metavar="FILE", env="HOOKSCOPE_NATS_NKEY", help="NATS nkey seed file of the collector user"),
+    _opt("--user", metavar="USER", env="HOOKSCOPE_NATS_USER", help="NATS user; the password comes from "
+         "the environment variable HOOKSCOPE_NATS_PASSWORD or [collector] password, never an option"),
+    _opt("--tls-ca", "tls_ca", metavar="FILE", env="HOOKSCOPE_NATS_TLS_CA", help="CA bundle to verify "
+         "the NATS server"),
+    _opt("--tls-cert", "tls_cert", metavar="FILE", env="HOOKSCOPE_NATS_TLS_CERT",
+         help="client certificate for mutual TLS"),
+    _opt("--tls-key", "tls_key", metavar="FILE", env="HOOKSCOPE_NATS_TLS_KEY", help="client key for mutual TLS"),
 ]
 
+_config_option = _opt("--config", "config", metavar="FILE", env="HOOKSCOPE_CONFIG", is_eager=True,
+                      expose_value=False, callback=_load_config,
+                      show_default="/etc/hookscope/hookscope.toml, if present",
+                      help="hookscope.toml: its [collector] section gives defaults for these options")
+_db_option = _opt("--db", metavar="FILE", env="HOOKSCOPE_DB", default=DEFAULT_DB, help="live DuckDB file")
+_archive_option = _opt("--archive", metavar="DIR", env="HOOKSCOPE_ARCHIVE", show_default="<db dir>/archive",
+                       help="Parquet archive directory")
+
 _common = [
-    click.option("--nats", "nats", metavar="URL", help="NATS server(s), comma-separated; none: start the "
-                 "embedded nats-server next to the DB [env HOOKSCOPE_NATS_URL]"),
-    click.option("--db", metavar="FILE", help=f"live DuckDB file [env HOOKSCOPE_DB; default {DEFAULT_DB}]"),
-    click.option("--archive", metavar="DIR", help="Parquet archive directory [env HOOKSCOPE_ARCHIVE; "
-                 "default <db dir>/archive]"),
+    _opt("--nats", "nats", metavar="URL", env="HOOKSCOPE_NATS_URL", show_default="the embedded "
+         "nats-server, started next to the DB", help="NATS server(s), comma-separated"),
+    _db_option,
+    _archive_option,
     *_auth_options,
-    click.option("--name", metavar="NAME", help="collector instance name (ingest_state key, archive file "
-                 "prefix); unique per instance [default: short hostname]"),
-    click.option("--batch", type=int, help="messages per fetch/commit [default 2048]"),
-    click.option("--replicas", type=int, help="stream replicas when creating streams (3 on a 3-node cluster)"),
-    click.option("--snapshot-interval", "snapshot_interval", type=float,
-                 help="seconds between read-only snapshots at most [default 1.0]"),
-    click.option("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here "
-                 "[env HOOKSCOPE_COLLECTOR_METRICS]"),
-    click.option("--nats-port", "nats_port", type=int, help="port of the embedded nats-server [default 4222; "
-                 "0: any free port]"),
-    click.option("--ack-wait", "ack_wait", type=float, help="seconds before JetStream redelivers a message "
-                 "fetched but not acked (e.g. by a killed collector) [default 60]"),
-    click.option("--memory-limit", "memory_limit", metavar="SIZE", help="DuckDB memory limit, e.g. 512MB, "
-                 "2GB; 'none': DuckDB's default, 80% of RAM [env HOOKSCOPE_COLLECTOR_MEMORY_LIMIT; "
-                 "default 512MB]"),
-    click.option("--config", "config", metavar="FILE", help="hookscope.toml ([collector] section)"),
+    _opt("--name", metavar="NAME", env="HOOKSCOPE_COLLECTOR_NAME", show_default="short hostname",
+         help="collector instance name (ingest_state key, archive file prefix); unique per instance"),
+    _opt("--batch", type=click.IntRange(1, 10000), default=2048, help="messages per fetch/commit"),
+    _opt("--replicas", type=click.IntRange(1, 5), default=1, help="stream replicas when creating streams "
+         "(3 on a 3-node cluster)"),
+    _opt("--snapshot-interval", "snapshot_interval", type=float, default=1.0,
+         help="seconds between read-only snapshots at most"),
+    _opt("--metrics", metavar="HOST:PORT", env="HOOKSCOPE_COLLECTOR_METRICS", help="serve Prometheus /metrics here"),
+    _opt("--nats-port", "nats_port", type=click.IntRange(0, 65535), default=4222,
+         help="port of the embedded nats-server, when there is no --nats (0: any free port)"),
+    _opt("--ack-wait", "ack_wait", type=float, default=60.0, help="seconds before JetStream redelivers a "
+         "message fetched but not acked (e.g. by a killed collector)"),
+    _opt("--memory-limit", "memory_limit", metavar="SIZE", env="HOOKSCOPE_COLLECTOR_MEMORY_LIMIT",
+         default=DEFAULT_MEMORY_LIMIT, show_default=f"half the RAM or of the cgroup's memory limit, "
+         f"at least 1 GiB: {DEFAULT_MEMORY_LIMIT} here",
+         help="DuckDB memory limit, e.g. 512MB, 2GB; 'none': DuckDB's own default, 80% of RAM"),
+    _config_option,
 ]
 
 
@@ -175,48 +197,63 @@ def _auth_opts(fn):
     return fn
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _embedded_port_check(ctx, s):
+    """--nats-port configures the embedded server, which --nats replaces: refuse both."""
+    from click.core import ParameterSource
+    if s.get("nats") and ctx.get_parameter_source("nats_port") in (ParameterSource.COMMANDLINE,
+                                                                   ParameterSource.ENVIRONMENT):
+        raise click.UsageError("--nats-port is the embedded nats-server's port; with --nats URL "
+                               "there is no embedded server: drop one of them")
+
+
+@click.command(context_settings=CONTEXT)
 @_options
 @click.option("--once", is_flag=True, help="exit when the stream has been drained (idle for 1 s)")
-def collect(once, config, **opts):
+@click.pass_context
+def collect(ctx, once, **opts):
     """Consume JetStream into the DuckDB store and the Parquet archive.
 
     Acks each message only after its rows are committed; redelivery and
     replays insert nothing twice.  SIGTERM finishes the batch, acks, closes.
 
+    \b
     Example:
-
         hookscope collect --nats nats://nats1:4222 --db /var/lib/hookscope/hookscope.duckdb --metrics 127.0.0.1:9464
     """
+    s = _settings(ctx, opts)
+    _embedded_port_check(ctx, s)
     try:
-        _run(_settings(config, **opts), once)
+        _run(s, once)
     except _ERRORS as exc:
         raise click.ClickException(str(exc))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", metavar="FILE", help=f"DuckDB file to (re)create [env HOOKSCOPE_DB; default {DEFAULT_DB}]")
-@click.option("--archive", metavar="DIR", help="Parquet archive [default <db dir>/archive]")
-@click.option("--from", "source", type=click.Choice(["archive", "stream"]), default="archive", show_default=True,
+@click.command(context_settings=CONTEXT)
+@_db_option
+@_archive_option
+@click.option("--from", "source", type=click.Choice(["archive", "stream"]), default="archive",
               help="rebuild from the Parquet archive or by re-reading the JetStream stream")
-@click.option("--nats", metavar="URL", help="NATS URL for --from stream [env HOOKSCOPE_NATS_URL]")
+@_opt("--nats", metavar="URL", env="HOOKSCOPE_NATS_URL", help="NATS URL for --from stream")
 @_auth_opts
 @click.option("--write-archive", is_flag=True, help="with --from stream: also write the Parquet archive "
               "(into --archive)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@click.option("--config", "config", metavar="FILE", help="hookscope.toml ([collector] section)")
-def rebuild(db, archive, source, nats, write_archive, quiet, config, **auth):
+@_config_option
+@click.pass_context
+def rebuild(ctx, source, write_archive, quiet, **opts):
     """Rebuild the DuckDB store from the Parquet archive or from the stream.
 
     Writes a new file and renames it over --db when complete; stop the
     collector that owns --db first (DuckDB allows one writer per file).
 
+    \b
     Example:
-
         hookscope rebuild --db /var/lib/hookscope/hookscope.duckdb --from archive
     """
     from collector import rebuild as rb
-    s = _settings(config, db=db, archive=archive, nats=nats, **auth)
+    s = _settings(ctx, opts)
+    if source == "archive" and write_archive:
+        raise click.UsageError("--write-archive goes with --from stream (--from archive reads the archive)")
     try:
         if source == "archive":
             counts = rb.from_archive(s["archive"], s["db"], progress=not quiet)
@@ -231,22 +268,25 @@ def rebuild(db, archive, source, nats, write_archive, quiet, config, **auth):
     click.echo(" ".join(f"{t}={n}" for t, n in counts.items()))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="dashboard bind address")
-@click.option("--port", type=int, default=8080, show_default=True, help="dashboard port (0: any free)")
-@click.option("--token", metavar="TOKEN", help="dashboard bearer token [env HOOKSCOPE_DASHBOARD_TOKEN]")
-def serve(host, port, token, config, **opts):
+@click.option("--host", default="127.0.0.1", help="dashboard bind address")
+@click.option("--port", type=click.IntRange(0, 65535), default=DASHBOARD_PORT,
+              help="dashboard port, as 'hookscope dashboard' (0: any free)")
+@_opt("--token", metavar="TOKEN", env="HOOKSCOPE_DASHBOARD_TOKEN", help="dashboard bearer token")
+@click.pass_context
+def serve(ctx, host, port, token, **opts):
     """Single machine: embedded nats-server + collector + dashboard in one command.
 
     Agents publish to the embedded server (port 4222 by default); the
     dashboard reads the store's read-only snapshot while the collector writes.
 
+    \b
     Example:
-
-        hookscope serve --db /var/lib/hookscope/hookscope.duckdb --port 8080
+        hookscope serve --db /var/lib/hookscope/hookscope.duckdb --port 8765
     """
-    s = _settings(config, **opts)
+    s = _settings(ctx, opts)
+    _embedded_port_check(ctx, s)
     holder = {}
 
     def start_dashboard(url):

@@ -21,7 +21,9 @@ _TYPES = {
     "JSON": pa.string(),
     "INTEGER": pa.int32(),
     "BIGINT": pa.int64(),
-    "UBIGINT": pa.uint64(),
+    # Stream sequences: signed in Arrow and Parquet (Spark reads unsigned
+    # 64-bit Parquet as decimal(20,0)); DuckDB casts back on insert.
+    "UBIGINT": pa.int64(),
     "DOUBLE": pa.float64(),
     "BOOLEAN": pa.bool_(),
     "BLOB": pa.binary(),
@@ -73,15 +75,20 @@ def to_arrow(table: str, rows: list) -> pa.Table:
 
 
 def partition_value(cluster) -> str:
-    """The archive's ``cluster=`` directory value: the name, %-escaped as Hive
-    does (DuckDB, Spark and Trino decode it back)."""
+    """The archive's cluster directory name: the name %-escaped, a leading
+    ``_`` or ``.`` too (Spark and pyarrow skip such paths).  Only groups
+    files: the ``cluster`` column inside the files is the identity."""
     from urllib.parse import quote
-    return quote(str(cluster), safe="") if cluster else "_unknown"
+    if not cluster:
+        return "%5Funknown"
+    q = quote(str(cluster), safe="")
+    return ("%5F" if q[0] == "_" else "%2E") + q[1:] if q[0] in "_." else q
 
 
-#: tables whose ``cluster`` column lives in the partition path, not in the files
-#: (Spark and Trino refuse a column that is both in the data and the partition)
-PARTITION_COLUMNS = ("cluster",)
+#: Hive partition columns of the archive.  ``cluster`` was one (only in the
+#: path, so engines guessed its type: "001" became 1); it is now a column in
+#: the files and ``date`` is the only partition.
+PARTITION_COLUMNS = ("date",)
 
 
 _DATE_CACHE: dict = {}
@@ -162,9 +169,7 @@ class Batch:
             for t, tb in tables.items():
                 if t != "raw":
                     merged.setdefault(t, []).append(tb)
-                if "cluster" in tb.schema.names:
-                    tb = tb.drop_columns(["cluster"])
-                out[t] = tb
+                out[t] = tb  # with its cluster column: the identity is in the file
         store = {t: (tbs[0] if len(tbs) == 1 else pa.concat_tables(tbs)) for t, tbs in merged.items()}
         return archive, store
 

@@ -119,6 +119,20 @@ class CollectorConfig:
                             self.request_timeout)
 
 
+def _trusted(path: str, label: str) -> None:
+    """As root, a credential file a non-root user owns or can write is refused
+    (emitter.config.check_trusted names the file and the bit)."""
+    from emitter import EmitterError
+    try:
+        from emitter.config import check_trusted
+    except ImportError:  # pragma: no cover - an emitter without it
+        return
+    try:
+        check_trusted(path, label)
+    except EmitterError as exc:
+        raise CollectorError(str(exc)) from None
+
+
 def check_auth(obj) -> None:
     """Validate and normalise the NATS credential fields of ``obj`` in place
     (``creds nkey user password tls_ca tls_cert tls_key``)."""
@@ -134,6 +148,7 @@ def check_auth(obj) -> None:
         except OSError as exc:
             raise CollectorError(f"{label} {path} cannot be read ({exc.strerror or exc}): fix "
                                  f"{opt} (or [collector] {name} in the config file)") from None
+        _trusted(path, label)
         setattr(obj, name, path)
     if bool(obj.tls_cert) != bool(obj.tls_key):
         raise CollectorError("TLS client authentication needs both --tls-cert and --tls-key")

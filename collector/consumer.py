@@ -32,7 +32,9 @@ from collector.archive import Archive
 from collector.columns import Batch, check_rows
 from collector.config import CollectorConfig
 from collector.decode import DL_BAD_RECORD, DL_STORE_REJECTED, DeadLetter, decode_message, subject_parts
+from collector.consumer_errors import _describe, _fatal_error, _is_data_error, _is_fatal, _is_timeout
 from collector.errors import CollectorError
+from collector.identity import check_msg_id_decoded as check_msg_id
 from collector.metrics import Metrics
 from collector.store import Store, StoreError
 from emitter import EmitterError
@@ -76,7 +78,10 @@ def build_batch(msgs, instance: str, keep_raw: bool, max_bytes: int):
         seq, rns, pending, delivered = parse_reply(m.reply)
         hdrs = m.headers or {}
         res = decode_message(m.data, m.subject, seq, rns, hdrs.get(C.HDR_SCHEMA), max_bytes)
-        items.append((res, seq, m.subject, rns, m.data, hdrs.get(C.HDR_MSG_ID), pending))
+        mid = hdrs.get(C.HDR_MSG_ID)
+        if type(res) is not DeadLetter:
+            res = check_msg_id(res, mid, m.subject, m.data)
+        items.append((res, seq, m.subject, rns, m.data, mid, pending))
     batch = _fill(items, instance, keep_raw)
     try:
         arrow = batch.arrow()
@@ -88,6 +93,7 @@ def build_batch(msgs, instance: str, keep_raw: bool, max_bytes: int):
         batch = _fill(items, instance, keep_raw)
         arrow = batch.arrow()
     batch.pending = items[-1][6] if items else 0
+    batch.n_journal_errors = sum(getattr(it[0], "n_journal_errors", 0) for it in items)
     return batch, arrow
 
 
@@ -168,7 +174,9 @@ class Collector:
         for name in (C.STREAM_NAME, C.DLQ_STREAM_NAME):
             self._step = f"stream info {name}"
             try:
-                await asyncio.wait_for(self.js.stream_info(name), self.cfg.request_timeout)
+                info = await asyncio.wait_for(self.js.stream_info(name), self.cfg.request_timeout)
+                if name == C.STREAM_NAME:
+                    await self._add_subjects(info)
             except NotFoundError:
                 self._step = "create streams"
                 await ensure_streams(self.js, replicas=self.cfg.replicas, timeout=self.cfg.request_timeout)
@@ -181,6 +189,16 @@ class Collector:
                 # leader after a cluster node died must not hold the collector up.
                 log.warning("stream %s did not answer within %.1fs; going on without checking it",
                             name, self.cfg.request_timeout)
+
+    async def _add_subjects(self, info):
+        """A stream made before the chain-heads subject existed gets it added;
+        nothing else of an existing stream is changed."""
+        have = list(info.config.subjects or [])
+        missing = [x for x in C.STREAM_SUBJECTS + C.HEADS_SUBJECTS if x not in have]
+        if missing:
+            self._step = f"add subjects {missing} to {C.STREAM_NAME}"
+            info.config.subjects = have + missing
+            await asyncio.wait_for(self.js.update_stream(info.config), self.cfg.request_timeout)
 
     async def _ensure_consumer(self):
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -445,47 +463,6 @@ class Collector:
         if self.archive is not None:
             self.archive.close()
         self.store.close()
-
-
-def _is_data_error(exc) -> bool:
-    """A row the store refuses (constraint, conversion), as opposed to a disk,
-    lock or memory problem that retrying later can cure."""
-    import duckdb
-    import pyarrow as pa
-    if isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException, OSError)):
-        return False
-    return isinstance(exc, (duckdb.ConstraintException, duckdb.ConversionException,
-                            duckdb.InvalidInputException, duckdb.BinderException,
-                            duckdb.TypeMismatchException, pa.ArrowException))
-
-
-def _is_fatal(exc) -> bool:
-    """DuckDB invalidated the database (e.g. out of memory while flushing a
-    commit): every later statement fails until the process reopens the file."""
-    import duckdb
-    return isinstance(exc, duckdb.FatalException) or "database has been invalidated" in str(exc)
-
-
-def _fatal_error(cfg, exc) -> StoreError:
-    text = str(exc).strip().splitlines()
-    why = next((t for t in text if "allocate" in t or "Original error" in t), text[0] if text else "")
-    hint = ""
-    if "allocate" in str(exc) or "memory" in str(exc).lower():
-        hint = (f" It ran out of memory at --memory-limit {cfg.memory_limit or 'DuckDB default'}: the key "
-                "indexes need about 16 bytes per stored row; raise the limit (docs/collector.md).")
-    return StoreError(f"DuckDB invalidated the store {cfg.db} ({why.strip()[:300]}); the collector stops. "
-                      "Nothing of the failed batches was acked, so nothing is lost: restart the collector "
-                      f"(the systemd unit does) and it resumes from the stream.{hint}")
-
-
-def _describe(exc) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no answer in time)"
-
-
-def _is_timeout(exc) -> bool:
-    import nats.errors
-    return isinstance(exc, (asyncio.TimeoutError, nats.errors.TimeoutError))
 
 
 def run_collector(cfg: CollectorConfig, once: bool = False, metrics: Metrics | None = None,

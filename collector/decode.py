@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from collector.identity import check_decoded as check_identity
 from emitter import contract as C
 
 try:  # 2-3x faster JSON parsing when available; the stdlib is the fallback
@@ -46,8 +47,10 @@ DL_TOO_NEW = "schema_too_new"           # written by a newer hookscope: never gu
 DL_BAD_IDS = "inconsistent_ids"         # span ID does not match the records' hook/script
 DL_BAD_SUBJECT = "unknown_subject"      # not hookscope.spans.* / hookscope.metrics.*
 DL_STORE_REJECTED = "store_rejected"    # the store refused the rows (type/constraint)
+DL_IDENTITY = "identity_mismatch"       # rows or Msg-Id claim another node than the subject
 DL_REASONS = (DL_MALFORMED, DL_NOT_OURS, DL_MISSING, DL_BAD_RECORD, DL_OVERSIZED,
-              DL_BAD_TIMESTAMP, DL_TOO_NEW, DL_BAD_IDS, DL_BAD_SUBJECT, DL_STORE_REJECTED)
+              DL_BAD_TIMESTAMP, DL_TOO_NEW, DL_BAD_IDS, DL_BAD_SUBJECT, DL_STORE_REJECTED,
+              DL_IDENTITY)
 
 #: Earliest believable node timestamp (2000-01-01T00:00:00Z).
 MIN_TS_NS = 946_684_800 * 10**9
@@ -56,6 +59,7 @@ MAX_FUTURE_NS = 86_400 * 10**9
 
 _SPANS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_SPANS}."
 _METRICS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_METRICS}."
+_HEADS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_HEADS}."
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ class Decoded:
     cluster: str | None = None
     schema_version: int | None = None
     max_end_ns: int | None = None  # latest hook end seen (for skew metrics)
+    #: contract.records_digest of the message's journal lines (spans only):
+    #: what a content-keyed Nats-Msg-Id must name (collector.identity)
+    records_digest: str | None = None
+    n_journal_errors: int = 0  # journal_error records: something stayed behind or broke on a node
 
 
 class _Bad(Exception):
@@ -197,14 +205,32 @@ def decode_message(payload: bytes, subject: str, stream_seq: int, received_ns: i
                 raise _Bad(DL_TOO_NEW, f"header {C.HDR_SCHEMA}={hv} > supported {C.SCHEMA_VERSION}; "
                            "upgrade the collector")
         if subject.startswith(_SPANS_PREFIX):
-            return _decode_traces(payload, stream_seq, received_ns)
+            return _own(_decode_traces(payload, stream_seq, received_ns), subject)
         if subject.startswith(_METRICS_PREFIX):
-            return _decode_metrics(payload, received_ns)
+            return _own(_decode_metrics(payload, received_ns), subject)
+        if subject.startswith(_HEADS_PREFIX):
+            return _own(_decode_heads(payload, stream_seq, received_ns), subject)
         raise _Bad(DL_BAD_SUBJECT, f"subject {subject!r} is neither {_SPANS_PREFIX}* nor {_METRICS_PREFIX}*")
     except _Bad as exc:
         return DeadLetter(exc.reason, exc.detail)
     except Exception as exc:  # a decoder bug must not block the stream either
         return DeadLetter(DL_BAD_RECORD, f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _own(dec, subject):
+    """Identity from credentials: every stored row must be the subject's node."""
+    why = check_identity(subject, dec)
+    if why is not None:
+        raise _Bad(DL_IDENTITY, why)
+    return dec
+
+
+def _decode_heads(payload, stream_seq, received_ns):
+    from collector.heads import HeadsError, decode
+    try:
+        return decode(payload, MIN_TS_NS, received_ns + MAX_FUTURE_NS, received_ns, stream_seq)
+    except HeadsError as exc:
+        raise _Bad(DL_BAD_RECORD, str(exc))
 
 
 def _resource_attrs(resource, what):
@@ -223,6 +249,33 @@ _XGET = itemgetter(C.R_TS, C.R_DURATION_NS, C.R_EXIT, C.R_SIGNAL, C.R_TIMED_OUT,
                    C.R_OUTPUT_TRUNCATED)
 #: context of scripts whose hook_started is not in the same message
 _NO_CTX = ("unknown", None, None)
+
+
+_NOT_SET = object()
+
+
+def _attested_uid(ra):
+    """The uid the agent attests wrote a message's records (its spool's owner,
+    docs/journal.md "Per-owner spools"); None when not marked (an older agent,
+    direct mode): root's journal, as before per-owner spools existed."""
+    v = ra.get(C.A_ATTESTED_UID)
+    if v is None:
+        return None
+    if v.WhichOneof("value") != "int_value" or not 0 <= v.int_value < 2**32:
+        raise _Bad(DL_BAD_RECORD, f"resource {C.A_ATTESTED_UID} is not a uid")
+    return v.int_value
+
+
+def _span_ctx(sp):
+    """(context, job_id, user) a script span carries when it was split from its
+    hook span (otlp.split_requests); _NO_CTX when it carries none."""
+    v = _find_attr(sp.attributes, C.A_CONTEXT)
+    if v is None or not v.string_value:
+        return _NO_CTX
+    job = _find_attr(sp.attributes, C.A_JOB_ID)
+    user = _find_attr(sp.attributes, C.A_JOB_USER)
+    return (v.string_value, _any_value(job) if job is not None else None,
+            _any_value(user) if user is not None else None)
 
 
 def _parse(cls, payload):
@@ -248,8 +301,16 @@ def _decode_traces(payload, stream_seq, received_ns):
     n_spans = 0
     version = None
     cluster = None
+    texts = []
+    span_ctx = {}   # hook_id -> context of scripts split from their hook span
+    n_errors = 0    # journal_error records (damage, untrusted or stuck files on the node)
+    attested = _NOT_SET  # the uid the node's agent attests wrote the records (one per message)
     for rs in req.resource_spans:
-        _resource_attrs(rs.resource, "spans")
+        ra = _resource_attrs(rs.resource, "spans")
+        uid = _attested_uid(ra)
+        if attested is not _NOT_SET and uid != attested:
+            raise _Bad(DL_BAD_RECORD, f"resources disagree on {C.A_ATTESTED_UID} ({attested} vs {uid})")
+        attested = uid
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 n_spans += 1
@@ -261,6 +322,7 @@ def _decode_traces(payload, stream_seq, received_ns):
                 if len(sid) != 16 or len(tid) != 32:
                     raise _Bad(DL_BAD_IDS, f"span {sp.name!r}: span/trace ID of wrong length")
                 text = val.string_value
+                texts.append(text)
                 lines = text.split("\n")
                 try:
                     # one parse per span: raw newlines only separate records
@@ -291,7 +353,7 @@ def _decode_traces(payload, stream_seq, received_ns):
                     chain = rec.get(C.R_CHAIN, NO_CHAIN)
                     if type(chain) is not str:
                         raise _Bad(DL_BAD_RECORD, f"span {sid} {kind} record: chain {chain!r} is not a string")
-                    jrow = (rcluster, node, chain, seq, kind, hook, h, prev, line)
+                    jrow = (rcluster, node, chain, seq, kind, hook, h, prev, line, attested)
                     if rcluster is None or node is None or seq is None or kind is None or h is None \
                             or prev is None:
                         raise _Bad(DL_MISSING, f"span {sid}: record has a null cluster/node/seq/kind/hash/prev")
@@ -316,6 +378,8 @@ def _decode_traces(payload, stream_seq, received_ns):
                         ent = scripts.get(sid)
                         if ent is None:
                             ent = scripts[sid] = [None, None, tid, False, hook]
+                            if hook not in hooks and hook not in span_ctx:
+                                span_ctx[hook] = _span_ctx(sp)
                         ent[0 if kind == C.K_SCRIPT_STARTED else 1] = rec
                     elif kind == C.K_HOOK_STARTED or kind == C.K_HOOK_ENDED:
                         if hook != sid:
@@ -324,6 +388,8 @@ def _decode_traces(payload, stream_seq, received_ns):
                         if ent is None:
                             ent = hooks[sid] = [None, None, tid, False]
                         ent[0 if kind == C.K_HOOK_STARTED else 1] = rec
+                    elif kind == C.K_JOURNAL_ERROR:
+                        n_errors += 1
                     elif kind == C.K_NODE_EVENT:
                         node_events.append((h, rcluster, node, ts, rec.get(C.R_STATE),
                                             rec.get(C.R_REASON), rec.get(C.R_SOURCE)))
@@ -357,7 +423,8 @@ def _decode_traces(payload, stream_seq, received_ns):
         raise _Bad(DL_MISSING, "no journal records in any span")
     if version is None:
         version = C.SCHEMA_VERSION
-    dec = Decoded(n_spans=n_spans, cluster=cluster, schema_version=version)
+    dec = Decoded(n_spans=n_spans, cluster=cluster, schema_version=version,
+                  records_digest=C.records_digest(texts), n_journal_errors=n_errors)
     dec.rows["journal"] = journal
     if node_events:
         dec.rows["node_events"] = node_events
@@ -398,7 +465,7 @@ def _decode_traces(payload, stream_seq, received_ns):
             job.get("gpus") or job.get("cuda_visible_devices") or job.get("rocr_visible_devices"),
             start, end, dur / 1e6 if type(dur) is int else None, status, n_scripts, failed,
             killed, warnings, version,
-            received_ns, (received_ns - ref) / 1e6, stream_seq))
+            received_ns, (received_ns - ref) / 1e6, stream_seq, attested))
     if hook_rows:
         dec.rows["hook_runs"] = hook_rows
     dec.max_end_ns = max_end
@@ -413,14 +480,16 @@ def _decode_traces(payload, stream_seq, received_ns):
             else:
                 if type(path) is not str:
                     raise _Bad(DL_MISSING, f"script span {sid}: record lacks path")
-                context, job_id, user = ctx.get(hid, _NO_CTX)
+                context, job_id, user = ctx.get(hid) or span_ctx.get(hid, _NO_CTX)
+                if x.get(C.R_CUT):
+                    trunc = True  # cut in transit (the digest covers the full text)
                 script_rows.append((
                     sid, hid, tid, cl, nd, context, job_id, user, idx, path, sha, size, mode, uid,
                     mtime, start, end, dur / 1e6 if type(dur) is int else None, exit_code, sig, tmo,
-                    refused, killed, output, trunc, x.get(C.R_EXPORTED) or None, stream_seq))
+                    refused, killed, output, trunc, x.get(C.R_EXPORTED) or None, stream_seq, attested))
                 continue
         base = s if s is not None else x
-        context, job_id, user = ctx.get(hid, _NO_CTX)
+        context, job_id, user = ctx.get(hid) or span_ctx.get(hid, _NO_CTX)
         start = s[C.R_TS] if s is not None else None
         if x is not None:
             end = x[C.R_TS]
@@ -442,7 +511,7 @@ def _decode_traces(payload, stream_seq, received_ns):
             base[C.R_INDEX], path, sv.get(C.R_SHA256), sv.get(C.R_SIZE), sv.get(C.R_MODE),
             sv.get(C.R_UID), sv.get(C.R_MTIME), start, end,
             dur / 1e6 if type(dur) is int else None, exit_code, sig, tmo, refused, killed,
-            output, trunc, exported or None, stream_seq))
+            output, trunc, exported or None, stream_seq, attested))
     if script_rows:
         dec.rows["script_runs"] = script_rows
     return dec
@@ -463,6 +532,11 @@ GPU_COLUMNS = {
     C.M_GPU_RETIRED_PAGES: "retired_pages",
     C.M_GPU_THROTTLE: "throttle_reasons",
 }
+# The metric names stored before the semantic-conventions rename are read as
+# before (contract.LEGACY_GPU_METRICS); hw.errors is one metric for both ECC
+# columns, told apart by error.type (GPU_ERROR_COLUMNS).
+GPU_COLUMNS.update({old: GPU_COLUMNS[key] for old, key in C.LEGACY_GPU_METRICS.items()})
+GPU_ERROR_COLUMNS = {C.GPU_OTLP[k][3][C.A_ERROR_TYPE]: GPU_COLUMNS[k] for k in (C.M_GPU_ECC_SBE, C.M_GPU_ECC_DBE)}
 _GPU_VALUE_COLS = ("utilization", "memory_used", "memory_total", "power_w", "temperature_c",
                    "sm_clock_mhz", "ecc_sbe", "ecc_dbe", "xid", "retired_pages", "throttle_reasons")
 _GPU_INT_COLS = frozenset(("memory_used", "memory_total", "ecc_sbe", "ecc_dbe", "xid",
@@ -490,14 +564,17 @@ def _decode_metrics(payload, received_ns):
         for sm in rm.scope_metrics:
             for m in sm.metrics:
                 col = GPU_COLUMNS.get(m.name)
-                if col is None:
+                if col is None and m.name != C.M_HW_ERRORS:
                     continue  # other metrics are not ours to store
                 which = m.WhichOneof("data")
                 if which not in ("gauge", "sum"):
                     raise _Bad(DL_BAD_RECORD, f"metric {m.name}: expected a gauge, got {which}")
                 for dp in getattr(m, which).data_points:
                     a = {kv.key: _any_value(kv.value) for kv in dp.attributes}
-                    idx = a.get(C.A_GPU_INDEX)
+                    dcol = col or GPU_ERROR_COLUMNS.get(a.get(C.A_ERROR_TYPE))
+                    if dcol is None or a.get(C.A_HW_TYPE, C.HW_TYPE_GPU) != C.HW_TYPE_GPU:
+                        continue  # hw.errors/hw.power of another component or error type
+                    idx = a.get(C.A_GPU_INDEX, a.get(C.LEGACY_A_GPU_INDEX))
                     if type(idx) is str:
                         idx = _int_or_none(idx)
                     if type(idx) is not int:
@@ -515,11 +592,11 @@ def _decode_metrics(payload, received_ns):
                             "source": a.get(C.A_GPU_SOURCE)}
                     kind = dp.WhichOneof("value")
                     val = dp.as_int if kind == "as_int" else dp.as_double if kind == "as_double" else None
-                    if val is not None and col in _GPU_INT_COLS:
+                    if val is not None and dcol in _GPU_INT_COLS:
                         val = int(val)
                     elif val is not None:
                         val = float(val)
-                    row[col] = val
+                    row[dcol] = val
     if not samples:
         raise _Bad(DL_NOT_OURS, "metrics request has no hookscope GPU gauges")
     rows = []

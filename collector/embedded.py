@@ -4,12 +4,22 @@ Used by ``hookscope collect``/``serve`` when no ``--nats`` URL is given, by
 ``make demo`` and by every test that needs a real server.  The server picks
 its own free port (``-p -1``) and tells us which through a ports file, so
 there is no race between choosing a port and binding it.
+
+Durable by default: every server started here runs with
+``jetstream { sync_interval: always }`` (fsync before the PubAck).  With the
+server's default (fsync every two minutes) an acknowledged message can be lost
+on power failure (Jepsen, NATS 2.12.1), and the agent deletes its journal file
+on that ack, so the node's copy would be gone too.  ``sync=None`` gives the
+server default (benchmarks compare the two); a caller's config that has its
+own ``jetstream`` block gets the setting inserted there, unless it sets
+``sync_interval`` itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +34,25 @@ from collector.errors import CollectorError
 
 class EmbeddedServerError(CollectorError):
     """nats-server could not be found, started or stopped."""
+
+
+#: JetStream fsync policy of the servers started here (see the module doc).
+SYNC_DEFAULT = "always"
+_JS_BLOCK = re.compile(r"^\s*jetstream\s*[:=]?\s*\{", re.M)
+
+
+def durable_config(config: str | None, sync: str | None = SYNC_DEFAULT) -> str:
+    """``config`` with ``sync_interval: <sync>`` in its jetstream block (one is
+    appended when it has none); a config that sets sync_interval is kept (pure)."""
+    text = config or ""
+    if sync is None or "sync_interval" in text:
+        return text
+    m = _JS_BLOCK.search(text)
+    if m:
+        return f"{text[:m.end()]}\n  sync_interval: {sync}\n{text[m.end():]}"
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + f"jetstream {{ sync_interval: {sync} }}\n"
 
 
 def find_binary() -> str:
@@ -57,15 +86,17 @@ class NatsServer:
 
     def __init__(self, store_dir: str | os.PathLike | None = None, port: int = 0,
                  config: str | None = None, extra_args: list[str] | None = None,
-                 name: str = "hookscope", host: str = "127.0.0.1"):
+                 name: str = "hookscope", host: str = "127.0.0.1", sync: str | None = SYNC_DEFAULT):
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="hookscope-nats-"))
         self.port = port
         self.host = host
         self.config = config
+        self.sync = sync
         self.extra_args = list(extra_args or [])
         self.name = name
         self.proc: subprocess.Popen | None = None
+        self.monitor_url: str | None = None  # http://host:port of /varz, when -m is given
         self.binary = find_binary()
 
     @property
@@ -74,9 +105,10 @@ class NatsServer:
 
     def _cmd(self, ports_dir: Path) -> list[str]:
         cmd = [self.binary]
-        if self.config is not None:
+        text = durable_config(self.config, self.sync)
+        if text:
             conf = self.store_dir / "nats-server.conf"
-            conf.write_text(self.config)
+            conf.write_text(text)
             cmd += ["-c", str(conf)]
         cmd += ["-js", "-sd", str(self.store_dir / "jetstream"), "-a", self.host,
                 "-p", str(self.port or -1), "--ports_file_dir", str(ports_dir),
@@ -106,6 +138,8 @@ class NatsServer:
                     info = json.loads(ports_file.read_text())
                     client = info["nats"][0]
                     self.port = int(client.rsplit(":", 1)[1])
+                    mon = info.get("monitoring") or []  # with extra_args ["-m", "-1"]
+                    self.monitor_url = mon[0] if mon else None
                     shutil.rmtree(ports_dir, ignore_errors=True)
                     return self
                 except (ValueError, KeyError, IndexError):
@@ -168,8 +202,9 @@ class EmbeddedCluster:
     """
 
     def __init__(self, base_dir: str | os.PathLike, n: int = 3, name: str = "hookscope",
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", sync: str | None = SYNC_DEFAULT):
         self.base_dir = Path(base_dir)
+        self.sync = sync
         self.n = n
         self.name = name
         self.host = host
@@ -182,7 +217,7 @@ class EmbeddedCluster:
             conf = (f"cluster {{\n  name: {self.name}\n  listen: {self.host}:{ports[i]}\n"
                     f"  routes: [{routes}]\n}}\n")
             srv = NatsServer(store_dir=self.base_dir / f"s{i}", config=conf, name=f"{self.name}-s{i}",
-                             host=self.host)
+                             host=self.host, sync=self.sync)
             self.servers.append(srv.start(timeout))
         self.wait_ready(timeout)
         return self

@@ -1,19 +1,24 @@
-"""Prometheus ``/metrics`` for the collector (text exposition format 0.0.4, stdlib only).
+"""Prometheus ``/metrics`` for the collector, written and served by prometheus_client.
 
 Exposed: messages, spans and GPU samples ingested; dead letters by reason;
 consumer lag (messages pending in the durable consumer, from the last
 fetched message's metadata: no extra API call); batch commit latency
 (histogram); store size; node clock skew (received minus hook end) with a
-count of hooks beyond ``SKEW_WARN_MS``; the process's resident memory (the
-soak's bound, watchable in production).
+count of hooks beyond ``SKEW_WARN_MS``; prometheus_client's standard
+``process_*`` metrics, among them ``process_resident_memory_bytes`` (the
+soak's bound, watchable in production).  The counts live in :class:`Metrics`
+(the consumer updates them under one lock); a custom collector turns them
+into metric families at scrape time.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from collector.errors import CollectorError
 
@@ -27,7 +32,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.counters = {"messages": 0, "spans": 0, "gpu_samples": 0, "batches": 0,
                          "nats_errors": 0, "store_errors": 0, "deadletter_publish_errors": 0,
-                         "skewed_hooks": 0}
+                         "skewed_hooks": 0, "journal_errors": 0}
         self.dead = {}
         self.lag = 0
         self.last_seq = 0
@@ -38,6 +43,7 @@ class Metrics:
         self.store_size_fn = None
         self.stage_seconds = {}
         self.started = time.time()
+        self._registry = None
 
     def add_time(self, stage: str, seconds: float):
         """Cumulative seconds per pipeline stage (decode, archive, commit, snapshot...)."""
@@ -55,6 +61,7 @@ class Metrics:
             c["spans"] += batch.n_spans
             c["gpu_samples"] += batch.n_gpu
             c["batches"] += 1
+            c["journal_errors"] += getattr(batch, "n_journal_errors", 0)
             for reason, _, _ in batch.dead:
                 self.dead[reason] = self.dead.get(reason, 0) + 1
             self.lag = getattr(batch, "pending", 0)
@@ -84,93 +91,77 @@ class Metrics:
             return d
 
     def render(self) -> str:
+        """The text exposition format, as prometheus_client writes it."""
+        return generate_latest(self.registry).decode()
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """One registry per instance (tests build many), with the process
+        collector's standard ``process_*`` metrics next to ours."""
+        if self._registry is None:
+            reg = CollectorRegistry(auto_describe=False)
+            reg.register(_Families(self))
+            ProcessCollector(registry=reg)
+            self._registry = reg
+        return self._registry
+
+    def families(self):
         with self._lock:
             c = dict(self.counters)
             dead = dict(self.dead)
-            hist, hsum, hcount = list(self.hist), self.hist_sum, self.hist_count
+            hist, hsum = list(self.hist), self.hist_sum
             lag, last_seq, skew = self.lag, self.last_seq, self.max_abs_skew_ms
             stages = dict(self.stage_seconds)
-        out = []
-
-        def metric(name, typ, help_, samples):
-            out.append(f"# HELP {name} {help_}")
-            out.append(f"# TYPE {name} {typ}")
-            for labels, value in samples:
-                out.append(f"{name}{labels} {value}")
-
         p = "hookscope_collector_"
-        metric(p + "messages_total", "counter", "JetStream messages committed and acked.",
-               [("", c["messages"])])
-        metric(p + "spans_total", "counter", "Spans ingested.", [("", c["spans"])])
-        metric(p + "gpu_samples_total", "counter", "GPU sample rows ingested.", [("", c["gpu_samples"])])
-        metric(p + "batches_total", "counter", "Batches committed.", [("", c["batches"])])
-        metric(p + "dead_letters_total", "counter", "Messages dead-lettered, by reason.",
-               [(f'{{reason="{_esc(r)}"}}', n) for r, n in sorted(dead.items())] or [('{reason="none"}', 0)])
-        metric(p + "errors_total", "counter", "Errors by kind (the batch is retried).",
-               [(f'{{kind="{k}"}}', c[k]) for k in ("nats_errors", "store_errors",
-                                                     "deadletter_publish_errors")])
-        metric(p + "consumer_lag_messages", "gauge", "Messages pending in the durable consumer.",
-               [("", lag)])
-        metric(p + "last_stream_seq", "gauge", "Highest stream sequence committed.", [("", last_seq)])
-        cum, samples = 0, []
-        for b, n in zip(_BUCKETS, hist):
+
+        def counter(name, help_, value=None, labels=(), samples=()):
+            f = CounterMetricFamily(p + name, help_, value=value, labels=labels or None)
+            for lv, v in samples:
+                f.add_metric(lv, v)
+            return f
+
+        yield counter("messages_total", "JetStream messages committed and acked.", c["messages"])
+        yield counter("spans_total", "Spans ingested.", c["spans"])
+        yield counter("gpu_samples_total", "GPU sample rows ingested.", c["gpu_samples"])
+        yield counter("batches_total", "Batches committed.", c["batches"])
+        yield counter("journal_errors_total", "journal_error records received: a node's journal file was "
+                      "damaged, untrusted, or stayed behind (too large to ship).", c["journal_errors"])
+        # reason="none" keeps the series present (and alertable) before the first dead letter
+        yield counter("dead_letters_total", "Messages dead-lettered, by reason.", labels=["reason"],
+                      samples=[([r], n) for r, n in sorted(dead.items())] or [(["none"], 0)])
+        yield counter("errors_total", "Errors by kind (the batch is retried).", labels=["kind"],
+                      samples=[([k], c[k]) for k in ("nats_errors", "store_errors", "deadletter_publish_errors")])
+        yield GaugeMetricFamily(p + "consumer_lag_messages", "Messages pending in the durable consumer.", lag)
+        yield GaugeMetricFamily(p + "last_stream_seq", "Highest stream sequence committed.", last_seq)
+        cum, buckets = 0, []
+        for b, n in zip((*_BUCKETS, float("inf")), hist):
             cum += n
-            samples.append((f'_bucket{{le="{b}"}}', cum))
-        samples.append(('_bucket{le="+Inf"}', hcount))
-        samples.append(("_sum", f"{hsum:.6f}"))
-        samples.append(("_count", hcount))
-        out.append(f"# HELP {p}commit_seconds Archive write + DuckDB commit time per batch.")
-        out.append(f"# TYPE {p}commit_seconds histogram")
-        for suffix, v in samples:
-            out.append(f"{p}commit_seconds{suffix} {v}")
-        metric(p + "stage_seconds_total", "counter", "Time spent per pipeline stage.",
-               [(f'{{stage="{k}"}}', f"{v:.6f}") for k, v in sorted(stages.items())] or [('{stage="decode"}', 0)])
+            buckets.append(("+Inf" if b == float("inf") else str(b), cum))
+        yield HistogramMetricFamily(p + "commit_seconds", "Archive write + DuckDB commit time per batch.",
+                                    buckets=buckets, sum_value=hsum)
+        yield counter("stage_seconds_total", "Time spent per pipeline stage.", labels=["stage"],
+                      samples=[([k], v) for k, v in sorted(stages.items())] or [(["decode"], 0)])
         size = 0
         if self.store_size_fn is not None:
             try:
                 size = self.store_size_fn()
             except Exception:
                 size = 0
-        metric(p + "store_bytes", "gauge", "Size of the live DuckDB file (+WAL).", [("", size)])
-        metric("process_resident_memory_bytes", "gauge", "Resident memory of the collector process.",
-               [("", resident_bytes())])
-        metric(p + "clock_skew_max_abs_ms", "gauge",
-               "Largest |receive time - hook end| seen (node clock vs stream clock).", [("", skew)])
-        metric(p + "skewed_hooks_total", "counter",
-               f"Hooks whose node clock was off by more than {SKEW_WARN_MS // 60000} minutes.",
-               [("", c["skewed_hooks"])])
-        return "\n".join(out) + "\n"
+        yield GaugeMetricFamily(p + "store_bytes", "Size of the live DuckDB file (+WAL).", size)
+        yield GaugeMetricFamily(p + "clock_skew_max_abs_ms",
+                                "Largest |receive time - hook end| seen (node clock vs stream clock).", skew)
+        yield counter("skewed_hooks_total", f"Hooks whose node clock was off by more than "
+                      f"{SKEW_WARN_MS // 60000} minutes.", c["skewed_hooks"])
 
 
-def resident_bytes() -> int:
-    """This process's RSS (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+class _Families(Collector):
+    """prometheus_client's custom-collector hook: our state, read at scrape time."""
 
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
 
-def _esc(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    metrics: Metrics = None
-
-    def do_GET(self):
-        if self.path.split("?")[0] != "/metrics":
-            self.send_error(404, "only /metrics here")
-            return
-        body = self.metrics.render().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+    def collect(self):
+        return self.metrics.families()
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -181,14 +172,12 @@ def parse_addr(addr: str) -> tuple[str, int]:
         raise CollectorError(f"metrics address {addr!r} is not HOST:PORT (e.g. 127.0.0.1:9464)") from None
 
 
-def serve_metrics(metrics: Metrics, addr: str) -> ThreadingHTTPServer:
-    """Serve /metrics in a daemon thread; returns the server (``.shutdown()``)."""
+def serve_metrics(metrics: Metrics, addr: str):
+    """Serve /metrics (prometheus_client's threaded WSGI server, a daemon
+    thread); returns the server (``.shutdown()``, ``.server_address``)."""
     host, port = parse_addr(addr)
-    handler = type("MetricsHandler", (_Handler,), {"metrics": metrics})
     try:
-        srv = ThreadingHTTPServer((host, port), handler)
+        srv, _ = start_http_server(port, addr=host, registry=metrics.registry)
     except OSError as exc:
         raise CollectorError(f"cannot listen on {addr} for /metrics: {exc}") from exc
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, name="hookscope-metrics", daemon=True).start()
     return srv

@@ -40,7 +40,8 @@ TABLES = {
         schema_version INTEGER,
         received_ts    TIMESTAMPTZ,
         skew_ms        DOUBLE,
-        stream_seq     UBIGINT
+        stream_seq     UBIGINT,
+        attested_uid   INTEGER                -- uid owning the node spool it came from (0 root; NULL: unmarked, root)
     """,
     # One row per script of a hook (including refused ones).
     "script_runs": """
@@ -70,7 +71,8 @@ TABLES = {
         output         VARCHAR,               -- redacted tail, on failure
         output_truncated BOOLEAN,
         exported       VARCHAR[],
-        stream_seq     UBIGINT
+        stream_seq     UBIGINT,
+        attested_uid   INTEGER                -- as hook_runs.attested_uid
     """,
     "span_events": """
         span_id        VARCHAR NOT NULL,
@@ -127,7 +129,25 @@ TABLES = {
         hash           VARCHAR NOT NULL,
         prev           VARCHAR NOT NULL,
         record         VARCHAR NOT NULL,      -- canonical JSON, hashed
+        attested_uid   INTEGER,               -- as hook_runs.attested_uid (outside the hash)
         PRIMARY KEY (cluster, node, chain, seq)
+    """,
+    # Chain heads nodes published (emitter.chainheads), signed with their NKey:
+    # "chain <chain> of <node> reached <seq> whose record hashes to <hash>".
+    # audit verify holds the store's last record of each chain to the newest
+    # head whose signature holds (docs/collector.md "Chain heads").
+    "chain_heads": """
+        cluster        VARCHAR NOT NULL,
+        node           VARCHAR NOT NULL,
+        chain          VARCHAR NOT NULL,
+        seq            UBIGINT NOT NULL,      -- last record of the chain the node had shipped
+        hash           VARCHAR NOT NULL,      -- that record's hash
+        ts             TIMESTAMPTZ NOT NULL,  -- node clock at publication (signed, whole us)
+        signature      VARCHAR,               -- base64url ed25519 over contract.chain_head_payload; NULL: unsigned
+        public_key     VARCHAR,               -- the signer's nkey public key (U...); NULL: unsigned
+        received_ts    TIMESTAMPTZ,
+        stream_seq     UBIGINT,
+        PRIMARY KEY (cluster, node, chain, seq, ts)
     """,
     "dead_letters": """
         stream_seq     UBIGINT PRIMARY KEY,
@@ -152,20 +172,36 @@ def ddl() -> list[str]:
     return [f"CREATE TABLE IF NOT EXISTS {name} ({body})" for name, body in TABLES.items()]
 
 
+#: Columns added to a table after stores were first created (appended, so a
+#: grown store has the schema's column order): ``create_all`` adds them to
+#: an existing store; readers NULL them where a store or archive lacks them.
+ADDED_COLUMNS = {
+    "hook_runs": (("attested_uid", "INTEGER"),),
+    "script_runs": (("attested_uid", "INTEGER"),),
+    "journal": (("attested_uid", "INTEGER"),),
+}
+
+
 def create_all(con) -> None:
-    """Create the tables on a DuckDB connection (idempotent)."""
+    """Create the tables on a DuckDB connection (idempotent), and grow an
+    older store's tables by ADDED_COLUMNS (nothing stored is touched)."""
     for stmt in ddl():
         con.execute(stmt)
+    for table, cols in ADDED_COLUMNS.items():
+        for name, typ in cols:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {typ}")
 
 
-#: Parquet archive layout (see docs/store.md):
-#:   <archive>/<table>/cluster=<c>/date=<YYYY-MM-DD>/<consumer>-<first_seq:012d>-<last_seq:012d>.parquet
+#: Parquet archive layout (see docs/store.md, collector/archive.py):
+#:   <archive>/<table>/date=<YYYY-MM-DD>/<cluster>/<consumer>-<first_seq:012d>-<last_seq:012d>.parquet
+#: with ``cluster`` a column inside the files, and a 0-row schema file per table
+#: under date=1970-01-01 (archives before this: <table>/cluster=<c>/date=<d>/..., still read)
 #: for every table above except ingest_state, plus the table "raw" (every
 #: message as received).  Files are immutable; a redelivery after a crash can
 #: write a second file with the same rows, so archive readers dedupe on the
 #: table's key (KEYS below).
 ARCHIVE_TABLES = ("hook_runs", "script_runs", "span_events", "gpu_samples", "node_events",
-                  "journal", "dead_letters", "raw")
+                  "journal", "chain_heads", "dead_letters", "raw")
 RAW_COLUMNS = """
         stream_seq     UBIGINT NOT NULL,
         subject        VARCHAR NOT NULL,
@@ -181,6 +217,7 @@ KEYS = {
     "gpu_samples": ("cluster", "node", "gpu_index", "ts"),
     "node_events": ("event_id",),
     "journal": ("cluster", "node", "chain", "seq"),
+    "chain_heads": ("cluster", "node", "chain", "seq", "ts"),
     "dead_letters": ("stream_seq",),
     "raw": ("stream_seq",),
 }

@@ -10,7 +10,8 @@ from dashboards import DashboardError
 
 ENV_DB = "HOOKSCOPE_DB"
 ENV_ARCHIVE = "HOOKSCOPE_ARCHIVE"
-DEFAULT_PORT = 8765
+DEFAULT_PORT = 8765  # also hookscope serve's (collector.cli.DASHBOARD_PORT)
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def _source(db, archive):
@@ -36,7 +37,7 @@ def _source_options(fn):
     return fn
 
 
-@click.command(epilog="Example:\n\n  hookscope dashboard --db /var/lib/hookscope/hookscope.duckdb --port 8765")
+@click.command(context_settings=CONTEXT)
 @_source_options
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback needs --token (or --no-auth).")
@@ -72,21 +73,33 @@ def dashboard(db, archive, host, port, token, no_auth, verbose):
         srv.server_close()
 
 
-@click.group(epilog="Example:\n\n  hookscope report job 123456 -o job-123456.html --db hookscope.duckdb")
+@click.group(context_settings=CONTEXT)
 def report():
-    """Write a self-contained HTML report (assets inlined, no network needed to view it)."""
+    """Write a self-contained HTML report (assets inlined, no network needed to view it).
+
+    \b
+    Example:
+      hookscope report job 123456 -o job-123456.html --db hookscope.duckdb
+    """
+
+
+def _window_options(fn):
+    fn = click.option("--until", help="Window end (exclusive), same forms as --since.")(fn)
+    return click.option("--since", help="Window start: ISO-8601 or an age (7d); default: 7 days before "
+                                        "the node's newest hook run.")(fn)
 
 
 def _report_cmd(kind, argname, example):
-    @report.command(kind, epilog=f"Example:\n\n  {example}")
+    # a job report is the job's whole life: only the node report takes a window
+    window = _window_options if kind == "node" else (lambda fn: fn)
+
+    @report.command(kind)
     @click.argument(argname)
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
     @_source_options
     @click.option("--base-url", help="Dashboard URL to make the report's links point to (default: no links).")
-    @click.option("--since", help="Node report window start: ISO-8601 or an age (7d); default: 7 days "
-                                  "before the node's newest hook run.")
-    @click.option("--until", help="Node report window end.")
-    def cmd(output, db, archive, base_url, since, until, **kw):
+    @window
+    def cmd(output, db, archive, base_url, since=None, until=None, **kw):
         from dashboards.report import write_report
 
         db, archive = _source(db, archive)

@@ -331,37 +331,11 @@ JOB_META = ("cluster", "user_name", "uid", "account", "partition", "job_name", "
 
 
 def job(con, job_id):
-    job_id = str(job_id).strip()
-    hooks = _rows(con, """
-        SELECT hook_id, node, context, start_ts AS start, end_ts AS "end", epoch(start_ts) AS t0,
-               epoch(coalesce(end_ts, start_ts)) AS t1, duration_ms, status, n_scripts, failed_index,
-               runner_killed
-        FROM hook_runs WHERE job_id = ? ORDER BY start_ts, node""", [job_id])
-    if not hooks:
-        raise NotFound(f"job {job_id} has no hook runs in the store")
-    meta = _one(con, f"""
-        SELECT {", ".join(f"any_value({c}) AS {c}" for c in JOB_META)},
-               min(start_ts) AS first_hook, max(coalesce(end_ts, start_ts)) AS last_hook,
-               count(*) AS hook_runs, count(*) FILTER ({_status_sql()}) AS failed_hooks,
-               list(DISTINCT node ORDER BY node) AS nodes
-        FROM hook_runs WHERE job_id = ?""", [job_id])
-    meta["job_id"] = job_id
-    scripts = _rows(con, """
-        SELECT hook_id, span_id, node, context, idx, path AS script, sha256, exit_code, signal,
-               timed_out, refused, start_ts AS start, epoch(start_ts) AS t0,
-               epoch(coalesce(end_ts, start_ts)) AS t1, duration_ms, user_name AS user, output,
-               output_truncated
-        FROM script_runs WHERE job_id = ? ORDER BY start_ts, node, idx""", [job_id])
-    audit = _queries("audit", "audit_job")(con, job_id)
-    since = datetime.fromisoformat(meta["first_hook"].replace("Z", "+00:00")) - timedelta(minutes=1)
-    until = datetime.fromisoformat(meta["last_hook"].replace("Z", "+00:00")) + timedelta(minutes=1)
-    gpu = _gpu_series(con, "job_id = ?", [job_id], since, until)
-    if not gpu["gpus"]:
-        # Samples not tagged with the job: the job's nodes over its lifetime.
-        nodes = meta["nodes"]
-        gpu = _gpu_series(con, "list_contains(?, node)", [nodes], since, until)
-    return {"page": "job", "job_id": job_id, "meta": meta, "hooks": hooks, "scripts": scripts,
-            "audit": audit, "gpu": gpu}
+    """The job page's data (dashboards/jobdata.py: hooks, scripts, audit,
+    GPU series, and the ``why job`` verdict)."""
+    from dashboards.jobdata import job_page
+
+    return job_page(con, job_id)
 
 
 # ---------------------------------------------------------------- node
@@ -374,7 +348,11 @@ def node(con, node_name, since=None, until=None):
                         [node_name] * 3).fetchone()[0]
     if not known:
         raise NotFound(f"node {node_name} has no hook runs, GPU samples or events in the store")
-    since_t, until_t = _window(con, since, until, where="WHERE node = ?", params=[node_name])
+    # the node's newest data is a hook run or a GPU sample (a drained node runs no hooks,
+    # its GPUs go on reporting)
+    since_t, until_t = _window(con, since, until, table="(SELECT node, start_ts FROM hook_runs UNION ALL "
+                               "SELECT node, ts FROM gpu_samples) AS node_data",
+                               where="WHERE node = ?", params=[node_name])
     w = [node_name, since_t, until_t]
     bucket = _bucket_seconds(since_t, until_t, target=240)
     series = con.execute(f"""

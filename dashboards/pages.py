@@ -7,12 +7,14 @@ script that draws charts is a static file, so a strict CSP (no inline script)
 holds for every page.
 """
 
-import html
 import json
+
+import markupsafe
 import re
 from urllib.parse import quote, urlencode
 
 from dashboards.data import GPU_METRICS
+from queries.safetext import visible
 
 
 class Markup(str):
@@ -26,11 +28,14 @@ class Markup(str):
 
 
 def esc(v):
+    """HTML-escaped text, every control character (ESC, C1, bidi overrides...)
+    made visible first: script output is data, never control (queries/safetext.py).
+    Newlines and tabs stay, for <pre> output."""
     if isinstance(v, Markup):
         return v
     if v is None:
         return Markup("")
-    return Markup(html.escape(str(v), quote=True))
+    return Markup(markupsafe.escape(visible(str(v), keep_layout=True)))  # & < > ' " as entities
 
 
 def render(template, **kw):
@@ -319,6 +324,9 @@ def _why_block(why):
     if sysm:
         rows.append(["systemic", sysm.get("reason") or ", ".join(
             f"{k}: {v}" for k, v in sysm.items() if not isinstance(v, (list, dict, bool)))])
+    from dashboards.outcome_pages import node_outcome_rows
+
+    rows += node_outcome_rows(why)
     reg = why.get("regression") or {}
     if reg and reg.get("changed"):
         rows.append(["regression", f"sha256 changed {reg.get('old', '')[:12]} -> {reg.get('new', '')[:12]} "
@@ -398,7 +406,10 @@ def job_page(d, assets):
          link(script_url(r["script"]), r["script"]) if r.get("script") else "(no script)",
          short_sha(r.get("sha256")), script_result(r), fmt_ms(r.get("duration_ms")), output_cell(r.get("output"))]
         for r in rows], tid="runs")
+    from dashboards.outcome_pages import job_why_block
+
     body = join([
+        card("Why", job_why_block(d.get("why")), cid="why"),
         render('<div class="grid-meta">{a}{b}</div>', a=card("Job", table(["", ""], meta_rows, cls="kv", tid="meta")),
                b=card("Hook waterfall (controller and nodes)", waterfall(d["hooks"], d["scripts"]))),
         gpu_section("gpu", d["gpu"], "GPU metrics over the job"),

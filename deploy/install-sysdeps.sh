@@ -7,7 +7,8 @@
 # this machine is left alone.  Only daemons this script itself just installed
 # are stopped and disabled (Debian starts a package's service on install).
 set -euo pipefail
-pkgs=(slurmctld slurmd slurm-client munge debianutils chromium)
+# openjdk-17-jre-headless: Spark 4 (pyspark) for the archive interop tier (tests/interop).
+pkgs=(slurmctld slurmd slurm-client munge debianutils chromium openjdk-17-jre-headless)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from hashlib import sha256
 import threading
 import time
 from collections import deque
@@ -25,11 +26,21 @@ from dataclasses import dataclass, field, fields
 
 from emitter import EmitterError
 from emitter import contract as c
-from emitter import natsio, otlp, spool
+from emitter import agentreports, chainheads, natsio, otlp, spool
 from emitter.exporter import JetStreamPublisher, NatsSpanExporter, log_stderr
 from emitter.gpu.jobs import JobMap, job_gpus
+from emitter.nodestate import BAD_STATE_FLAGS, bad_flags, parse_scontrol_node  # noqa: F401 - re-exported
 
-STATE_FILE = "agent-gpus.json"  # job map, survives agent restarts (not a journal file)
+__all__ = ["Agent", "AgentSettings", "AgentConfigError", "Stats", "BAD_STATE_FLAGS", "bad_flags",
+           "parse_scontrol_node"]
+
+STATE_FILE = "agent-gpus.json"
+#: a file too large to ship is tried again this often (the server's max_payload may be raised)
+STUCK_RETRY_S = 300.0  # job map, survives agent restarts (not a journal file)
+
+
+def _sha256(data: bytes) -> str:
+    return sha256(data).hexdigest()
 
 
 class AgentConfigError(EmitterError):
@@ -71,6 +82,7 @@ class AgentSettings:
     node_state_cmd: str = "scontrol show node {node} -o"
     batch_files: int = 64  # journal files per pipelined export
     batch_bytes: int = 4 * 1024 * 1024
+    head_interval_s: float = 60.0  # signed chain heads, when one moved (and at stop); 0: only at stop
     extra: dict = field(default_factory=dict)
 
     #: environment variable for each setting that has one
@@ -168,30 +180,6 @@ class AgentSettings:
             inbox_prefix=c.inbox_prefix(self.node))
 
 
-#: Slurm node state flags worth a node_event (the rest, IDLE/ALLOCATED/MIXED, change per job).
-BAD_STATE_FLAGS = ("DOWN", "DRAIN", "DRAINING", "DRAINED", "FAIL", "FAILING", "NOT_RESPONDING",
-                   "REBOOT_REQUESTED", "REBOOT_ISSUED", "INVALID_REG")
-
-
-def parse_scontrol_node(line: str) -> tuple[str, str | None]:
-    """(State, Reason) from one `scontrol show node NAME -o` line.  Pure.
-    Reason is the last field and may hold spaces; its "[user@time]" suffix is dropped."""
-    state = reason = None
-    for tok in line.split():
-        if tok.startswith("State="):
-            state = tok[6:]
-    if " Reason=" in line:
-        reason = line.split(" Reason=", 1)[1].strip()
-        if reason.endswith("]") and " [" in reason:
-            reason = reason.rsplit(" [", 1)[0]
-    return state or "UNKNOWN", reason or None
-
-
-def bad_flags(state: str) -> frozenset:
-    parts = state.replace("*", "+NOT_RESPONDING").split("+")
-    return frozenset(p for p in parts if p in BAD_STATE_FLAGS)
-
-
 @dataclass
 class Stats:
     files: int = 0
@@ -202,6 +190,8 @@ class Stats:
     untrusted_reports: int = 0
     metric_rounds: int = 0
     metric_dropped: int = 0
+    heads: int = 0  # chain heads published
+    stuck: int = 0  # files too large to ship (journal_error written, kept in the journal)
 
 
 class Agent:
@@ -218,6 +208,8 @@ class Agent:
         self._seen: set[str] = set()
         self._reported: set[str] = set()
         self._untrusted: set[str] = set()  # reported untrusted files (usually moved away)
+        self._stuck: set[str] = set()  # files too large to ship even split and cut
+        self._stuck_retry_at = 0.0
         self._latest: dict[int, object] = {}  # gpu index -> latest GpuSample
         self._pending_metrics: deque = deque(maxlen=max(1, settings.metrics_backlog))
         self._stop = threading.Event()
@@ -228,6 +220,13 @@ class Agent:
         self._backoff = settings.backoff_min_s
         self._cluster = settings.cluster  # "" -> learnt from the journal's records
         self._node_flags = None
+        self.heads = chainheads.HeadTracker()
+        self._heads_at = time.monotonic()
+        try:
+            self._signer = chainheads.load_signer(settings.nkey, settings.creds)
+        except Exception as exc:  # noqa: BLE001 - unsigned heads still show a deleted tail
+            self.log(f"chain heads will be unsigned: cannot load the NKey ({type(exc).__name__}: {exc})")
+            self._signer = None
 
     @property
     def cluster(self) -> str:
@@ -256,14 +255,15 @@ class Agent:
 
     # ------------------------------------------------------------ journal
     def scan(self) -> list[spool.JournalFile]:
-        files = spool.scan(self.s.journal, full=False, grace_s=self.s.abandon_grace_s,
-                           stale_s=self.s.stale_after_s)
+        kw = dict(full=False, grace_s=self.s.abandon_grace_s, stale_s=self.s.stale_after_s)
+        # root's journal, then each per-uid spool (its own chain): order holds within each
+        files = spool.scan(self.s.journal, **kw) + agentreports.scan_user_spools(self, **kw)
         changed = False
         present = set()
         for jf in files:
             present.add(jf.path)
-            if jf.path in self._seen or jf.state == spool.UNTRUSTED:
-                continue  # an untrusted file teaches us nothing (cluster, GPU jobs)
+            if jf.path in self._seen or jf.state == spool.UNTRUSTED or jf.attested_uid:
+                continue  # an untrusted or user-written file teaches us nothing (cluster, GPU jobs)
             if jf.entries and not self._cluster:
                 self._cluster = str(jf.entries[0][1].get(c.R_CLUSTER) or "")
             started = jf.started
@@ -275,6 +275,7 @@ class Agent:
         self._seen &= present
         self._reported &= present
         self._untrusted &= present
+        self._stuck &= present
         if changed:
             self._save_state()
             if self.s.dcgm_job_map_dir:
@@ -290,51 +291,17 @@ class Agent:
             self.log(f"cannot write the dcgm job-mapping dir {self.s.dcgm_job_map_dir}: {exc}")
 
     def _report_damage(self, jf: spool.JournalFile) -> None:
-        if not jf.damage or jf.path in self._reported:
-            return
-        self._reported.add(jf.path)
-        self.log(f"journal file {jf.path} is damaged ({'; '.join(jf.damage)}); shipping what is "
-                 "readable and recording a journal_error")
-        try:
-            from emitter.journal import write_standalone
-
-            recs = spool.damage_records(jf)
-            first = jf.entries[0][1] if jf.entries else {}
-            write_standalone(self.s.journal, recs, node=first.get(c.R_NODE) or self.s.node,
-                             cluster=first.get(c.R_CLUSTER) or self._cluster)
-            self.stats.damage_reports += 1
-        except Exception as exc:  # noqa: BLE001 - a report must not stop shipping
-            self.log(f"could not record the damage of {jf.path}: {exc}")
+        agentreports.report_damage(self, jf)
 
     def _report_untrusted(self, jf: spool.JournalFile) -> None:
-        """Record a ``journal_error`` for a file a user could have written, then
-        move it to ``<name>.untrusted`` so neither this run nor the next reports
-        it again (once per file).  Never shipped, never deleted."""
-        if jf.path in self._untrusted:
-            return
-        self._untrusted.add(jf.path)  # if the move fails: once per agent run
-        kept_as = spool.aside_path(jf.path)
-        self.log(f"journal file {jf.path} {jf.untrusted}: not shipped (a non-root user could have "
-                 f"written it); recording a journal_error and moving it to {kept_as}")
-        try:
-            from emitter.journal import write_standalone
+        agentreports.report_untrusted(self, jf)
 
-            # Node and cluster are ours, never the untrusted file's.
-            write_standalone(self.s.journal, [spool.untrusted_record(jf, kept_as)], node=self.s.node,
-                             cluster=self._cluster or None)
-            self.stats.untrusted_reports += 1
-        except Exception as exc:  # noqa: BLE001 - a report must not stop shipping
-            self.log(f"could not record the untrusted file {jf.path}: {exc}; it stays where it is, "
-                     "unshipped, and is reported again on the next start")
-            return
-        # Report first, then move: a crash in between reports it twice, never zero times.
-        if not spool.set_aside(jf.path, kept_as) and os.path.lexists(jf.path):
-            self.log(f"could not move {jf.path} to {kept_as}; it stays, unshipped, and is "
-                     "reported again on the next start")
+    def _report_stuck(self, jf: spool.JournalFile) -> None:
+        agentreports.report_stuck(self, jf)
 
     def _snapshots(self, jf: spool.JournalFile) -> list[dict]:
         started = jf.started or {}
-        if started.get(c.R_CONTEXT) not in ("prolog_slurmd", "epilog_slurmd"):
+        if jf.attested_uid or started.get(c.R_CONTEXT) not in ("prolog_slurmd", "epilog_slurmd"):
             return []
         job = started.get(c.R_JOB) or {}
         out = []
@@ -347,6 +314,8 @@ class Agent:
     def _spans_of(self, jf: spool.JournalFile) -> list:
         abandoned = jf.mtime_ns if jf.state == spool.ABANDONED else None
         req = otlp.fitted_trace(jf.entries, abandoned_ts=abandoned, gpu_snapshots=self._snapshots(jf))
+        for rs in req.resource_spans:  # who wrote it: the spool's owner as stat()ed, not the records
+            otlp._attrs(rs.resource.attributes, {c.A_ATTESTED_UID: int(jf.attested_uid)})
         return otlp.sdk_spans(req)
 
     def ship_files(self, files: list) -> bool:
@@ -377,6 +346,7 @@ class Agent:
             return False
         self.stats.duplicates += sum(1 for a in self.exporter.last_acks if getattr(a, "duplicate", False))
         for jf in todo:
+            self.heads.observe(rec for _, rec in jf.entries)
             spool.remove(jf.path)
             self.stats.files += 1
             self.stats.records += len(jf.entries)
@@ -398,18 +368,19 @@ class Agent:
         self._backoff = self.s.backoff_min_s
 
     def run_once(self, files=None) -> tuple[int, int]:
-        """Ship every ready file in order; (shipped, still waiting).  Stops at the
-        first failure so files leave the journal in sequence order.  Damage
-        reports written during the pass are new files: ship them in the same call."""
+        """Ship every ready file in order; (shipped, still waiting or stuck).  Stops
+        at the first failure so files leave the journal in sequence order.  Damage
+        and stuck reports written during the pass are new files: ship them in
+        the same call.  A file too large to ship counts as left (it stays)."""
         total = 0
         for _ in range(3):
-            reports = self.stats.damage_reports + self.stats.untrusted_reports
+            reports = self.stats.damage_reports + self.stats.untrusted_reports + self.stats.stuck
             shipped, left = self._pass(files)
             files = None
             total += shipped
-            if left or self.stats.damage_reports + self.stats.untrusted_reports == reports:
-                return total, left
-        return total, left
+            if left or self.stats.damage_reports + self.stats.untrusted_reports + self.stats.stuck == reports:
+                break
+        return total, left + len(self._stuck)
 
     def _pass(self, files=None) -> tuple[int, int]:
         files = self.scan() if files is None else files
@@ -417,6 +388,10 @@ class Agent:
             if jf.state == spool.UNTRUSTED:
                 self._report_untrusted(jf)
         ready = spool.ready(files)
+        if self._stuck and time.monotonic() < self._stuck_retry_at:
+            ready = [jf for jf in ready if jf.path not in self._stuck]  # retried every STUCK_RETRY_S
+        else:
+            self._stuck_retry_at = time.monotonic() + STUCK_RETRY_S
         shipped = i = 0
         while i < len(ready) and not self._stop.is_set():
             window, size = [], 0
@@ -437,8 +412,7 @@ class Agent:
                     i += 1
                     continue
                 if "over the" in (self.exporter.last_error or "") or "max_payload" in (self.exporter.last_error or ""):
-                    self.log(f"cannot ship {jf.path}: {self.exporter.last_error}; it stays in the "
-                             "journal (the spool bound evicts it) and the files after it go on")
+                    self._report_stuck(jf)
                     i += 1
                     continue
                 return shipped, len(ready) - i
@@ -494,13 +468,22 @@ class Agent:
         subject = c.subject(c.SIGNAL_METRICS, self.cluster, self.s.node)
         while self._pending_metrics and not self._stop.is_set():
             ts, data = self._pending_metrics[0]
-            msg_id = c.message_id(self.cluster, self.s.node, c.SIGNAL_METRICS, str(ts))
+            # content-keyed: a duplicate is this node's same payload (docs/security.md)
+            msg_id = c.message_id(self.cluster, self.s.node, c.SIGNAL_METRICS, _sha256(data))
             try:
                 self.publisher.publish(subject, data, msg_id, c.CONTENT_TYPE_METRICS, self.s.publish_timeout_s)
             except Exception:  # noqa: BLE001 - kept for the next round
                 return
             self._pending_metrics.popleft()
             self.stats.metric_rounds += 1
+
+    def publish_heads(self, all_heads: bool = False) -> int:
+        """Publish the chain heads that moved (signed when the node has an NKey)."""
+        self._heads_at = time.monotonic()
+        n = chainheads.publish(self.publisher, self.heads, self._signer, self.s.publish_timeout_s,
+                               all_heads, self.log)
+        self.stats.heads += n
+        return n
 
     def _gpu_loop(self) -> None:
         while not self._stop.is_set():
@@ -513,37 +496,10 @@ class Agent:
 
     # ------------------------------------------------------------ node state
     def observe_node_state(self) -> dict | None:
-        """One look at this node's Slurm state; writes a node_event record
-        (shipped like any journal file) when its drain/down flags change."""
-        import shlex
-        import subprocess
+        """One look at this node's Slurm state (emitter.nodestate.observe)."""
+        from emitter import nodestate
 
-        cmd = shlex.split(self.s.node_state_cmd.format(node=self.s.node))
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.log(f"node state: {cmd[0]} failed ({exc}); next try in {self.s.node_state_interval_s}s")
-            return None
-        line = next((x for x in out.splitlines() if "State=" in x), None)
-        if line is None:
-            return None
-        state, reason = parse_scontrol_node(line)
-        flags = bad_flags(state)
-        if flags == self._node_flags:
-            return None
-        first = self._node_flags is None
-        self._node_flags = flags
-        if first and not flags:
-            return None  # a healthy node at start: nothing to report
-        rec = {c.R_KIND: c.K_NODE_EVENT, c.R_STATE: state, c.R_REASON: reason, c.R_SOURCE: "scontrol"}
-        try:
-            from emitter.journal import write_standalone
-
-            write_standalone(self.s.journal, [rec], node=self.s.node, cluster=self._cluster or None)
-        except Exception as exc:  # noqa: BLE001
-            self.log(f"node state {state}: could not record it ({exc})")
-            return None
-        return rec
+        return nodestate.observe(self)
 
     def _node_loop(self) -> None:
         while not self._stop.wait(self.s.node_state_interval_s):
@@ -554,6 +510,12 @@ class Agent:
         """Run until stop() (or one pass with ``once``).  Returns 0, or 1 when
         ``once`` left files behind because NATS was unreachable."""
         os.makedirs(self.s.journal, mode=0o700, exist_ok=True)
+        if os.geteuid() == 0:  # the parent of the per-uid spools (emitter/userspool.py)
+            from emitter.userspool import ensure_parent
+
+            problem = ensure_parent(self.s.journal)
+            if problem:
+                self.log(problem)
         try:
             files = self.scan()  # learn the GPU job map before the first GPU round
             self.start_gpu(thread=not once)
@@ -561,20 +523,24 @@ class Agent:
                 if self.gpu is not None:
                     self.gpu_round()  # the snapshot the hook spans below carry
                 shipped, left = self.run_once(files)
+                self.publish_heads()
                 if left:
-                    self.log(f"{left} journal file(s) not shipped ({self.exporter.last_error}); "
+                    self.log(f"{left} journal file(s) stayed behind, not shipped ({self.exporter.last_error}); "
                              "they stay in the journal for the next run")
                 return 1 if left else 0
             if self.s.node_state_interval_s > 0:
                 threading.Thread(target=self._node_loop, name="hookscope-node", daemon=True).start()
             while not self._stop.is_set():
                 shipped, left = self.run_once()
-                if left:
+                if self.s.head_interval_s and time.monotonic() - self._heads_at >= self.s.head_interval_s:
+                    self.publish_heads()
+                if left > len(self._stuck):  # an outage, not just files too large to ship
                     wait = self._backoff * (0.5 + random.random())
                     self._backoff = min(self._backoff * 2, self.s.backoff_max_s)
                 else:
                     wait = self.s.poll_interval_s
                 self._stop.wait(wait)
+            self.publish_heads(all_heads=True)  # at stop: every head, so the last word is signed
             return 0
         finally:
             self.close()

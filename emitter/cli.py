@@ -13,6 +13,8 @@ import sys
 COMMANDS = {
     "run": ("emitter.runcli:run_main", "Run a hook directory the way Slurm/the platform would, recorded"),
     "plan": ("emitter.runcli:plan_main", "Show what 'run' would run, in order, and what it would skip"),
+    "exec": ("emitter.execcli:exec_main", "Run one script as its caller would (a platform's dispatcher), recorded"),
+    "run-parts": ("emitter.execcli:run_parts_main", "Debian run-parts, option for option, every part recorded"),
     "agent": ("emitter.agentcli:agent", "Ship the node journal and GPU metrics over NATS JetStream"),
     "collect": ("collector.cli:collect", "Consume JetStream into DuckDB and the Parquet archive"),
     "rebuild": ("collector.cli:rebuild", "Rebuild the DuckDB store from the Parquet archive or the stream"),
@@ -61,10 +63,11 @@ def main(argv=None):
     except (ImportError, AttributeError) as exc:
         sys.stderr.write(f"hookscope {name}: not available in this installation ({exc})\n")
         return 2
-    if name in ("run", "plan"):
+    if name in ("run", "plan", "exec", "run-parts"):
         return fn(rest)
     # click command: standalone mode handles usage errors and exit codes.
-    return fn.main(args=rest, prog_name=f"hookscope {name}")
+    # -h as well as --help on every click command, whatever its module declares
+    return fn.main(args=rest, prog_name=f"hookscope {name}", help_option_names=["-h", "--help"])
 
 
 if __name__ == "__main__":

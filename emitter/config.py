@@ -12,6 +12,11 @@ On the hook's hot path: ``tomllib`` is imported only when a file exists.
 import os
 
 from emitter import EmitterError, contract
+from emitter.configcache import CACHE_KEEP as _CACHE_KEEP  # noqa: F401 (tests)
+from emitter.configcache import TRUSTED_TAG as _TRUSTED_TAG
+from emitter.configcache import cache_get as _cache_get
+from emitter.configcache import cache_last as _cache_last
+from emitter.configcache import cache_put as _cache_put
 
 DEFAULT_PATH = "/etc/hookscope/hookscope.toml"
 ENV_CONFIG = "HOOKSCOPE_CONFIG"
@@ -37,20 +42,28 @@ _NUM = (int, float)
 RUNNER_KEYS = {
     "layout": (str, "slurm", "layout preset: slurm, slinky, run-parts, tensorwave"),
     "journal_dir": (str, contract.JOURNAL_DIR_DEFAULT, "node-local journal spool"),
-    "timeout_s": (_NUM, 0, "per-script budget in seconds; 0 = none (Slurm's PrologEpilogTimeout applies)"),
-    "kill_grace_s": (_NUM, 1.0, "seconds between SIGTERM and SIGKILL when the budget expires"),
-    "safe_path": (str, SAFE_PATH, "PATH given to scripts when PATH is unset (slurmd's case)"),
-    "strict": ((bool, str), "auto", "permission checks: true, false, or auto (on when running as root)"),
+    "timeout_s": (_NUM, 0, "per-script budget in seconds, as slurmd gives each script the full "
+                           "PrologEpilogTimeout; 0 = none (see docs/config.md for slurm.conf's value)"),
+    "kill_grace_s": (_NUM, 1.0, "deprecated, ignored by the runner: it ends a script as slurmd does "
+                                "(SIGTERM, SIGKILL 10 ms later); still accepted so old files load"),
+    "safe_path": (str, SAFE_PATH, "PATH given to scripts when PATH is unset and add_safe_path is on"),
+    "add_safe_path": (bool, False, "give scripts safe_path as PATH when they have none (slurmd gives none)"),
+    "strict": ((bool, str), "auto", "permissions: \"auto\"/\"record\" (findings, run as slurmd would), "
+                                     "true/\"enforce\" (refuse, 126), false/\"off\""),
     "empty_ok": (bool, False, "an empty hook directory succeeds (with a warning) instead of failing"),
     "keep_going": (bool, False, "run-parts layout: run every script, exit 1 if any failed"),
     "output_bytes": (int, 16384, "tail of combined output kept per script"),
     "output_on": (str, "failure", "store output in the journal on: failure, always, never"),
     "passthrough": (bool, True, "copy the scripts' output to the runner's own stdout/stderr"),
     "redact": (list, [], "extra regular expressions whose matches are replaced by [REDACTED]"),
+    "redact_budget_s": (_NUM, 0.5, "wall-clock budget of the site's redact patterns per stored output; "
+                                   "over it, the output is withheld"),
     "redact_builtin": (bool, True, "apply the built-in secret patterns (tokens, passwords, keys)"),
     "spool_max_bytes": (int, 256 * 1024 * 1024, "journal spool bound; oldest shipped-ready files evicted"),
     "fsync": (bool, True, "fdatasync the hook's journal file once at hook end"),
-    "node": (str, "", "node name in records (default: short hostname)"),
+    "journal_batch": (bool, True, "write a script's script_ended with the next script_started (or "
+                                  "hook_ended): one locked write instead of two; false writes each at once"),
+    "node": (str, "", "node name in records (default: $SLURMD_NODENAME, then the short hostname)"),
     "cluster": (str, "", "cluster name in records (default: SLURM_CLUSTER_NAME)"),
     "log_file": (str, "", "tensorwave per-node log file ({node} is replaced); '' = layout default"),
     "export": (str, "none", "after the hook: none, or direct (ship the file at once)"),
@@ -71,6 +84,22 @@ _CHOICES = {
     "non_executable": ("fail", "skip", "skip_warn"),
     "empty": ("fail", "ok"),
 }
+#: numeric [runner] key -> (minimum, maximum, why that maximum)
+_RANGES = {
+    "timeout_s": (0, 65535, "Slurm's own hook timeouts are 16-bit seconds"),
+    "kill_grace_s": (0, 3600, "an hour between SIGTERM and SIGKILL"),
+    "export_deadline_s": (0, 60, "the deadline holds up the hook"),
+    "redact_budget_s": (0, 60, "the budget holds up the hook"),
+    "output_bytes": (0, 64 * 1024 * 1024, "64 MiB per script"),
+    "spool_max_bytes": (0, 1 << 50, "1 PiB"),
+}
+_STRICT = ("auto", "record", "enforce", "off")
+#: [runner] keys still accepted (old files load) that no longer do anything:
+#: key -> what to say (a hook_started warning, and ``hookscope plan``)
+DEPRECATED = {"kill_grace_s": "runner.kill_grace_s is deprecated and ignored: the runner ends a script as "
+                              "slurmd does (SIGTERM to its group, SIGKILL 10 ms later); remove the key"}
+#: keys naming a node or cluster: they become file names and subject tokens
+_NAME_KEYS = ("node", "cluster")
 
 
 class ConfigError(EmitterError):
@@ -108,7 +137,13 @@ def load_config(path=None):
         raise ConfigError(p, f"cannot open ({exc.strerror})", "check its permissions") from None
     try:
         st = os.fstat(fd)
-        stamp = (os.path.abspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if os.geteuid() == 0:
+            problems = _untrusted(p, st)
+            if problems:
+                os.close(fd)
+                raise UntrustedError(p, "config file", problems, _fallback_note(p))
+        stamp = (os.path.abspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                 _TRUSTED_TAG)
         cached = _cache_get(stamp)
         if cached is not None:
             os.close(fd)
@@ -117,101 +152,66 @@ def load_config(path=None):
             data = f.read()
     except OSError as exc:
         raise ConfigError(p, f"cannot read ({exc.strerror})", "check the file and its disk") from None
-    cfg = _parse(p, data)
+    try:
+        cfg = _parse(p, data)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the parser hits, the caller gets a ConfigError
+        raise ConfigError(p, f"cannot be parsed ({type(exc).__name__}: {exc})") from None
     _cache_put(stamp, cfg)
     return cfg
 
 
-def _cache_file(config_path):
-    """One cache file per (euid, config path): concurrent users of other files never thrash it."""
-    d = os.environ.get("HOOKSCOPE_CACHE_DIR")
-    if not d:
-        if os.geteuid() == 0:
-            d = "/run/hookscope"
-        else:
-            rt = os.environ.get("XDG_RUNTIME_DIR")
-            if not rt:
-                return None
-            d = os.path.join(rt, "hookscope")
-    from emitter.journal import _sha256
+class UntrustedError(ConfigError):
+    """Root was about to obey a file that a non-root user owns or can write."""
 
-    key = _sha256(os.fsencode(config_path)).hexdigest()[:16]
-    return os.path.join(d, f"config.{os.geteuid()}.{key}.marshal")
+    def __init__(self, path, what, problems, note=""):
+        self.path, self.problem, self.problems = path, "; ".join(problems), list(problems)
+        EmitterError.__init__(self, f"refusing {what} {path}: {self.problem}"
+                                    f"{'; ' + note if note else ''}; fix: chown root:root {path} && "
+                                    f"chmod go-w {path} (and the same for any directory named above)")
 
 
-def _cache_get(stamp):
-    """The cached config for ``stamp``, trusted only if we own it and nobody else can write it."""
-    path = _cache_file(stamp[0])
-    if path is None:
-        return None
+def _untrusted(path, st=None):
+    """Problems of ``path`` (its stat ``st`` when already open) and its directory chain, as root."""
+    from emitter import trust
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        dst = os.stat(os.path.dirname(path))
-        euid = os.geteuid()
-        if st.st_uid != euid or st.st_mode & 0o077 or dst.st_uid != euid or dst.st_mode & 0o022:
-            return None
-        import marshal
-
-        data = b""
-        while True:
-            b = os.read(fd, 1 << 16)
-            if not b:
-                break
-            data += b
-        got_stamp, cfg = marshal.loads(data)
-        return cfg if got_stamp == stamp else None
-    except (OSError, ValueError, EOFError, TypeError):
-        return None
-    finally:
-        os.close(fd)
+        if st is None:
+            return trust.file_problems(path, 0, "config file")
+        real = os.path.realpath(path)
+        why = trust.problem(st, 0, "config file", path if real == os.path.abspath(path) else f"{path} (-> {real})")
+        return ([why] if why else []) + trust.chain_problems(os.path.dirname(real), 0)
+    except OSError as exc:
+        return [f"config file {path} cannot be checked ({exc.strerror})"]
 
 
-def _cache_put(stamp, cfg):
-    """Best effort: a cache that cannot be written only costs the next hook a parse."""
-    path = _cache_file(stamp[0])
-    if path is None:
+def check_trusted(path, what="file", euid=None):
+    """Raise UntrustedError (a ConfigError) when, as root, ``path`` -- a config
+    file, a credential file, a directory whose contents root obeys -- or any
+    directory above it is owned or writable by a non-root user.  The message
+    names the file and the bit.  Not root: nothing to check (the file's owner
+    is the only one who could act on it).  For the agent and the collector.
+    """
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
         return
-    import marshal
+    from emitter import trust
 
     try:
-        data = marshal.dumps((stamp, cfg))
-    except ValueError:  # a value marshal cannot hold (TOML datetimes): no cache
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        _cache_trim(os.path.dirname(path))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        problems = trust.file_problems(path, 0, what)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        return  # missing or unreadable: the caller's own open says so
+    if problems:
+        raise UntrustedError(path, what, problems)
 
 
-_CACHE_KEEP = 32
-
-
-def _cache_trim(d):
-    """Keep the newest few entries: one per config path, and a node has one or two."""
-    try:
-        names = [n for n in os.listdir(d) if n.endswith(".marshal")]
-        if len(names) < _CACHE_KEEP:
-            return
-        names.sort(key=lambda n: os.stat(os.path.join(d, n)).st_mtime_ns)
-        for n in names[: len(names) - _CACHE_KEEP + 1]:
-            os.unlink(os.path.join(d, n))
-    except OSError:
-        pass
+def _fallback_note(p):
+    if _cache_last(p) is not None:
+        what = "the last trusted version of it (cached when it was still safe)"
+    else:
+        what = "the built-in defaults"
+    return f"hookscope-hook and hookscope exec use {what} instead; other commands stop here"
 
 
 def _parse(p, data):
@@ -235,6 +235,10 @@ def salvage_config(path=None):
     validates on its own, drop the rest.  An unparsable file gives ``{}``.
     """
     p, _ = config_path(path)
+    if os.geteuid() == 0 and os.path.exists(p) and _untrusted(p):
+        # Never obey a file another user could have written, not even in part:
+        # its [runner.dirs] would choose what root runs.
+        return _cache_last(p) or {}
     try:
         with open(p, "rb") as f:
             data = f.read()
@@ -260,26 +264,16 @@ def salvage_config(path=None):
 
 
 def validate_runner(section, path="<config>"):
-    """Raise ConfigError for unknown keys, wrong types or bad values in [runner]."""
+    """Raise ConfigError for unknown keys, wrong types or bad values in [runner].
+
+    Every value is checked here, once: type, choice, range (non-finite numbers
+    such as ``inf`` and ``nan`` included), and strings that would break a path
+    or a name (NUL, control characters).
+    """
     if not isinstance(section, dict):
         raise ConfigError(path, "[runner] must be a table")
     for key, value in section.items():
-        if key not in RUNNER_KEYS:
-            known = ", ".join(sorted(RUNNER_KEYS))
-            raise ConfigError(path, f"unknown key runner.{key}", f"use one of: {known}")
-        types, _, _ = RUNNER_KEYS[key]
-        if isinstance(value, bool) and types in (_NUM, int):
-            raise ConfigError(path, f"runner.{key} must be a number, not {value!r}")
-        if not isinstance(value, types):
-            want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-            raise ConfigError(path, f"runner.{key} must be {want}, not {type(value).__name__} {value!r}")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(path, f"runner.{key} = {value!r}; choose one of {', '.join(_CHOICES[key])}")
-        if types in (_NUM, int) and value < 0:
-            raise ConfigError(path, f"runner.{key} must not be negative ({value!r})")
-    strict = section.get("strict")
-    if isinstance(strict, str) and strict != "auto":
-        raise ConfigError(path, f"runner.strict = {strict!r}; use true, false or \"auto\"")
+        _check_key(path, key, value)
     for pat in section.get("redact", []):
         if not isinstance(pat, str):
             raise ConfigError(path, f"runner.redact entries must be strings, not {pat!r}")
@@ -302,10 +296,67 @@ def validate_runner(section, path="<config>"):
                               f"use one of: {', '.join(contract.CONTEXTS)}")
         if not (isinstance(d, str) or (isinstance(d, list) and d and all(isinstance(x, str) for x in d))):
             raise ConfigError(path, f"runner.dirs.{ctx} must be a directory or a non-empty list of them")
+        for x in [d] if isinstance(d, str) else d:
+            if not x or "\0" in x:
+                raise ConfigError(path, f"runner.dirs.{ctx} has an empty path or a NUL byte ({x!r})")
 
 
-def runner_settings(cfg=None, **overrides):
-    """The resolved [runner] settings: overrides (not None) > file > defaults."""
+def _check_key(path, key, value):
+    if key not in RUNNER_KEYS:
+        known = ", ".join(sorted(RUNNER_KEYS))
+        raise ConfigError(path, f"unknown key runner.{key}", f"use one of: {known}")
+    types, _, _ = RUNNER_KEYS[key]
+    if isinstance(value, bool) and types in (_NUM, int):
+        raise ConfigError(path, f"runner.{key} must be a number, not {value!r}")
+    if not isinstance(value, types):
+        want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise ConfigError(path, f"runner.{key} must be {want}, not {type(value).__name__} {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(path, f"runner.{key} = {value!r}; choose one of {', '.join(_CHOICES[key])}")
+    if key == "strict" and isinstance(value, str) and value not in _STRICT:
+        raise ConfigError(path, f"runner.strict = {value!r}; use true, false, \"auto\", \"record\", "
+                                "\"enforce\" or \"off\"")
+    if types in (_NUM, int):
+        _check_number(path, key, value)
+    if isinstance(value, str):
+        _check_string(path, key, value)
+
+
+def _check_number(path, key, value):
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(path, f"runner.{key} = {value!r} is not a finite number",
+                          f"write a plain number of seconds/bytes for runner.{key}")
+    if value < 0:
+        raise ConfigError(path, f"runner.{key} must not be negative ({value!r})")
+    lo, hi, why = _RANGES.get(key, (0, 1 << 62, "a 63-bit count"))
+    if not lo <= value <= hi:
+        raise ConfigError(path, f"runner.{key} = {value!r} is out of range ({lo} to {hi}: {why})",
+                          f"set runner.{key} to at most {hi}")
+
+
+def _check_string(path, key, value):
+    if "\0" in value:
+        raise ConfigError(path, f"runner.{key} contains a NUL byte", f"remove it from runner.{key}")
+    if key in _NAME_KEYS and value and not name_ok(value):
+        raise ConfigError(path, f"runner.{key} = {value!r} is not a usable name (letters, digits, '.', '_', "
+                                "'-', at most 255 characters)", f"fix runner.{key}, or remove it for the default")
+    if key == "journal_dir" and not value:
+        raise ConfigError(path, "runner.journal_dir is empty", "remove it for the default or name a directory")
+
+
+def name_ok(name):
+    """A node or cluster name that can be a file name part and a subject token source."""
+    return 0 < len(name) <= 255 and name not in (".", "..") and all(
+        c.isalnum() or c in "._-" for c in name) and name.isascii()
+
+
+def runner_settings(cfg=None, *, env=None, context=None, **overrides):
+    """The resolved [runner] settings: overrides (not None) > file > defaults.
+
+    ``node`` is resolved here, once (see :func:`resolve_node`): an explicit
+    override wins, then the node name Slurm gives the hook, then the file's,
+    then the host name.  ``env``/``context`` default to the process's.
+    """
     section = (cfg or {}).get("runner", {})
     out = {k: (section[k] if k in section else d) for k, (_, d, _) in RUNNER_KEYS.items()}
     for k, v in overrides.items():
@@ -313,7 +364,37 @@ def runner_settings(cfg=None, **overrides):
             if k not in RUNNER_KEYS:
                 raise ConfigError("<arguments>", f"unknown runner setting {k!r}")
             out[k] = v
+    if not overrides.get("node"):
+        env = os.environ if env is None else env
+        out["node"] = resolve_node(out["node"], context or env.get("SLURM_SCRIPT_CONTEXT"), env)
     return out
+
+
+#: Hook contexts run by slurmctld: the record's node is the controller.
+CONTROLLER_CONTEXTS = ("prolog_slurmctld", "epilog_slurmctld")
+
+
+def resolve_node(configured, context, env):
+    """The node name for records.
+
+    On a node: ``$SLURMD_NODENAME`` (slurmd's own name for itself, which
+    ``NodeHostname=``, ``slurmd -N`` and pods make differ from the host
+    name), then ``runner.node``, then the short host name.
+
+    On the controller (PrologSlurmctld/EpilogSlurmctld): slurmctld builds
+    the hooks' environment from scratch (prep_script_slurmctld.c: the job's
+    variables and SLURM_SCRIPT_CONTEXT) and names no host; it knows itself as
+    the SlurmctldHost entry matching its short host name.  So: ``runner.node``
+    (a site that names its controllers differently says so there), then the
+    short host name.  A SLURMD_NODENAME there would be another daemon's.
+    """
+    if context not in CONTROLLER_CONTEXTS:
+        name = env.get("SLURMD_NODENAME")
+        if name and name_ok(name):
+            return name
+    if configured:
+        return configured
+    return os.uname().nodename.split(".")[0]
 
 
 def context_dirs(settings, context):
@@ -326,8 +407,19 @@ def context_dirs(settings, context):
     return [d] if isinstance(d, str) else list(d)
 
 
+def deprecations(cfg):
+    """Warnings for the deprecated [runner] keys that ``cfg`` sets."""
+    section = (cfg or {}).get("runner", {})
+    return [msg for key, msg in DEPRECATED.items() if isinstance(section, dict) and key in section]
+
+
 def strict_enabled(value):
-    """strict = "auto" means on when the runner is root (slurmd's case)."""
-    if value == "auto":
-        return os.geteuid() == 0
-    return bool(value)
+    """The permission mode of a ``strict`` value: "off", "record" or "enforce".
+
+    ``"auto"`` (the default) records unsafe ownership and modes as findings
+    and runs what slurmd would run; ``true`` keeps its old meaning, enforce.
+    The result is what layouts.plan(strict=...) takes.
+    """
+    from emitter.layouts import strict_mode
+
+    return strict_mode(value)

@@ -26,16 +26,62 @@ CONTEXTS = (
     "epilog_task",
     "prolog_srun",
     "epilog_srun",
+    # Boot-time init scripts (INIT_CONTEXTS below): run by a platform's
+    # node-start entrypoint through ``hookscope run --context init_worker``.
+    "init_worker",
+    "init_login",
 )
 #: Slurm's drain reason when a hook of this context fails (None: no drain).
 DRAIN_REASON = {
     "prolog_slurmd": "Prolog error",
     "epilog_slurmd": "Epilog error",
 }
+#: Contexts Slurm never starts: a node's boot-time init scripts (Slinky's and
+#: SUNK's worker/login images run them before slurmd/sackd accept work).
+INIT_CONTEXTS = ("init_worker", "init_login")
+
+#: What a failure of each context does, in Slurm's own words (Slurm's "Prolog
+#: and Epilog Guide", slurm.conf(5) Prolog/SchedulerParameters, slurmd's
+#: _launch_job_fail and slurmctld's prep_prolog_slurmctld_callback).
+#: ``hook``: the slurm.conf parameter; ``node``: the node state Slurm sets;
+#: ``batch``/``interactive``: what happens to a batch job and to an
+#: interactive one (salloc, srun); ``batch_reason``: the Reason squeue and
+#: scontrol show; ``nohold``: the batch outcome when SchedulerParameters has
+#: nohold_on_prolog_fail; ``scope``: what is stopped (job, step, task, or
+#: nothing: "logged" / "boot").  Documented in docs/queries.md.
+CONSEQUENCE = {
+    "prolog_slurmd": {"hook": "Prolog", "scope": "job", "node": "DRAIN",
+                      "batch": "requeued held", "batch_reason": "launch failed requeued held",
+                      "nohold": "requeued", "interactive": "cancelled"},
+    "epilog_slurmd": {"hook": "Epilog", "scope": "logged", "node": "DRAIN",
+                      "batch": None, "interactive": None},
+    "prolog_slurmctld": {"hook": "PrologSlurmctld", "scope": "job", "node": None,
+                         "batch": "requeued", "interactive": "cancelled",
+                         "message": "PrologSlurmctld failed, job killed"},
+    "epilog_slurmctld": {"hook": "EpilogSlurmctld", "scope": "logged", "node": None,
+                         "batch": None, "interactive": None},
+    "prolog_task": {"hook": "TaskProlog", "scope": "task", "node": None,
+                    "batch": "task cancelled", "interactive": "task cancelled"},
+    "epilog_task": {"hook": "TaskEpilog", "scope": "logged", "node": None,
+                    "batch": None, "interactive": None},
+    "prolog_srun": {"hook": "SrunProlog", "scope": "step", "node": None,
+                    "batch": "step cancelled", "interactive": "step cancelled"},
+    "epilog_srun": {"hook": "SrunEpilog", "scope": "logged", "node": None,
+                    "batch": None, "interactive": None},
+    "init_worker": {"hook": "worker init script", "scope": "boot", "node": None,
+                    "batch": None, "interactive": None},
+    "init_login": {"hook": "login init script", "scope": "boot", "node": None,
+                   "batch": None, "interactive": None},
+}
 
 # ---------------------------------------------------------------- journal
 #: One journal file per hook invocation, JSON lines, canonical JSON per line.
 JOURNAL_DIR_DEFAULT = "/var/spool/hookscope/journal"
+#: Per-owner spools of non-root hook runs: ``<journal_dir>.users/<uid>/``, a
+#: sibling of the journal (root-owned sticky parent mode USER_SPOOLS_MODE, one
+#: 0700 dir per uid; emitter/userspool.py, docs/journal.md "Per-owner spools").
+USER_SPOOLS_SUFFIX = ".users"
+USER_SPOOLS_MODE = 0o1733
 JOURNAL_SUFFIX = ".jsonl"
 #: File holding the node's hash-chain head ("<seq> <hash> <chain>"), updated under flock.
 CHAIN_HEAD_FILE = "chain.head"
@@ -95,12 +141,43 @@ R_DURATION_NS = "duration_ns"
 R_OUTPUT = "output"  # combined stdout+stderr tail, redacted; only on failure by default
 R_OUTPUT_TRUNCATED = "output_truncated"
 R_EXPORTED = "exported"  # TaskProlog: names the scripts exported
+#: script_ended: ns from the spawn until the script process itself exited
+#: (duration_ns runs until its output pipe reached EOF, as slurmd waits); None
+#: when it never exited on its own before the record (killed runner).
+R_EXIT_NS = "exit_ns"
+#: script_ended: processes the script left behind (docs/runner.md "Leftovers"):
+#: a list of {LO_PID, LO_CMD, LO_HELD_NS, LO_FATE}.  Empty when none.
+R_LEFTOVERS = "leftovers"
+LO_PID = "pid"
+LO_CMD = "cmd"  # /proc/PID/cmdline, NULs as spaces, at most 256 characters
+#: ns it held the hook (the output pipe) after the script exited; None when it
+#: held no hook (it only stayed in the script's process group, or run-parts
+#: style, where the next script starts without waiting for it)
+LO_HELD_NS = "held_ns"
+#: "exited" (before the pipe's EOF), "killed" (by the end-of-script SIGTERM/
+#: SIGKILL of the script's group, as slurmd does), "running" (still alive and
+#: outside the group: setsid'd, or a run-parts daemon)
+LO_FATE = "fate"
+LO_FATES = ("exited", "killed", "running")
+#: script_ended and hook_ended: the signal (SIGTERM from slurmd's own timeout)
+#: that terminated the runner while this script ran, or None.  A script with it
+#: set was killed by the runner's termination, not by a failure of its own.
+R_RUNNER_SIGNAL = "runner_signal"
 R_UNSET = "unset"
 # hook_ended
 R_N_SCRIPTS = "n_scripts"
 R_FAILED_INDEX = "failed_index"  # index of the script that decided the failure, or None
 R_STATUS = "status"  # the exit status the runner returned to Slurm
 R_WARNINGS = "warnings"  # list of strings (journal trouble, empty dir, ...)
+#: A permission finding (a file or directory root runs or reads that another
+#: user owns or can write; runner.strict "auto"/"record") is a hook_started
+#: warning that starts with this prefix, one per file or directory, naming the
+#: path and the bit: "finding: script /etc/slurm/prolog.d/x is writable by
+#: group (mode 0775, bit g+w)".  The hook still ran it, as slurmd would.
+FINDING_PREFIX = "finding: "
+#: script_started: the findings of that script alone (list of strings, without
+#: the prefix); absent when there are none.
+R_FINDINGS = "findings"
 # spool_evicted
 R_EVICTED_FILES = "files"
 R_EVICTED_BYTES = "bytes"
@@ -136,6 +213,10 @@ A_SERVICE_VERSION = "service.version"
 A_HOST_NAME = "host.name"
 A_CLUSTER = "slurm.cluster.name"
 A_SCHEMA_VERSION = "hookscope.schema.version"
+#: Resource attribute the agent sets on every span message: the uid that
+#: owns the spool the records came from (stat()ed by the agent, never read
+#: from the payload); 0 for root's journal.
+A_ATTESTED_UID = "hookscope.attested_uid"
 
 # Span kinds we emit, in attribute A_SPAN_TYPE.
 A_SPAN_TYPE = "hookscope.span.type"
@@ -214,29 +295,72 @@ E_GPU_SNAPSHOT = "hookscope.gpu.snapshot"
 EA_OUTPUT_TEXT = "hookscope.output.text"
 EA_OUTPUT_TRUNCATED = "hookscope.output.truncated"
 
-# GPU metrics (OTLP gauges; semantic conventions hw.* where they exist).
+# GPU metrics.  The keys of a GPU sample's ``metrics`` and, where a name maps
+# one to one, the OTLP metric name: OpenTelemetry hardware semantic
+# conventions (SEMCONV_SCHEMA_URL) where they exist, hookscope's own facts
+# under hookscope.gpu.*.  Instrument kinds, units and extra attributes:
+# GPU_OTLP below; the names before this (hw.gpu.power, ...) in
+# LEGACY_GPU_METRICS, which readers still accept (docs/contract.md).
 M_GPU_UTILIZATION = "hw.gpu.utilization"  # ratio 0..1
 M_GPU_MEMORY_USAGE = "hw.gpu.memory.usage"  # bytes
 M_GPU_MEMORY_LIMIT = "hw.gpu.memory.limit"  # bytes
-M_GPU_POWER = "hw.gpu.power"  # watts
-M_GPU_TEMPERATURE = "hw.gpu.temperature"  # celsius
-M_GPU_CLOCK_SM = "hw.gpu.clock.sm"  # MHz
-M_GPU_ECC_SBE = "hw.gpu.ecc.errors.corrected"  # count, volatile
-M_GPU_ECC_DBE = "hw.gpu.ecc.errors.uncorrected"
-M_GPU_XID = "hw.gpu.xid"  # last XID / RAS event code seen, 0 if none
-M_GPU_RETIRED_PAGES = "hw.gpu.retired_pages"  # retired pages or remapped rows
-M_GPU_THROTTLE = "hw.gpu.throttle_reasons"  # bitmask as reported by the driver
+M_GPU_POWER = "hw.power"  # watts, hw.type=gpu
+M_GPU_TEMPERATURE = "hw.temperature"  # celsius, hw.type=gpu
+M_GPU_CLOCK_SM = "hookscope.gpu.clock.sm"  # MHz
+# The two ECC counts are one OTLP metric, hw.errors, told apart by error.type:
+# these two keys name them inside a sample (and in the span's GPU snapshot).
+M_GPU_ECC_SBE = "hookscope.gpu.ecc.corrected"  # count, volatile
+M_GPU_ECC_DBE = "hookscope.gpu.ecc.uncorrected"
+M_GPU_XID = "hookscope.gpu.xid"  # last XID / RAS event code seen, 0 if none
+M_GPU_RETIRED_PAGES = "hookscope.gpu.retired_pages"  # retired pages or remapped rows
+M_GPU_THROTTLE = "hookscope.gpu.throttle_reasons"  # bitmask as reported by the driver
 GPU_METRICS = (
     M_GPU_UTILIZATION, M_GPU_MEMORY_USAGE, M_GPU_MEMORY_LIMIT, M_GPU_POWER,
     M_GPU_TEMPERATURE, M_GPU_CLOCK_SM, M_GPU_ECC_SBE, M_GPU_ECC_DBE,
     M_GPU_XID, M_GPU_RETIRED_PAGES, M_GPU_THROTTLE,
 )
 # GPU data point attributes.
-A_GPU_INDEX = "hw.gpu.index"
+A_GPU_INDEX = "hookscope.gpu.index"  # minor number: what CUDA_VISIBLE_DEVICES names in Prolog/Epilog
 A_GPU_ID = "hw.id"  # UUID
 A_GPU_MODEL = "hw.model"
 A_GPU_VENDOR = "hw.vendor"
 A_GPU_SOURCE = "hookscope.gpu.source"  # nvml | amdsmi | replay
+A_GPU_MIG = "hookscope.gpu.mig"  # MIG mode (bool), where the GPU has one
+A_HW_TYPE = "hw.type"  # "gpu" on every GPU data point
+A_ERROR_TYPE = "error.type"  # hw.errors: "corrected" | "uncorrected"
+HW_TYPE_GPU = "gpu"
+M_HW_ERRORS = "hw.errors"
+#: Semantic conventions version the GPU metric names follow (schema_url).
+SEMCONV_SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+#: sample key -> (OTLP metric name, instrument, unit, extra data point attributes).
+#: instrument: "gauge" | "updowncounter" (Sum, not monotonic) | "counter" (Sum, monotonic);
+#: both Sums are cumulative.
+GPU_OTLP = {
+    M_GPU_UTILIZATION: ("hw.gpu.utilization", "gauge", "1", {}),
+    M_GPU_MEMORY_USAGE: ("hw.gpu.memory.usage", "updowncounter", "By", {}),
+    M_GPU_MEMORY_LIMIT: ("hw.gpu.memory.limit", "updowncounter", "By", {}),
+    M_GPU_POWER: ("hw.power", "gauge", "W", {}),
+    M_GPU_TEMPERATURE: ("hw.temperature", "gauge", "Cel", {}),
+    M_GPU_CLOCK_SM: ("hookscope.gpu.clock.sm", "gauge", "MHz", {}),
+    M_GPU_ECC_SBE: (M_HW_ERRORS, "counter", "{error}", {A_ERROR_TYPE: "corrected"}),
+    M_GPU_ECC_DBE: (M_HW_ERRORS, "counter", "{error}", {A_ERROR_TYPE: "uncorrected"}),
+    M_GPU_XID: ("hookscope.gpu.xid", "gauge", "1", {}),
+    M_GPU_RETIRED_PAGES: ("hookscope.gpu.retired_pages", "gauge", "{page}", {}),
+    M_GPU_THROTTLE: ("hookscope.gpu.throttle_reasons", "gauge", "1", {}),
+}
+#: OTLP metric names of schema version 1 before the semantic-conventions
+#: rename -> the sample key they carried; readers accept both (stored data).
+LEGACY_GPU_METRICS = {
+    "hw.gpu.power": M_GPU_POWER,
+    "hw.gpu.temperature": M_GPU_TEMPERATURE,
+    "hw.gpu.clock.sm": M_GPU_CLOCK_SM,
+    "hw.gpu.ecc.errors.corrected": M_GPU_ECC_SBE,
+    "hw.gpu.ecc.errors.uncorrected": M_GPU_ECC_DBE,
+    "hw.gpu.xid": M_GPU_XID,
+    "hw.gpu.retired_pages": M_GPU_RETIRED_PAGES,
+    "hw.gpu.throttle_reasons": M_GPU_THROTTLE,
+}
+LEGACY_A_GPU_INDEX = "hw.gpu.index"
 
 # ---------------------------------------------------------------- NATS
 SUBJECT_PREFIX = "hookscope"
@@ -245,6 +369,10 @@ SIGNAL_METRICS = "metrics"
 SUBJECT_DEADLETTER = "hookscope.deadletter"
 STREAM_NAME = "HOOKSCOPE"
 STREAM_SUBJECTS = ("hookscope.spans.>", "hookscope.metrics.>")
+#: Signed chain heads (emitter.chainheads): JSON, not OTLP, in the same stream
+#: (natsio.ensure_streams adds the subject; OTLP consumers read STREAM_SUBJECTS).
+SIGNAL_HEADS = "heads"
+HEADS_SUBJECTS = ("hookscope.heads.>",)
 DLQ_STREAM_NAME = "HOOKSCOPE_DLQ"
 DLQ_STREAM_SUBJECTS = ("hookscope.deadletter.>",)
 DURABLE_CONSUMER = "hookscope-collector"
@@ -253,6 +381,7 @@ HDR_SCHEMA = "Hookscope-Schema"
 HDR_CONTENT_TYPE = "Content-Type"
 CONTENT_TYPE_TRACES = "application/x-protobuf; otlp=traces"
 CONTENT_TYPE_METRICS = "application/x-protobuf; otlp=metrics"
+CONTENT_TYPE_HEADS = "application/json; hookscope=heads"
 #: Largest message we publish (NATS default max_payload is 1 MiB).
 MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -297,12 +426,78 @@ def canonical_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+#: {field path: sha256 hex of the field's UTF-8 value}, written by the journal
+#: (``journal.seal``) for every string longer than DIGEST_MIN_CHARS at the top
+#: level of a record ("output", "path") or in its job ("job.nodelist").  The
+#: record hash covers these digests instead of the values, so a value cut in
+#: transit to fit a message keeps the record verifiable (docs/journal.md).
+R_DIGESTS = "digests"
+#: {field path: the value's original length in characters}: set in transit
+#: (``otlp``) on a value it cut (output keeps its tail, others their head);
+#: outside the hash, and only a path listed in R_DIGESTS may be cut.
+R_CUT = "cut"
+DIGEST_MIN_CHARS = 256
+
+
+def digest_form(body):
+    """``body`` with each R_DIGESTS path's value replaced by "sha256:<digest>"
+    (a copy; ``body`` itself when it has no digests).  Pure, no hashing."""
+    dg = body.get(R_DIGESTS)
+    if not dg or type(dg) is not dict:
+        return body
+    out = dict(body)
+    for path, hexd in dg.items():
+        top, _, sub = str(path).partition(".")
+        if not sub:
+            if top in out:
+                out[top] = "sha256:" + str(hexd)
+        elif type(out.get(top)) is dict and sub in out[top]:
+            if out[top] is body.get(top):
+                out[top] = dict(out[top])
+            out[top][sub] = "sha256:" + str(hexd)
+    return out
+
+
 def record_hash(record):
-    """sha256 hex of the canonical JSON of ``record`` without its ``hash`` field."""
+    """sha256 hex of the canonical JSON of ``record`` without its ``hash``
+    (and transit ``cut``) field, long values replaced by their R_DIGESTS.
+    A record without R_DIGESTS (every record before they existed) hashes as
+    it always did."""
     import hashlib
 
-    body = {k: v for k, v in record.items() if k != R_HASH}
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    body = {k: v for k, v in record.items() if k != R_HASH and k != R_CUT}
+    return hashlib.sha256(canonical_json(digest_form(body)).encode("utf-8")).hexdigest()
+
+
+def digest_problems(record):
+    """[(path, problem)] for R_DIGESTS values that are not what the digest
+    covers: "cut" (shortened in transit: only the digest is verifiable) or
+    "altered" (full length but another text).  Empty when all match."""
+    import hashlib
+
+    dg = record.get(R_DIGESTS)
+    if not dg or type(dg) is not dict:
+        return []
+    cut = record.get(R_CUT) if type(record.get(R_CUT)) is dict else {}
+    out = []
+    for path, hexd in dg.items():
+        top, _, sub = str(path).partition(".")
+        v = record.get(top)
+        if sub:
+            v = v.get(sub) if type(v) is dict else None
+        if path in cut:
+            out.append((path, "cut"))
+        elif type(v) is not str or hashlib.sha256(v.encode("utf-8", "surrogatepass")).hexdigest() != hexd:
+            out.append((path, "altered"))
+    return out
+
+
+def chain_head_payload(cluster, node, chain, seq, hash_, ts_ns):
+    """The bytes a node signs (ed25519, its NKey) for one chain head: the
+    canonical JSON of {cluster, node, chain, seq, hash, ts}; ``ts`` in integer
+    ns, a whole number of microseconds (the store keeps microseconds)."""
+    return canonical_json({"cluster": cluster, "node": node, "chain": chain, "seq": int(seq),
+                           "hash": hash_, "ts": int(ts_ns)}).encode("utf-8")
 
 
 def trace_id(cluster, job_id, restart_count=0):
@@ -325,8 +520,22 @@ def script_span_id(hook_id, index):
 
 
 def message_id(cluster, node, signal, key):
-    """Nats-Msg-Id: stable across retries so JetStream drops the duplicates."""
+    """Nats-Msg-Id: stable across retries so JetStream drops the duplicates.
+
+    ``key`` is a content digest (``records_digest`` for spans, the sha256 of
+    the payload for metrics), so a duplicate is the same node's same content:
+    another node can neither predict the ID nor use it without the collector
+    dead-lettering its message (``identity_mismatch``, docs/security.md)."""
     return f"{subject_token(cluster)}.{subject_token(node)}.{signal}.{key}"
+
+
+def records_digest(texts):
+    """sha256 hex of a message's journal lines: the A_RECORDS value of every
+    span, in message order, joined by "\n" (the spans' Nats-Msg-Id key; the
+    collector recomputes it)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
 
 
 def inbox_prefix(node):

@@ -12,7 +12,6 @@ and are re-exported here.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict
 
 from emitter import contract
@@ -59,12 +58,18 @@ def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=No
         else:
             checks.append(Check("config", OK, f"{s.config_path} parsed (empty)"))
     except Exception as exc:  # ConfigError or TOML error: say which file and why
-        checks.append(Check("config", FAIL, f"{s.config_path}: {exc}",
-                            "fix the file (TOML syntax, known keys only), then run 'hookscope doctor' again"))
+        if type(exc).__name__ == "UntrustedError":
+            checks.append(Check("config", FAIL, f"{exc.problem}; as root, hookscope-hook ignores it (falls back "
+                                                "to the last trusted version or the defaults) and the agent and "
+                                                "collector refuse to start; the checks below use the defaults",
+                                f"chown root:root {s.config_path} && chmod 0644 {s.config_path}"))
+        else:
+            checks.append(Check("config", FAIL, f"{s.config_path}: {exc}",
+                                "fix the file (TOML syntax, known keys only), then run 'hookscope doctor' again"))
     runner = s.config.get("runner", {}) if isinstance(s.config.get("runner"), dict) else {}
     agent = s.config.get("agent", {}) if isinstance(s.config.get("agent"), dict) else {}
     s.slurm_conf = slurm_conf
-    s.journal_dir = str(_first(journal, os.environ.get("HOOKSCOPE_JOURNAL"),
+    s.journal_dir = str(_first(journal, os.environ.get("HOOKSCOPE_JOURNAL_DIR"), os.environ.get("HOOKSCOPE_JOURNAL"),
                                _get(runner, "journal_dir"), _get(agent, "journal", "journal_dir"),
                                contract.JOURNAL_DIR_DEFAULT))
     url = _first(nats, os.environ.get("HOOKSCOPE_NATS_URL"), _get(agent, "nats"), DEFAULT_NATS)
@@ -81,7 +86,10 @@ def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=No
     s.node = str(_first(os.environ.get("HOOKSCOPE_NODE"), runner.get("node"), _get(agent, "node"),
                         os.uname().nodename.split(".")[0]))
     t = _get(runner, "timeout_s", "timeout")
-    s.timeout_s = float(t) if isinstance(t, (int, float)) else None
+    s.timeout_s = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+    g = runner.get("kill_grace_s")
+    s.kill_grace_s = float(g) if isinstance(g, (int, float)) and not isinstance(g, bool) else 1.0
+    s.strict = runner.get("strict", "auto")
     dirs = runner.get("dirs", {}) if isinstance(runner.get("dirs"), dict) else {}
     if not dirs and not hook_dirs:  # the runner's defaults, where they exist on this node
         dirs = {ctx: d for ctx, d in _default_dirs().items() if os.path.isdir(d)}
@@ -132,72 +140,80 @@ def _load_config(path):
 
 
 # ------------------------------------------------------------------ slurm.conf
-_KV = re.compile(r"^\s*([A-Za-z]+)\s*=\s*(.*?)\s*$")
+def parse_slurm_conf(path: str) -> dict[str, str]:
+    """Key=value lines, keys lowercased, the last line of a key winning; follows ``Include``."""
+    from emitter import slurmconf
+
+    return {k: v[-1] for k, v in slurmconf.read(path).items()}
 
 
-def parse_slurm_conf(path: str, _depth: int = 0) -> dict[str, str]:
-    """Key=value lines, keys lowercased; follows ``Include`` (relative to the file)."""
-    out: dict[str, str] = {}
-    base = os.path.dirname(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for raw in f:
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            if line.lower().startswith("include ") and _depth < 5:
-                for inc in line.split(None, 1)[1].split():
-                    inc = inc if os.path.isabs(inc) else os.path.join(base, inc)
-                    if os.path.exists(inc):
-                        out.update(parse_slurm_conf(inc, _depth + 1))
-                continue
-            m = _KV.match(line)
-            if m and " " not in m.group(2):  # node/partition lines hold several pairs: not ours
-                out[m.group(1).lower()] = m.group(2).strip('"')
-    return out
+def _slurm_conf_path(s: Setup):
+    if s.slurm_conf is not None:
+        return s.slurm_conf
+    for cand in (os.environ.get("SLURM_CONF"), DEFAULT_SLURM_CONF, *CONFIGLESS_CACHES):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
 
 
 def check_slurm_conf(s: Setup) -> list[Check]:
-    path = s.slurm_conf
-    if path is None:
-        for cand in (os.environ.get("SLURM_CONF"), DEFAULT_SLURM_CONF, *CONFIGLESS_CACHES):
-            if cand and os.path.exists(cand):
-                path = cand
-                break
+    from emitter import slurmconf
+
+    path = _slurm_conf_path(s)
     if path is None or not os.path.exists(path):
         return [Check("slurm.conf", WARN, f"no slurm.conf at {path or DEFAULT_SLURM_CONF} (configless node "
                                           "without a cached copy, or not a Slurm node)",
                       "pass --slurm-conf PATH, or check the controller's slurm.conf")]
     try:
-        conf = parse_slurm_conf(path)
+        conf = slurmconf.read(path)
     except OSError as exc:
         return [Check("slurm.conf", FAIL, f"{path}: {exc}", f"make {path} readable")]
     out, wired = [], []
     for key in HOOK_KEYS:
-        val = conf.get(key.lower())
-        if not val:
-            continue
-        if os.path.basename(val).startswith(HOOK_BINARY):
-            if os.path.isfile(val) and os.access(val, os.X_OK):
-                wired.append(key)
+        for val in slurmconf.hook_values(conf, key):  # 24.05+: several lines of one key all run
+            if os.path.basename(val).startswith(HOOK_BINARY):
+                if os.path.isfile(val) and os.access(val, os.X_OK):
+                    wired.append(key)
+                else:
+                    out.append(Check("slurm.conf", FAIL, f"{key}={val}: no executable there; every {key} would "
+                                                         "fail (and drain the node)",
+                                     f"install hookscope so {val} exists, or point {key} at the installed "
+                                     f"{HOOK_BINARY} (which {HOOK_BINARY})"))
             else:
-                out.append(Check("slurm.conf", FAIL, f"{key}={val}: no executable there; every {key} would fail "
-                                                     "(and drain the node)",
-                                 f"install hookscope so {val} exists, or point {key} at the installed "
-                                 f"{HOOK_BINARY} (which {HOOK_BINARY})"))
-        else:
-            out.append(Check("slurm.conf", WARN, f"{key}={val} bypasses hookscope (not observed)",
-                             f"{key}=/opt/hookscope/bin/{HOOK_BINARY} and list the old scripts' dir in "
-                             "[runner.dirs]; see deploy/slurm/hookscope.conf.snippet"))
+                out.append(Check("slurm.conf", WARN, f"{key}={val} bypasses hookscope (not observed)",
+                                 f"{key}=/opt/hookscope/bin/{HOOK_BINARY} and list the old scripts' dir in "
+                                 "[runner.dirs]; see deploy/slurm/hookscope.conf.snippet"))
     if not wired and not any(c.status == FAIL for c in out):
         out.append(Check("slurm.conf", FAIL, f"{path}: no Prolog/Epilog/... line points to {HOOK_BINARY}",
                          "add the lines from deploy/slurm/hookscope.conf.snippet and 'scontrol reconfigure'"))
     if wired:
-        out.insert(0, Check("slurm.conf", OK, f"{path}: {', '.join(wired)} -> {HOOK_BINARY}"))
-    pet = conf.get("prologepilogtimeout")
-    if pet and s.timeout_s and pet.isdigit() and s.timeout_s >= int(pet):
-        out.append(Check("slurm.conf", WARN, f"runner timeout {s.timeout_s:g}s is not below PrologEpilogTimeout="
-                                             f"{pet}: slurmd would kill the runner before it records the timeout",
-                         f"set [runner] timeout_s below {pet}"))
+        out.insert(0, Check("slurm.conf", OK, f"{path}: {', '.join(dict.fromkeys(wired))} -> {HOOK_BINARY}"))
+    out += _timeout_checks(s, conf, wired)
+    if "runinjob" in slurmconf.prolog_flags(conf):
+        out.append(Check("slurm.conf", OK, "PrologFlags=RunInJob: the prolog (hookscope-hook, its scripts and "
+                                           "its journal write) runs inside the job's cgroup and counts against "
+                                           "the job's memory and CPU limits"))
+    return out
+
+
+def _timeout_checks(s: Setup, conf: dict, wired: list) -> list[Check]:
+    """slurmd's one timer covers the whole wrapper: it must fit N scripts' budgets."""
+    from emitter import layouts, slurmconf
+
+    out = []
+    for ctx, key in slurmconf.CONTEXT_KEY.items():
+        if key not in wired:
+            continue
+        dirs = s.hook_dirs.get(ctx) or (s.hook_dirs.get("--hook-dir") if ctx == "prolog_slurmd" else None) or []
+        try:
+            knobs = layouts.knobs_for(s.layout if s.layout in layouts.PRESETS else "slurm")
+        except layouts.LayoutError:
+            knobs = layouts.knobs_for("slurm")
+        n = len(layouts.counted(layouts.plan(dirs, knobs)[0])) if dirs else 0
+        v = slurmconf.timeout_verdict(conf, ctx, n, s.timeout_s or 0, s.kill_grace_s)
+        if v is not None:
+            status, msg, fix = v
+            out.append(Check("slurm.conf", status, msg, fix))
     return out
 
 
@@ -234,11 +250,15 @@ def _make_command():
 
         hookscope doctor --slurm-conf /etc/slurm/slurm.conf --nats nats://collector:4222
     """)
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="hookscope.toml (default $HOOKSCOPE_CONFIG, then /etc/hookscope/hookscope.toml)")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="HOOKSCOPE_CONFIG",
+                  show_envvar=True, help="hookscope.toml (default /etc/hookscope/hookscope.toml)")
     @click.option("--slurm-conf", type=click.Path(dir_okay=False), help="slurm.conf to inspect (default /etc/slurm/slurm.conf or the configless cache)")
-    @click.option("--journal", type=click.Path(file_okay=False), help="journal directory (default from config)")
-    @click.option("--nats", help="NATS URL(s), comma separated (default from config)")
-    @click.option("--creds", type=click.Path(dir_okay=False), help="NATS creds file")
+    @click.option("--journal", type=click.Path(file_okay=False), envvar=["HOOKSCOPE_JOURNAL_DIR", "HOOKSCOPE_JOURNAL"],
+                  show_envvar=True, help="journal directory (default from config; HOOKSCOPE_JOURNAL is deprecated)")
+    @click.option("--nats", envvar="HOOKSCOPE_NATS_URL", show_envvar=True,
+                  help="NATS URL(s), comma separated (default from config)")
+    @click.option("--creds", type=click.Path(dir_okay=False), envvar="HOOKSCOPE_NATS_CREDS", show_envvar=True,
+                  help="NATS creds file")
     @click.option("--hook-dir", multiple=True, type=click.Path(), help="extra hook directory to check (repeatable)")
     @click.option("--deadline", default=2.0, show_default=True, type=float, help="seconds per network/driver call")
     @click.option("--no-nats", is_flag=True, help="skip the NATS checks")
@@ -252,8 +272,11 @@ def _make_command():
 
             click.echo(json.dumps({"checks": [asdict(r) for r in results], "summary": counts}, indent=2))
         else:
+            from emitter.safetext import visible
+
             for r in results:
-                click.echo(r.line())
+                # Hook file names are chosen by customers: data, never control.
+                click.echo(visible(r.line(), keep_layout=True))
             click.echo(f"\n{counts[OK]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failure(s)")
         raise SystemExit(1 if counts[FAIL] else 0)
 

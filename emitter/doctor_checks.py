@@ -53,6 +53,8 @@ class Setup:
     layout: str | None = None
     node: str = ""
     timeout_s: float | None = None
+    kill_grace_s: float = 1.0
+    strict: object = "auto"
     deadline_s: float = 2.0
     skip_nats: bool = False
 
@@ -79,14 +81,26 @@ def check_hook_dirs(s: Setup) -> list[Check]:
                       "set [runner.dirs] prolog_slurmd = \"/etc/slurm/prolog.d\" (and the other contexts) "
                       "in the config, or pass --hook-dir")]
     out = []
-    strict_layout = (s.layout or "slurm") == "slurm"
     for ctx, dirs in s.hook_dirs.items():
         for d in dirs:
-            out += _check_one_dir(ctx, d, strict_layout)
+            out += _check_one_dir(ctx, d, s.layout or "slurm", s.strict)
     return out
 
 
-def _check_one_dir(ctx: str, d: str, strict_layout: bool) -> list[Check]:
+_FINDING_PATH = re.compile(r"(?:^| )(/.*?)(?: \(-> (.+?)\))? is (?:owned|writable)")
+
+
+def _finding_fix(finding: str) -> str:
+    m = _FINDING_PATH.search(finding)
+    p = (m.group(2) or m.group(1)) if m else "the file or directory named"
+    return f"chown root:root {p} && chmod go-w {p}"
+
+
+def _check_one_dir(ctx: str, d: str, layout: str, strict) -> list[Check]:
+    """The directory as the runner plans it: permission findings (trust.py's
+    rules, symlinks judged by their target), and what fails the hook."""
+    from emitter import layouts
+
     name = "hook-dir"
     try:
         st = os.stat(d)
@@ -97,41 +111,36 @@ def _check_one_dir(ctx: str, d: str, strict_layout: bool) -> list[Check]:
         return [Check(name, FAIL, f"{ctx}: {d}: {exc}", f"make {d} readable by root")]
     if not stat.S_ISDIR(st.st_mode):
         return [Check(name, FAIL, f"{ctx}: {d} is not a directory", f"point [runner.dirs] {ctx} at a directory")]
+    try:
+        knobs = layouts.knobs_for(layout if layout in layouts.PRESETS else "slurm")
+        mode = layouts.strict_mode(strict)
+    except layouts.LayoutError:
+        knobs, mode = layouts.knobs_for("slurm"), layouts.STRICT_RECORD
+    entries, warnings = layouts.plan([d], knobs, strict=layouts.STRICT_RECORD)
     out = []
-    why = _unsafe(st)
-    if why:
-        out.append(Check(name, FAIL, f"{ctx}: directory {d} is {why}; strict mode refuses every script in it",
-                         f"chown root:root {d} && chmod go-w {d}"))
-    real_dir = os.path.realpath(d)
+    if mode == layouts.STRICT_ENFORCE:
+        effect = "strict = \"enforce\" refuses it (status 126) and the hook fails"
+    else:
+        effect = ("hookscope runs it, as slurmd would, and records a finding on every hook; a non-root user "
+                  "can change what root runs")
+    for w in warnings:
+        if w.startswith(layouts.FINDING_PREFIX):
+            f = w[len(layouts.FINDING_PREFIX):]
+            out.append(Check(name, FAIL, f"{ctx}: {f}; {effect}", _finding_fix(f)))
+    strict_layout = knobs["non_executable"] == "fail"
     n = 0
-    for entry in sorted(os.listdir(d)):
-        p = os.path.join(d, entry)
-        if entry.startswith("."):
+    for e in entries:
+        if e.action == layouts.SKIP:
+            if e.warn:
+                out.append(Check(name, WARN, f"{ctx}: {e.path}: {e.reason} (skipped)", f"repair or remove {e.path}"))
             continue
         n += 1
-        try:
-            lst = os.lstat(p)
-            if stat.S_ISLNK(lst.st_mode):
-                target = os.path.realpath(p)
-                if os.path.commonpath([real_dir, target]) != real_dir:
-                    out.append(Check(name, FAIL, f"{ctx}: {p} is a symlink to {target}, outside {d}; "
-                                                 "the runner refuses it", f"copy the script into {d} instead of linking"))
-                    continue
-            fst = os.stat(p)
-        except OSError as exc:
-            out.append(Check(name, FAIL, f"{ctx}: {p}: {exc}", f"remove or repair {p}"))
-            continue
-        if stat.S_ISDIR(fst.st_mode):
-            continue
-        why = _unsafe(fst)
-        if why:
-            out.append(Check(name, FAIL, f"{ctx}: {p} is {why}; strict mode refuses it and the hook fails",
-                             f"chown root:root {p} && chmod go-w {p}"))
-        elif not fst.st_mode & stat.S_IXUSR:
-            out.append(Check(name, FAIL if strict_layout else WARN,
-                             f"{ctx}: {p} is not executable"
-                             + (" (the slurm layout fails the hook with 127)" if strict_layout else " (skipped)"),
-                             f"chmod 0755 {p}, or move it out of {d}"))
+        if e.action == layouts.FAIL:
+            out.append(Check(name, FAIL if strict_layout or "stat" in (e.reason or "") else WARN,
+                             f"{ctx}: {e.path}: {e.reason} (the {layout} layout fails the hook here)",
+                             f"chmod 0755 {e.path}, or move it out of {d}"))
+        elif e.action == layouts.REFUSE and not e.findings:
+            out.append(Check(name, FAIL, f"{ctx}: {e.path}: {e.reason}", f"fix {e.path} or move it out of {d}"))
     if n == 0:
         out.append(Check(name, WARN, f"{ctx}: {d} is empty (the slurm layout fails an empty glob)",
                          f"add a script to {d} or remove the context from the config"))
@@ -208,6 +217,14 @@ def _secret_file(name: str, path: str, kind: str) -> tuple[Check | None, str | N
     except OSError as exc:
         return Check("creds", FAIL, f"{kind} {path}: {exc.strerror or exc}",
                      f"check the path in the config and that root can read {path}"), None
+    if os.geteuid() == 0:
+        from emitter.trust import file_problems
+
+        problems = file_problems(path, 0, kind)
+        if problems:
+            # As root, the agent refuses it (config.check_trusted): another user could swap the identity.
+            return Check("creds", FAIL, f"{'; '.join(problems)}; the agent refuses it as root",
+                         _finding_fix(problems[0])), text
     if st.st_mode & 0o077:
         return Check("creds", WARN, f"{kind} {path} is readable by group/others (mode {_mode(st)})",
                      f"chmod 0600 {path}"), text
@@ -218,6 +235,9 @@ def check_credentials(s: Setup) -> list[Check]:
     out: list[Check] = []
     if s.creds:
         warn, text = _secret_file("creds", s.creds, "creds file")
+        if text is not None and warn is not None and warn.status == FAIL:
+            out.append(warn)  # untrusted (another user can write it): a FAIL of its own
+            warn = None
         if text is not None:
             if "BEGIN NATS USER JWT" in text and "SEED" in text:
                 out.append(warn or Check("creds", OK, f"creds file {s.creds} readable, has a JWT and a seed"))
@@ -228,6 +248,9 @@ def check_credentials(s: Setup) -> list[Check]:
             out.append(warn)
     if s.nkey:
         warn, text = _secret_file("creds", s.nkey, "nkey seed")
+        if text is not None and warn is not None and warn.status == FAIL:
+            out.append(warn)
+            warn = None
         if text is None:
             out.append(warn)
         else:

@@ -118,11 +118,37 @@ def _enc(o, out):
 _HOOK_KEY = b'"' + c.R_HOOK_ID.encode("ascii") + b'":'
 
 
-def dumps(obj):
-    """canonical_json without importing json: sorted keys, no spaces, UTF-8."""
+def _py_dumps(obj):
     out = []
     _enc(obj, out)
     return "".join(out)
+
+
+def _no_default(o):
+    raise TypeError(f"cannot journal {type(o).__name__} {o!r}")
+
+
+try:  # the C encoder json.dumps itself uses, without importing json (~5 ms)
+    from _json import encode_basestring as _c_str
+    from _json import make_encoder as _c_make_encoder
+
+    # json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    _C_ENCODE = _c_make_encoder(None, _no_default, _c_str, None, ":", ",", True, False, False)
+except ImportError:  # pragma: no cover - a build without _json
+    _C_ENCODE = None
+
+
+def dumps(obj):
+    """canonical_json without importing json: sorted keys, no spaces, UTF-8.
+
+    CPython's C encoder (what json.dumps calls) where it accepts the record;
+    the pure-Python encoder otherwise, which names what cannot be journaled."""
+    if _C_ENCODE is not None:
+        try:
+            return "".join(_C_ENCODE(obj, 0))
+        except (TypeError, ValueError):
+            pass
+    return _py_dumps(obj)
 
 
 def _clean(o):
@@ -147,16 +173,50 @@ def _splice_ok(record):
     return True
 
 
+def _digests(record):
+    """{path: sha256 hex} of the record's long strings (``contract.R_DIGESTS``):
+    top-level values and the job's, longer than DIGEST_MIN_CHARS.  None: none."""
+    out = None
+    lim = c.DIGEST_MIN_CHARS
+    for k, v in record.items():
+        if type(v) is str and len(v) > lim:
+            if out is None:
+                out = {}
+            out[k] = _sha256(v.encode("utf-8")).hexdigest()
+    job = record.get(c.R_JOB)
+    if type(job) is dict:
+        for k, v in job.items():
+            if type(v) is str and len(v) > lim:
+                if out is None:
+                    out = {}
+                out[f"{c.R_JOB}.{k}"] = _sha256(v.encode("utf-8")).hexdigest()
+    return out
+
+
+def _hash_body(record):
+    """The bytes the hash covers (contract.record_hash): long values by their
+    digest, so a value cut in transit keeps the record verifiable."""
+    record.pop(c.R_DIGESTS, None)
+    record.pop(c.R_CUT, None)
+    dg = _digests(record)
+    if dg is None:
+        return dumps(record).encode("utf-8"), False
+    record[c.R_DIGESTS] = dg
+    return dumps(c.digest_form(record)).encode("utf-8"), True
+
+
 def seal(record):
     """Add the ``hash`` and return the line bytes (record is updated in place)."""
     record.pop(c.R_HASH, None)
     try:
-        body = dumps(record).encode("utf-8")
+        body, digested = _hash_body(record)
     except UnicodeEncodeError:
         record.update(_clean(record))
-        body = dumps(record).encode("utf-8")
+        body, digested = _hash_body(record)
     h = _sha256(body).hexdigest()
     record[c.R_HASH] = h
+    if digested:  # the line holds the full values, not the hashed form
+        return dumps(record).encode("utf-8") + b"\n"
     # "hash" sorts right before "hook", which every record has at the top
     # level; an unescaped '"hook":' can only be that key (quotes inside
     # strings are escaped and no nested object sorts before it).  Splicing
@@ -387,7 +447,10 @@ class Journal:
         import time
 
         self._time_ns = time.time_ns
-        self.dir = str(directory)
+        self.dir, self._unsafe = str(directory), None
+        if os.geteuid():  # not root: the uid's own spool (emitter/userspool.py)
+            from emitter.userspool import spool_for
+            self.dir, self._unsafe = spool_for(self.dir)
         self.node = node or default_node()
         self.cluster = cluster if cluster is not None else default_cluster()
         self.hook_id = hook_id or os.urandom(8).hex()
@@ -411,6 +474,8 @@ class Journal:
 
     def _open(self, spool_max_bytes, evict_interval):
         try:
+            if self._unsafe:
+                raise PermissionError(1, self._unsafe)
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             head = os.path.join(self.dir, c.CHAIN_HEAD_FILE)
             try:
@@ -463,14 +528,24 @@ class Journal:
 
     def append(self, kind, fields):
         """Write one record; returns the record (with seq/hash) or None if lost."""
-        rec = {c.R_VERSION: c.SCHEMA_VERSION, c.R_KIND: kind, c.R_TS: self._time_ns(),
-               c.R_NODE: self.node, c.R_CLUSTER: self.cluster, c.R_HOOK_ID: self.hook_id, c.R_PID: self.pid}
-        rec.update(fields)
-        if kind == c.K_HOOK_STARTED and self.carried:
-            rec[c.R_WARNINGS] = list(rec.get(c.R_WARNINGS) or []) + self.carried
+        return self.append_many([(kind, fields, None)])[0]
+
+    def append_many(self, items):
+        """Write records [(kind, fields, ts_ns or None)] in one locked write (one
+        flock, one head update, one ``os.write``: the runner's batches, see
+        docs/runner.md "Speed"); returns each record (with seq/hash) or None if lost."""
+        recs = []
+        for kind, fields, ts in items:
+            rec = {c.R_VERSION: c.SCHEMA_VERSION, c.R_KIND: kind, c.R_TS: ts or self._time_ns(),
+                   c.R_NODE: self.node, c.R_CLUSTER: self.cluster, c.R_HOOK_ID: self.hook_id, c.R_PID: self.pid}
+            rec.update(fields)
+            if kind == c.K_HOOK_STARTED and self.carried:
+                rec[c.R_WARNINGS] = list(rec.get(c.R_WARNINGS) or []) + self.carried
+            recs.append(rec)
         if self.fd is None:
-            self._count_lost()
-            return None
+            for _ in recs:
+                self._count_lost()
+            return [None] * len(recs)
         fd = self.fd
 
         def write(data):
@@ -478,18 +553,24 @@ class Journal:
                 raise OSError(28, "short write (disk full?)")
 
         try:
-            _chain_append(self.head_fd, [rec], write, lambda data: self._on_reset(data, rec))
+            _chain_append(self.head_fd, recs, write, lambda data: self._on_reset(data, next(
+                (r for r in recs if isinstance(r.get(c.R_WARNINGS), list)), recs[0])))
         except OSError as exc:
             self._fail("cannot append", exc)
-            self._count_lost()
-            return None
-        if kind == c.K_HOOK_STARTED and getattr(self, "_lost_reset", False):
+            for _ in recs:
+                self._count_lost()
+            return [None] * len(recs)
+        if any(r[c.R_KIND] == c.K_HOOK_STARTED for r in recs):
+            self._lost_reset_done()
+        return recs
+
+    def _lost_reset_done(self):
+        if getattr(self, "_lost_reset", False):
             self._lost_reset = False
             try:
                 os.pwrite(self._lost_fd, _lost_bytes(0, 0), 0)
             except OSError:
                 pass
-        return rec
 
     def _count_lost(self):
         if not self.lost:

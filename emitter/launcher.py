@@ -6,8 +6,20 @@ before calling ``main``: several milliseconds on every job's every hook.
 ``python -m emitter.launcher install VENV`` replaces ``hookscope-hook`` and
 ``hookscope`` with launchers that start ``python -I -S`` (isolated, no
 ``site``) and put only the directory holding ``emitter`` on ``sys.path``.
-``hookscope`` keeps the lean path for ``run``/``plan`` and loads the venv's
-site-packages (with its ``.pth`` files) for every other subcommand.
+``hookscope`` keeps the lean path for ``run``/``plan``/``exec`` and loads the
+venv's site-packages (with its ``.pth`` files) for every other subcommand.
+
+The launchers are ``/bin/sh`` scripts, because CPython changes its signal
+dispositions before any Python code runs (it ignores SIGPIPE and SIGXFSZ), so
+only a process that runs first can see what slurmd gave: the shell reads
+``SigIgn``/``SigBlk`` from /proc/self/status with builtins only (no fork),
+and passes them, with its own PID, as Python's first arguments
+(emitter/process.py says which bits it trusts from the shell: dash and bash
+each change some signal state of their own).  Python runs
+as the shell's child, not by ``exec``: a shell rebuilds the environment it
+passes on (dash reorders it, drops names it cannot hold, adds PWD), so the
+runner reads the environment slurmd gave from the waiting shell's
+/proc/PID/environ, byte for byte.  Nothing is added to any environment.
 
 Re-run after moving the checkout or recreating the venv (``make`` does).
 """
@@ -15,25 +27,44 @@ Re-run after moving the checkout or recreating the venv (``make`` does).
 import os
 import sys
 
-HOOK_TEMPLATE = """#!{python} -IS
-# hookscope lean launcher (python -m emitter.launcher install): no site, no re.
-import sys
-sys.path.insert(0, {root!r})
-from emitter.hook import main
-sys.exit(main())
+#: Reads the masks as exec'd; "read" is a builtin, so nothing forks.
+_READ_MASKS = ("while read -r k v; do case $k in SigBlk:) b=$v;; SigIgn:) i=$v; break;; esac; "
+               "done </proc/self/status")
+
+_HOOK_PY = ("import sys; sys.path.insert(0, {root!r}); from emitter import process; "
+            "process.LAUNCHED = sys.argv[1:4]; del sys.argv[1:4]; from emitter.hook import main, exit_now; "
+            "exit_now(main())")
+
+HOOK_TEMPLATE = """#!/bin/sh
+# hookscope lean launcher (python -m emitter.launcher install; docs/runner.md).
+{read_masks}
+{python} -IS -c {code} "$i" "$b" "$$"
+exit $?
 """
 
-CLI_TEMPLATE = """#!{python} -IS
-# hookscope lean launcher (python -m emitter.launcher install): run/plan skip site.
-import sys
-sys.path.insert(0, {root!r})
-if len(sys.argv) < 2 or sys.argv[1] not in ("run", "plan"):
-    import site
-    for _p in {site_dirs!r}:
-        site.addsitedir(_p)
-from emitter.cli import main
-sys.exit(main())
+_CLI_LEAN_PY = ("import sys; sys.path.insert(0, {root!r}); from emitter import process; "
+                "process.LAUNCHED = sys.argv[1:4]; del sys.argv[1:4]; sys.argv[0] = 'hookscope'; "
+                "from emitter.cli import main; from emitter.hook import exit_now; exit_now(main())")
+_CLI_FULL_PY = ("import sys; sys.path.insert(0, {root!r}); import site; "
+                "[site.addsitedir(p) for p in {site_dirs!r}]; sys.argv[0] = 'hookscope'; "
+                "from emitter.cli import main; sys.exit(main())")
+
+CLI_TEMPLATE = """#!/bin/sh
+# hookscope lean launcher (python -m emitter.launcher install): run/plan/exec skip site.
+case $1 in
+run|plan|exec)
+  {read_masks}
+  {python} -IS -c {lean} "$i" "$b" "$$" "$@"
+  exit $? ;;
+*)
+  exec {python} -IS -c {full} "$@" ;;
+esac
 """
+
+
+def _q(text):
+    """Single-quoted for /bin/sh."""
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _site_dirs(venv):
@@ -49,8 +80,11 @@ def render(venv, root=None):
     if root is None:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return {
-        "hookscope-hook": HOOK_TEMPLATE.format(python=python, root=root),
-        "hookscope": CLI_TEMPLATE.format(python=python, root=root, site_dirs=_site_dirs(venv)),
+        "hookscope-hook": HOOK_TEMPLATE.format(python=_q(python), read_masks=_READ_MASKS,
+                                               code=_q(_HOOK_PY.format(root=root))),
+        "hookscope": CLI_TEMPLATE.format(
+            python=_q(python), read_masks=_READ_MASKS, lean=_q(_CLI_LEAN_PY.format(root=root)),
+            full=_q(_CLI_FULL_PY.format(root=root, site_dirs=_site_dirs(venv)))),
     }
 
 

@@ -300,7 +300,7 @@ async def ensure_streams(js, replicas: int = 1, timeout: float = 10.0, dlq: bool
         raise NatsConfigError(f"replicas={replicas}: JetStream allows 1..5 (1 on a single "
                               "server, 3 on a 3-node cluster)")
     out = {}
-    streams = [(c.STREAM_NAME, c.STREAM_SUBJECTS)]
+    streams = [(c.STREAM_NAME, c.STREAM_SUBJECTS + c.HEADS_SUBJECTS)]
     if dlq:
         streams.append((c.DLQ_STREAM_NAME, c.DLQ_STREAM_SUBJECTS))
     for name, subjects in streams:

@@ -14,7 +14,8 @@ alone; every record of the file lands in exactly one span:
 
 GPU samples become one ``ExportMetricsServiceRequest`` of gauges
 (:mod:`emitter.otlp_metrics`); the conversion to and from SDK ReadableSpans
-is in :mod:`emitter.otlp_sdk`.  Both are re-exported here.
+is in :mod:`emitter.otlp_sdk`; one request into messages (and their
+``Nats-Msg-Id`` keys) in :mod:`emitter.otlp_split`.  All are re-exported here.
 
 Both encoders take plain dicts so the collector and tests can use them without
 the agent; ``entries`` are ``(raw_line, record)`` pairs (the raw line is kept
@@ -37,12 +38,14 @@ from emitter import contract as c
 from emitter.otlp_metrics import (  # noqa: F401
     GPU_UNITS, decode_metrics, encode_metrics, metrics_request, samples_from_metrics)
 from emitter.otlp_sdk import encode_sdk_spans, sdk_spans  # noqa: F401
+from emitter.otlp_split import (  # noqa: F401
+    _ENVELOPE, HEADER_ROOM, _records_texts, journal_lines, message_key, records_key, resource_of,
+    split_requests)
 
 SCOPE_NAME = "hookscope.emitter"
-#: Room left for the NATS headers and protocol line within MAX_MESSAGE_BYTES.
-HEADER_ROOM = 4096
-# Output tail lengths tried, in turn, when a message is too big.
-_OUTPUT_CAPS = (16384, 4096, 1024, 256, 0)
+# Lengths long values are cut to, in turn, when one span is too big for a message.
+_OUTPUT_CAPS = (65536, 16384, 4096, 1024, 256, 0)
+
 
 
 # ---------------------------------------------------------------- values
@@ -373,30 +376,70 @@ def _standalone_span(span, raw, rec, cluster) -> None:
 
 
 def _cap_output(raw: str, rec: dict, cap: int) -> tuple[str, dict]:
+    """Cut the record's long values to ``cap`` characters for transit.
+
+    A record with ``contract.R_DIGESTS`` (every record of a current runner
+    with a long value) stays verifiable: its hash covers the digests, and
+    ``R_CUT`` (outside the hash) names what was cut and its full length.
+    Output keeps its tail (where the error is), other values their head.
+    A record without digests (older runners) can only have its output cut:
+    it keeps its original hash, which verify then reports as altered.
+    """
+    dg = rec.get(c.R_DIGESTS)
+    if isinstance(dg, dict) and dg:
+        new = None
+        for path in dg:
+            top, _, sub = str(path).partition(".")
+            holder = rec if not sub else rec.get(top)
+            key = top if not sub else sub
+            if not isinstance(holder, dict):
+                continue
+            v = holder.get(key)
+            if not isinstance(v, str) or len(v) <= cap:
+                continue
+            if new is None:
+                new = dict(rec)
+                new[c.R_CUT] = dict(rec.get(c.R_CUT) or {})
+            if sub:
+                if new[top] is rec[top]:
+                    new[top] = dict(rec[top])
+                holder = new[top]
+            else:
+                holder = new
+            holder[key] = (v[len(v) - cap:] if cap else "") if path == c.R_OUTPUT else v[:cap]
+            new[c.R_CUT].setdefault(path, len(v))
+        if new is None:
+            return raw, rec
+        return c.canonical_json(new), new
     out = rec.get(c.R_OUTPUT)
     if not isinstance(out, str) or len(out) <= cap:
         return raw, rec
-    # The record keeps its original hash: the chain link (the next record's
-    # "prev") stays intact, and the store's verifier sees that this record was
-    # cut (hash mismatch + output_truncated) rather than silently altered.
     rec = dict(rec)
     rec[c.R_OUTPUT] = out[len(out) - cap:] if cap else ""
     rec[c.R_OUTPUT_TRUNCATED] = True
     return c.canonical_json(rec), rec
 
 
-def fitted_trace(items: Iterable, *, max_bytes: int = c.MAX_MESSAGE_BYTES, **kw) -> ExportTraceServiceRequest:
-    """:func:`trace_request`, cutting outputs until it serialises within ``max_bytes``.
+def _largest_span(req) -> int:
+    return max((sp.ByteSize() for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans),
+               default=0)
 
-    Output excerpts are the only unbounded part of a journal file; when even
-    empty outputs do not fit (thousands of scripts), the request is returned
-    as is and publishing reports the size error.
+
+def fitted_trace(items: Iterable, *, max_bytes: int = c.MAX_MESSAGE_BYTES, **kw) -> ExportTraceServiceRequest:
+    """:func:`trace_request` whose every span fits one message of ``max_bytes``.
+
+    A request too big as a whole is split into several messages by
+    :func:`split_requests` (span by span); only a span too big on its own gets
+    its long values cut (:func:`_cap_output`, verifiable through the records'
+    digests).  When even that does not fit (thousands of skipped scripts in
+    one hook span), the request is returned as is and publishing reports the
+    size error (the agent records a journal_error and counts it as stuck).
     """
     items = _entries(items)
     req = trace_request(items, **kw)
-    limit = max_bytes - HEADER_ROOM
+    limit = max_bytes - HEADER_ROOM - _ENVELOPE
     for cap in _OUTPUT_CAPS:
-        if req.ByteSize() <= limit:
+        if _largest_span(req) <= limit:
             break
         req = trace_request(items, output_cap=cap, **kw)
     return req
@@ -411,65 +454,3 @@ def decode_trace(data: bytes) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     req.ParseFromString(data)
     return req
-
-
-def journal_lines(req: ExportTraceServiceRequest) -> list[str]:
-    """Every raw journal line carried by a trace request (span order)."""
-    lines = []
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                for kv in span.attributes:
-                    if kv.key == c.A_RECORDS and kv.value.string_value:
-                        lines.extend(kv.value.string_value.split("\n"))
-    return lines
-
-
-# ---------------------------------------------------------------- messages
-def message_key(req: ExportTraceServiceRequest) -> str:
-    """The Nats-Msg-Id key of a one-message request (see split_requests): the
-    hook span's ID (= the hook ID), or a standalone span's own ID."""
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for sp in ss.spans:
-                return (sp.parent_span_id or sp.span_id).hex()
-    return "empty"
-
-
-def split_requests(req: ExportTraceServiceRequest) -> list:
-    """One request per message: a hook span with its script spans, or one
-    standalone span.  Returns [(key, request)], key = message_key.  The
-    agent's exporter and direct mode both publish through this, so a record
-    always travels under the same Nats-Msg-Id whoever sends it."""
-    groups: dict = {}
-    order = []
-    for ri, rs in enumerate(req.resource_spans):
-        for si, ss in enumerate(rs.scope_spans):
-            for sp in ss.spans:
-                k = (ri, si, (sp.parent_span_id or sp.span_id))
-                if k not in groups:
-                    groups[k] = []
-                    order.append(k)
-                groups[k].append(sp)
-    if len(order) == 1:
-        return [(order[0][2].hex(), req)]
-    out = []
-    for k in order:
-        ri, si, key = k
-        part = ExportTraceServiceRequest()
-        rs = part.resource_spans.add()
-        rs.resource.CopyFrom(req.resource_spans[ri].resource)
-        ss = rs.scope_spans.add()
-        ss.scope.CopyFrom(req.resource_spans[ri].scope_spans[si].scope)
-        ss.spans.extend(groups[k])
-        out.append((key.hex(), part))
-    return out
-
-
-def resource_of(req) -> tuple[str, str]:
-    """(cluster, node) from the first resource of a trace or metrics request."""
-    groups = getattr(req, "resource_spans", None) or getattr(req, "resource_metrics", None) or []
-    for g in groups:
-        a = attributes_dict(g.resource.attributes)
-        return str(a.get(c.A_CLUSTER) or ""), str(a.get(c.A_HOST_NAME) or "")
-    return "", ""

@@ -19,8 +19,9 @@ _COMMON = {
     "--config": ("config", "str", "config file (default: $HOOKSCOPE_CONFIG, /etc/hookscope/hookscope.toml)"),
     "--keep-going": ("keep_going", "true", "run-parts layout: run every script, exit 1 if any failed"),
     "--empty-ok": ("empty_ok", "true", "an empty hook directory succeeds, with a warning"),
-    "--strict": ("strict", "true", "refuse group/other-writable or non-root-owned scripts (default: when root)"),
-    "--no-strict": ("strict", "false", "do not check script permissions"),
+    "--strict": ("strict", "true", "refuse (126) scripts another user owns or can write, or reached through "
+                                   "such a directory (default: run them as slurmd would and record a finding)"),
+    "--no-strict": ("strict", "false", "do not check script permissions at all"),
     "--order": ("order", "str", "knob: reverse or ascending"),
     "--non-executable": ("non_executable", "str", "knob: fail, skip or skip_warn"),
     "--require-shebang": ("require_shebang", "true", "knob: refuse scripts without a #! line"),
@@ -33,7 +34,9 @@ _COMMON = {
 _RUN_ONLY = {
     "--journal": ("journal_dir", "str", f"journal directory (default: $HOOKSCOPE_JOURNAL_DIR, config, "
                                         f"{c.JOURNAL_DIR_DEFAULT})"),
-    "--timeout": ("timeout_s", "float", "per-script budget in seconds (0 = none); keep it below PrologEpilogTimeout"),
+    "--timeout": ("timeout_s", "float", "per-script budget in seconds (0 = none), as slurmd gives each script "
+                                        "the full PrologEpilogTimeout; 'hookscope plan' prints the slurm.conf "
+                                        "value the wrapper then needs"),
     "--kill-grace": ("kill_grace_s", "float", "seconds from SIGTERM to SIGKILL when the budget expires"),
     "--output-bytes": ("output_bytes", "int", "tail of output kept per script"),
     "--output-on": ("output_on", "str", "store output on: failure (default), always, never"),
@@ -47,9 +50,25 @@ _RUN_ONLY = {
 }
 _RUN_OPTS = {**_COMMON, **_RUN_ONLY}
 
+#: the environment variables run/plan read (an option wins over its variable)
+_ENV_HELP = ("Environment:\n"
+             "  HOOKSCOPE_CONFIG       config file (--config)\n"
+             "  SLURM_SCRIPT_CONTEXT   hook context (--context); slurmd sets it\n")
 RUN_EXAMPLE = ("Example:\n  hookscope run --context prolog_slurmd --dir /etc/slurm/prolog.d "
-               "--journal /tmp/j --timeout 30")
-PLAN_EXAMPLE = "Example:\n  hookscope plan --layout slurm --dir /etc/slurm/prolog.d"
+               "--journal /tmp/j --timeout 30\n\n" + _ENV_HELP +
+               "  HOOKSCOPE_JOURNAL_DIR  journal directory (--journal); 'hookscope agent' reads it too\n"
+               "  SLURMD_NODENAME        node name in records (--node); slurmd sets it")
+PLAN_EXAMPLE = ("Example:\n  hookscope plan --context prolog_slurmd --slurm-conf /etc/slurm/slurm.conf\n\n"
+                "Exit status 1 when slurm.conf's timeout would cut off a run that bare slurmd would finish.\n\n"
+                + _ENV_HELP + "  SLURM_CONF             slurm.conf to check (--slurm-conf)")
+_PLAN_OPTS = {
+    **_COMMON,
+    "--slurm-conf": ("slurm_conf", "str", "slurm.conf whose timeout to check (default: $SLURM_CONF, "
+                                          "/etc/slurm/slurm.conf when it exists)"),
+    "--timeout": _RUN_ONLY["--timeout"],
+    "--from-slurm-conf": ("from_slurm_conf", "true", "plan the context's own slurm.conf lines (Prolog=/dir/*, "
+                                                      "several lines on 24.05+) as bare slurmd runs them"),
+}
 
 
 class _Usage(Exception):
@@ -141,11 +160,12 @@ def resolve(opts, require_context=True):
     if context is not None and context not in c.CONTEXTS:
         raise ConfigError("<arguments>", f"unknown context {context!r}",
                           f"use one of: {', '.join(c.CONTEXTS)}")
-    overrides = {k: v for k, v in opts.items() if k not in ("config", "context", "dirs")}
+    overrides = {k: v for k, v in opts.items() if k not in ("config", "context", "dirs", "slurm_conf",
+                                                            "from_slurm_conf")}
     if "journal_dir" not in overrides and os.environ.get("HOOKSCOPE_JOURNAL_DIR"):
         overrides["journal_dir"] = os.environ["HOOKSCOPE_JOURNAL_DIR"]
     validate_runner(overrides, "<arguments>")
-    settings = runner_settings(cfg, **overrides)
+    settings = runner_settings(cfg, context=context, **overrides)
     dirs = opts.get("dirs")
     if not dirs:
         if context is None:
@@ -184,33 +204,111 @@ def run_main(argv):
     try:
         settings, context, dirs, cfg = resolve(opts)
     except EmitterError as exc:
-        sys.stderr.write(f"hookscope run: {exc}\n")
+        sys.stderr.write(_visible(f"hookscope run: {exc}") + "\n")
         return 2
-    status, journal = runner.run(settings, context or "", dirs)
+    ran = []
+    status, journal = runner.run(settings, context or "", dirs, ran=ran,
+                                 extra_warnings=cf_deprecations(cfg))
     if settings["export"] == "direct" and journal.problem is None:
         export_direct(journal, settings, cfg)
+    sig = ran[0].status_signal if ran else None
+    if sig is not None and status == 128 + sig:
+        # As hookscope-hook: the bare script's death by a signal is what the caller would have seen.
+        from emitter.process import die_by
+
+        sys.stdout.flush()
+        die_by(sig)
     return status
 
 
+def cf_deprecations(cfg):
+    from emitter.config import deprecations
+
+    return deprecations(cfg)
+
+
 def plan_main(argv):
-    opts, code = _parse("hookscope plan", _COMMON, PLAN_EXAMPLE, list(argv))
+    opts, code = _parse("hookscope plan", _PLAN_OPTS, PLAN_EXAMPLE, list(argv))
     if opts is None:
         return code
     from emitter import EmitterError, layouts
     from emitter.config import strict_enabled
 
     try:
+        if opts.get("from_slurm_conf"):
+            opts["dirs"] = _slurm_conf_dirs(opts)
         settings, context, dirs, _ = resolve(opts)
         knobs = layouts.knobs_for(settings["layout"], keep_going=settings["keep_going"],
                                   **{k: settings[k] for k in ("order", "stop_on_failure", "non_executable",
                                                               "require_shebang", "name_filter", "empty")})
+        strict = strict_enabled(settings["strict"])
     except (EmitterError, layouts.LayoutError) as exc:
-        sys.stderr.write(f"hookscope plan: {exc}\n")
+        sys.stderr.write(_visible(f"hookscope plan: {exc}") + "\n")
         return 2
-    strict = strict_enabled(settings["strict"])
     entries, warnings = layouts.plan(dirs, knobs, strict=strict)
-    sys.stdout.write(format_plan(settings["layout"], knobs, strict, context, dirs, entries, warnings))
-    return 0
+    sys.stdout.write(_visible(format_plan(settings["layout"], knobs, strict, context, dirs, entries, warnings),
+                              keep_layout=True))
+    lines, failed = slurm_conf_lines(opts.get("slurm_conf"), context, len(layouts.counted(entries)), settings)
+    if lines is None:
+        sys.stderr.write(f"hookscope plan: cannot read slurm.conf {opts.get('slurm_conf')}\n")
+        return 2
+    sys.stdout.write(_visible("".join(line + "\n" for line in lines), keep_layout=True))
+    return 1 if failed else 0
+
+
+def _slurm_conf_dirs(opts):
+    """--from-slurm-conf: the context's hook lines of slurm.conf as directories."""
+    from emitter import slurmconf
+    from emitter.config import ConfigError
+
+    path = opts.get("slurm_conf") or os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    context = opts.get("context") or os.environ.get("SLURM_SCRIPT_CONTEXT") or "prolog_slurmd"
+    try:
+        conf = slurmconf.read(path)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read slurm.conf ({exc.strerror})", "pass --slurm-conf PATH") from None
+    key = slurmconf.CONTEXT_KEY.get(context)
+    dirs, problems = slurmconf.glob_dirs(slurmconf.hook_values(conf, key) if key else [])
+    if problems or not dirs:
+        raise ConfigError(path, "; ".join(problems) or f"no {key}= line to plan (or only hookscope-hook)",
+                          "pass --dir for what you want planned")
+    return dirs
+
+
+def slurm_conf_lines(path, context, n_scripts, settings):
+    """(lines, failed): what slurm.conf's timeout means for this wrapped hook.
+
+    (None, False) when an explicit ``path`` cannot be read; no lines when there is no slurm.conf.
+    """
+    from emitter import slurmconf
+
+    if path is None:
+        for cand in (os.environ.get("SLURM_CONF"), "/etc/slurm/slurm.conf"):
+            if cand and os.path.exists(cand):
+                path = cand
+                break
+        else:
+            return [], False
+    try:
+        conf = slurmconf.read(path)
+    except OSError:
+        return None, False
+    lines, failed = ["", f"slurm.conf {path}:"], False
+    from emitter.process import KILL_AFTER_S  # the SIGTERM->SIGKILL gap kept per script (kill_grace_s: deprecated)
+
+    v = slurmconf.timeout_verdict(conf, context or "prolog_slurmd", n_scripts, float(settings["timeout_s"] or 0),
+                                  KILL_AFTER_S)
+    if v is None:
+        lines.append("  no hook timeout applies (slurmd waits for ever; so does hookscope)")
+    else:
+        status, msg, fix = v
+        lines.append(f"  {status}: {msg}")
+        if fix:
+            lines.append(f"  fix: {fix}")
+        failed = status == "FAIL"
+    if "runinjob" in slurmconf.prolog_flags(conf):
+        lines.append("  note: PrologFlags=RunInJob: the runner and its scripts run inside the job's cgroup")
+    return lines, failed
 
 
 def format_plan(layout, knobs, strict, context, dirs, entries, warnings):
@@ -218,7 +316,7 @@ def format_plan(layout, knobs, strict, context, dirs, entries, warnings):
     lines = [f"layout {layout}: order={knobs['order']} stop_on_failure={knobs['stop_on_failure']} "
              f"non_executable={knobs['non_executable']} require_shebang={knobs['require_shebang']} "
              f"name_filter={knobs['name_filter']} empty={knobs['empty']} failure_status={knobs['failure_status']} "
-             f"strict={'on' if strict else 'off'}",
+             f"strict={strict}",
              f"context {context or '-'}; directories: {', '.join(dirs) or '(none)'}"]
     if knobs["order"] == "reverse":
         lines.append("note: slurmd runs Prolog=/dir/* in REVERSE glob order: the LAST name runs FIRST")
@@ -243,5 +341,14 @@ def format_plan(layout, knobs, strict, context, dirs, entries, warnings):
         lines.append("skipped:")
         lines.extend(f"     {e.path}  -- {e.reason}" for e in skipped)
     for w in warnings:
-        lines.append(f"warning: {w}")
+        lines.append(w if w.startswith("finding: ") else f"warning: {w}")
     return "\n".join(lines) + "\n"
+
+
+def _visible(text, keep_layout=False):
+    """File names in a hook directory are chosen by customers: show them as
+    data, never as terminal control (emitter/safetext.py; imported here, off
+    the hook's hot path, because it needs ``re``)."""
+    from emitter.safetext import visible
+
+    return visible(text, keep_layout=keep_layout)

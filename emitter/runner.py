@@ -1,35 +1,31 @@
 """The execution engine: run a planned hook the way the platform would, recorded.
 
-Each script is started with ``os.posix_spawn`` (no ``subprocess``): no
-arguments, stdin ``/dev/null``, stdout+stderr on one pipe (TaskProlog: stdout
-and stderr on their own pipes, both passed through unchanged), its own process
-group, default signal dispositions.  The runner waits on the pipe and a pidfd;
-at exit it kills whatever is left of the script's process group, as slurmd
-does.  The per-script budget sends SIGTERM to the group, then SIGKILL after a
-grace period.  SIGTERM/SIGINT to the runner itself (slurmd's timeout) is
-forwarded to the running script's group, followed 5 ms later by SIGKILL
-(slurmd waits 10 ms before killing the runner), and no further script runs.
+The process layer (emitter/process.py) starts each script exactly as slurmd's
+``run_command`` or Debian's ``run-parts`` would and ends it the same way;
+this module plans the order, journals every script and decides the hook's
+status.  docs/runner.md describes what a script inherits.
 
 ``script_started`` is journaled before the spawn, so a runner killed with -9
-leaves a journal that names the script it was running.
+leaves a journal that names the script it was running.  SIGTERM/SIGINT to the
+runner (slurmd's own timeout) is forwarded to the running script's group, the
+journal says the runner was terminated, and no further script runs.
 """
 
 import os
-import select
 import time
 
 import _signal
 
 from emitter import contract as c
 from emitter import layouts
+from emitter import process as P
+from emitter.pump import Pump, Tail, TaskParser
 from emitter.journal import Journal, _sha256
 
-_SIGTERM, _SIGKILL, _SIGINT = _signal.SIGTERM, _signal.SIGKILL, _signal.SIGINT
-#: Reset to SIG_DFL in the child: Python ignores SIGPIPE/SIGXFSZ, which a
-#: script would otherwise inherit (subprocess's restore_signals does the same).
-_CHILD_SIGDEF = (_signal.SIGPIPE, _signal.SIGXFSZ, _SIGTERM, _SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
-                 _signal.SIGCHLD)
-_FORWARD_KILL_AFTER_S = 0.005
+_SIGTERM, _SIGINT = _signal.SIGTERM, _signal.SIGINT
+_ENOENT = 2
+#: records written at once: a script's start before its spawn, and the end of the hook
+_WRITE_NOW = frozenset((c.K_SCRIPT_STARTED, c.K_HOOK_ENDED))
 _READ = 65536
 
 
@@ -56,7 +52,7 @@ def job_metadata(env):
 
 class ScriptResult:
     __slots__ = ("exit_code", "signal", "timed_out", "duration_ns", "output", "truncated",
-                 "exported", "unset")
+                 "exported", "unset", "exit_ns", "leftovers", "runner_signal")
 
     def __init__(self):
         self.exit_code = None
@@ -67,56 +63,9 @@ class ScriptResult:
         self.truncated = False
         self.exported = []
         self.unset = []
-
-
-class _Tail:
-    """The last ``limit`` bytes of a stream, without unbounded growth."""
-
-    __slots__ = ("limit", "buf", "truncated")
-
-    def __init__(self, limit):
-        self.limit, self.buf, self.truncated = limit, bytearray(), False
-
-    def add(self, data):
-        self.buf += data
-        if len(self.buf) > 2 * self.limit + _READ:
-            del self.buf[: len(self.buf) - self.limit]
-            self.truncated = True
-
-    def value(self):
-        if len(self.buf) > self.limit:
-            self.truncated = True
-            return bytes(self.buf[len(self.buf) - self.limit:]) if self.limit else b""
-        return bytes(self.buf)
-
-
-class _TaskParser:
-    """Names from TaskProlog's stdout protocol (export NAME=value / unset NAME).
-
-    Values are never recorded: they may be secrets.
-    """
-
-    __slots__ = ("partial", "exported", "unset")
-
-    def __init__(self):
-        self.partial, self.exported, self.unset = b"", [], []
-
-    def feed(self, data, final=False):
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = b"" if final else lines.pop()
-        if len(self.partial) > 65536:  # a line that long is not a directive
-            self.partial = b""
-        for line in lines:
-            line = line.strip()
-            if line.startswith(b"export "):
-                name = line[7:].split(b"=", 1)[0].strip()
-                if name:
-                    self.exported.append(name.decode("utf-8", "replace"))
-            elif line.startswith(b"unset "):
-                name = line[6:].strip()
-                if name:
-                    self.unset.append(name.decode("utf-8", "replace"))
+        self.exit_ns = None  # when the script process itself exited (duration_ns: until EOF)
+        self.leftovers = []
+        self.runner_signal = None
 
 
 def _write_all(fd, data):
@@ -130,19 +79,63 @@ def _write_all(fd, data):
         return False
 
 
-def _killpg(pgid, sig):
+decode_status = P.decode_status
+
+
+def _bytes_env(env):
+    return {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+
+
+def _same_file(a, b):
     try:
-        os.killpg(pgid, sig)
+        sa, sb = os.fstat(a), os.fstat(b)
     except OSError:
-        pass
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def decode_status(status):
-    """(exit_code, signal) from a waitpid status, shell style (128+N for signal N)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return 128 + sig, sig
-    return os.WEXITSTATUS(status), None
+def _style(settings, knobs):
+    """How scripts are started: slurmd's run_command, run-parts, or as the
+    runner itself was (``hookscope exec``: the dispatcher started the runner in
+    the script's place)."""
+    style = knobs.get("process")
+    if style:
+        return style
+    return {"run-parts": P.RUN_PARTS, "exec": P.INHERIT}.get(settings["layout"], P.SLURM)
+
+
+def _redactor(settings):
+    from emitter.redact import BUDGET_S, Redactor
+
+    return Redactor(settings["redact"], settings["redact_builtin"], settings.get("redact_budget_s") or BUDGET_S)
+
+
+def _run_parts_line(path, r):
+    """run-parts' own stderr line for a failing part."""
+    if r.signal is not None:
+        return f"run-parts: {path} exited because of uncaught signal {r.signal}\n"
+    return f"run-parts: {path} exited with return code {r.exit_code}\n"
+
+
+def _visible(text, keep_layout=False):
+    """The per-node log is read with ``tail -f`` on a terminal: names and output
+    are data, never terminal control (emitter/safetext.py).  Every character
+    safetext escapes is non-printable to str.isprintable, so a printable line
+    is returned as is, without importing safetext (it needs re and json)."""
+    if text.isprintable():
+        return text
+    from emitter.safetext import visible
+
+    return visible(text, keep_layout=keep_layout)
+
+
+def _reads_to_eof(fd):
+    """Is ``fd`` a pipe or socket, whose reader (slurmd) waits for EOF anyway?"""
+    try:
+        fmt = os.fstat(fd).st_mode & 0o170000
+    except OSError:
+        return False
+    return fmt in (0o010000, 0o140000)  # S_IFIFO, S_IFSOCK
 
 
 class Runner:
@@ -155,151 +148,116 @@ class Runner:
         self.dirs = list(dirs)
         self.knobs = knobs
         self.strict = strict
-        self.env = dict(os.environ if env is None else env)
-        if "PATH" not in self.env:
-            self.env["PATH"] = settings["safe_path"]
+        org = P.origin()
+        # The environment the script gets, byte for byte: what the runner was
+        # started with (not os.environ: CPython coerces LC_CTYPE into it).
+        self.child_env = dict(org.env) if env is None else _bytes_env(env)
+        self._block = org.block if env is None else None
+        if settings.get("add_safe_path") and b"PATH" not in self.child_env:
+            self.child_env[b"PATH"] = os.fsencode(settings["safe_path"])
+            self._block = None
+        self.env = {os.fsdecode(k): os.fsdecode(v) for k, v in self.child_env.items()}
         self.stdout_fd, self.stderr_fd = stdout_fd, stderr_fd
         self.journal = journal
         self.task = context == "prolog_task"
+        self.style = _style(settings, knobs)
         self.timeout_s = float(settings["timeout_s"] or 0)
-        self.grace_s = float(settings["kill_grace_s"])
+        self.origin = org
         self.terminated = None  # signal number once the runner was told to stop
+        #: the signal that killed the script whose status is the hook's (slurmd
+        #: would log "killed by signal N" for the bare script), else None
+        self.status_signal = None
         self._child = None
-        self._kill_at = None
         self._redactor = None
         self._log = None
+        self._tail = self._parser = None
+        self._pump = Pump(self._sink, lambda: self.terminated is not None)
+        self._pending = []  # records waiting for the next script_started/hook_ended (_j)
+        self._batch = settings.get("journal_batch", True)
 
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum, frame):
-        # slurmd's own timeout: SIGTERM to our group, SIGKILL 10 ms later.  The
-        # script is in a group of its own, so it gets what slurmd would have
-        # sent it, with the same 5-10 ms between the two signals.
+        # slurmd's own timeout: SIGTERM to the runner's group.  A script in a
+        # group of its own (slurmd style) gets it from us; the wait loop sends
+        # SIGKILL 5 ms later (slurmd's follows 10 ms after its SIGTERM).
         self.terminated = signum
-        if self._child is not None:
-            _killpg(self._child, _SIGTERM)
-            time.sleep(_FORWARD_KILL_AFTER_S)
-            _killpg(self._child, _SIGKILL)
+        if self._child is not None and self.style == P.SLURM:
+            P.killpg(self._child.pgid, _SIGTERM)
 
     # ---------------------------------------------------------------- one script
-    def spawn(self, path, result):
-        """Start ``path``; returns (pid, [(fd, is_stdout)]) or None if exec failed."""
-        fds = []
-        out_r, out_w = os.pipe()
-        fds.append((out_r, True))
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, out_w, 1)]
-        err_w = None
-        if self.task:
-            err_r, err_w = os.pipe()
-            fds.append((err_r, False))
-            actions.append((os.POSIX_SPAWN_DUP2, err_w, 2))
-        else:
-            actions.append((os.POSIX_SPAWN_DUP2, out_w, 2))
-        try:
-            pid = os.posix_spawn(path, [path], self.env, file_actions=actions, setpgroup=0,
-                                 setsigdef=_CHILD_SIGDEF, setsigmask=())
-        except OSError as exc:
-            for fd, _ in fds:
-                os.close(fd)
-            result.exit_code = layouts.EXIT_NOT_EXECUTABLE
-            result.output = f"hookscope: cannot execute {path}: {exc.strerror}\n".encode()
-            return None
-        finally:
-            os.close(out_w)
-            if err_w is not None:
-                os.close(err_w)
-        return pid, fds
-
-    def wait(self, pid, fds, result, t0):
-        tail = _Tail(self.s["output_bytes"])
-        parser = _TaskParser() if self.task else None
-        passthrough = self.s["passthrough"]
-        self._child = pid
-        if self.terminated is not None:  # the signal arrived between scripts
-            self._on_signal(self.terminated, None)
-        deadline = (t0 + self.timeout_s) if self.timeout_s else None
-        poller = select.poll()
-        open_fds = {}
-        for fd, is_out in fds:
-            poller.register(fd, select.POLLIN)
-            open_fds[fd] = is_out
-        try:
-            pidfd = os.pidfd_open(pid)
-            poller.register(pidfd, select.POLLIN)
-        except (AttributeError, OSError):
-            pidfd = None
-        while True:
-            now = time.monotonic()
-            wake = [t for t in (deadline, self._kill_at) if t is not None]
-            if pidfd is None:
-                wake.append(now + 0.005)  # no pidfd (old kernel): poll waitpid
-            if wake:
-                timeout_ms = max(0, int((min(wake) - now) * 1000 + 0.999))
-            else:
-                timeout_ms = None
-            events = poller.poll(timeout_ms)
-            for fd, ev in events:
-                if fd == pidfd:
-                    continue
-                self._read(fd, open_fds, poller, tail, parser, passthrough)
-            # WNOWAIT: the script stays a zombie, so its PID (= its group ID)
-            # cannot be reused before the group is killed below.
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                break
-            now = time.monotonic()
-            if self._kill_at is not None and now >= self._kill_at:
-                _killpg(pid, _SIGKILL)
-                self._kill_at = None
-            if deadline is not None and now >= deadline:
-                result.timed_out = True
-                _killpg(pid, _SIGTERM)
-                self._kill_at = now + self.grace_s
-                deadline = None
-        result.duration_ns = int((time.monotonic() - t0) * 1e9)
-        self._child = None
-        self._kill_at = None
-        # The script is gone; whatever it left in its group goes too (slurmd does
-        # this), then the pipes are drained without waiting for a writer that
-        # escaped the group.
-        _killpg(pid, _SIGKILL)
-        status = os.waitpid(pid, 0)[1]
-        for fd in list(open_fds):
-            os.set_blocking(fd, False)
-            while fd in open_fds:
-                try:
-                    self._read(fd, open_fds, poller, tail, parser, passthrough)
-                except BlockingIOError:
-                    break
-        for fd in open_fds:
-            os.close(fd)
-        if pidfd is not None:
-            os.close(pidfd)
-        result.exit_code, result.signal = decode_status(status)
-        result.output = tail.value()
-        result.truncated = tail.truncated
-        if parser is not None:
-            parser.feed(b"", final=True)
-            result.exported, result.unset = parser.exported, parser.unset
-
-    def _read(self, fd, open_fds, poller, tail, parser, passthrough):
-        data = os.read(fd, _READ)
-        if not data:
-            poller.unregister(fd)
-            os.close(fd)
-            del open_fds[fd]
-            return
-        tail.add(data)
-        is_out = open_fds[fd]
-        if parser is not None and is_out:
-            parser.feed(data)
-        if passthrough or (parser is not None and is_out):
+    def _sink(self, is_out, data, current):
+        if current:
+            self._tail.add(data)
+            if self._parser is not None and is_out:
+                self._parser.feed(data)
+        if self.s["passthrough"] or (self.task and is_out):
             # TaskProlog stdout always reaches slurmstepd: it is the protocol.
             _write_all(self.stdout_fd if is_out else self.stderr_fd, data)
+
+    def execute(self, entry, result):
+        """Start and wait for one script (entry.argv, else no arguments, as slurmd)."""
+        argv = entry.argv if getattr(entry, "argv", None) else [entry.path]
+        split = self.task or (self.style != P.SLURM and not _same_file(self.stdout_fd, self.stderr_fd))
+        try:
+            ch = P.spawn(entry.path, argv, self._launch, split)
+        except OSError as exc:
+            return self._exec_failed(entry, result, exc)
+        self._tail = Tail(self.s["output_bytes"])
+        self._parser = TaskParser() if self.task else None
+        self._child = ch
+        try:
+            if self.terminated is not None:  # the signal arrived between scripts
+                self._on_signal(self.terminated, None)
+            deadline = ch.t0 + self.timeout_s if self.timeout_s else None
+            if self.style == P.SLURM:
+                self._pump.wait_slurm(ch, deadline)
+            else:
+                self._pump.wait_run_parts(ch, deadline)
+        finally:
+            self._child = None
+            ch.close()
+        self._result(ch, result)
+
+    def _result(self, ch, result):
+        now = time.monotonic()
+        result.duration_ns = int(((ch.eof_at or now) - ch.t0) * 1e9)
+        if ch.exit_at is not None:
+            result.exit_ns = int((ch.exit_at - ch.t0) * 1e9)
+        result.timed_out = ch.timed_out
+        if ch.status is not None:
+            result.exit_code, result.signal = decode_status(ch.status)
+        if self.terminated is not None:
+            result.runner_signal = self.terminated
+        if ch.leftovers:  # command lines can hold secrets (mysql -pSECRET &): redacted like output
+            if self._redactor is None:
+                self._redactor = _redactor(self.s)
+            result.leftovers = [{c.LO_PID: lo.pid, c.LO_CMD: self._redactor(lo.cmd), c.LO_HELD_NS: lo.held_ns,
+                                 c.LO_FATE: lo.fate} for lo in ch.leftovers]
+        result.output = self._tail.value()
+        result.truncated = self._tail.truncated
+        if self._parser is not None:
+            self._parser.feed(b"", final=True)
+            result.exported, result.unset = self._parser.exported, self._parser.unset
+
+    def _exec_failed(self, entry, result, exc):
+        if self.knobs.get("report_exit"):
+            # run-parts' child: error("failed to exec ..."); exit(1).
+            result.exit_code = 1
+            result.output = f"run-parts: failed to exec {entry.path}: {exc.strerror}\n".encode()
+        else:
+            result.exit_code = layouts.EXIT_NOT_EXECUTABLE
+            if self.knobs.get("shell_statuses") and exc.errno != _ENOENT:
+                result.exit_code = layouts.EXIT_REFUSED  # the shell's 126: found, but cannot be executed
+            result.output = f"hookscope: cannot execute {entry.path}: {exc.strerror}\n".encode()
+        if self.s["passthrough"] or self.knobs.get("report_exit"):
+            _write_all(self.stderr_fd, result.output)
 
     # ---------------------------------------------------------------- records
     def _stat_fields(self, entry, index):
         f = {c.R_INDEX: index, c.R_PATH: entry.path, c.R_SHA256: None, c.R_SIZE: None,
              c.R_MODE: None, c.R_UID: None, c.R_MTIME: None}
+        if getattr(entry, "findings", None):  # this script's own permission findings (strict "auto")
+            f[c.R_FINDINGS] = list(entry.findings)
         st = entry.st
         if st is not None:
             f[c.R_SIZE], f[c.R_MODE], f[c.R_UID], f[c.R_MTIME] = st.st_size, st.st_mode, st.st_uid, st.st_mtime_ns
@@ -325,94 +283,138 @@ class Runner:
         if mode == "never" or (mode == "failure" and not failed) or not result.output:
             return None
         if self._redactor is None:
-            from emitter.redact import Redactor
-
-            self._redactor = Redactor(self.s["redact"], self.s["redact_builtin"])
+            self._redactor = _redactor(self.s)
         return self._redactor(result.output.decode("utf-8", "replace"))
 
     def _j(self, kind, fields):
+        """Journal a record.  script_started and hook_ended are written at once
+        (script_started before the spawn: crash evidence); the others wait for
+        the next of those and go out with it in one locked write, which halves
+        the journal's cost per script (``journal_batch``; docs/runner.md "Speed")."""
+        if self.journal is not None:
+            self._pending.append((kind, fields, time.time_ns()))
+            if kind in _WRITE_NOW or not self._batch:
+                self._flush()
+
+    def _flush(self):
         # The journal never raises OSError; this also contains a bug of ours,
         # so recording can fail but running the scripts cannot.
-        if self.journal is not None:
-            try:
-                self.journal.append(kind, fields)
-            except Exception as exc:  # noqa: BLE001
-                _write_all(self.stderr_fd, f"hookscope: journal disabled for this hook after an internal "
-                                           f"error ({type(exc).__name__}: {exc}); scripts still run\n".encode())
-                self.journal = None
+        items, self._pending = self._pending, []
+        if self.journal is None or not items:
+            return
+        try:
+            many = getattr(self.journal, "append_many", None)
+            if many is not None:
+                many(items)
+            else:
+                for kind, fields, _ in items:
+                    self.journal.append(kind, fields)
+        except Exception as exc:  # noqa: BLE001
+            _write_all(self.stderr_fd, f"hookscope: journal disabled for this hook after an internal "
+                                       f"error ({type(exc).__name__}: {exc}); scripts still run\n".encode())
+            self.journal = None
 
     # ---------------------------------------------------------------- the hook
+    def _empty(self, warnings):
+        where = ", ".join(self.dirs) or "(no directory)"
+        if self.knobs.get("shell_statuses"):  # hookscope exec: the one script is not there
+            warnings.append(f"{where}: not found (status 127, as a shell gives)")
+            _write_all(self.stderr_fd, f"hookscope exec: {where}: not found\n".encode())
+            return layouts.EXIT_NOT_EXECUTABLE
+        if self.knobs["empty"] == "fail" and not self.s["empty_ok"]:
+            warnings.append(f"no scripts in {where}: the {self.s['layout']} layout fails an empty hook "
+                            "(status 1); set runner.empty_ok = true to allow it")
+            return 1
+        warnings.append(f"no scripts in {where}; nothing ran")
+        return 0
+
+    def _setup(self):
+        """The process state scripts inherit, put back as the runner was started
+        with it; returns what to undo at the end."""
+        org = self.origin
+        P.restore_ignored(org)
+        # run-parts: umask(022) before anything
+        self._launch = P.Launch(org, self.style, self.child_env, self.knobs.get("umask"), self._block)
+        undo = []
+        try:
+            # An inherited SIGCHLD=SIG_IGN would auto-reap our scripts and hide
+            # their status from waitpid.
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            for sig in (_SIGTERM, _SIGINT):
+                if sig not in org.ignored:  # ignored as slurmd started us: it stays so
+                    undo.append((sig, _signal.signal(sig, self._on_signal)))
+        except ValueError:  # not the main thread (library use): no forwarding
+            pass
+        return undo
+
     def run(self, entries, warnings=()):
         """Run ``entries`` (from layouts.plan); returns the exit status for the platform."""
         t0 = time.monotonic()
         warnings = list(warnings)
         counted = layouts.counted(entries)
-        if not counted:
-            if self.knobs["empty"] == "fail" and not self.s["empty_ok"]:
-                warnings.append(f"no scripts in {', '.join(self.dirs) or '(no directory)'}: "
-                                f"the {self.s['layout']} layout fails an empty hook (status 1); "
-                                "set runner.empty_ok = true to allow it")
-                empty_status = 1
-            else:
-                warnings.append(f"no scripts in {', '.join(self.dirs) or '(no directory)'}; nothing ran")
-                empty_status = 0
+        empty_status = None if counted else self._empty(warnings)
         self._j(c.K_HOOK_STARTED, {
             c.R_CONTEXT: self.context, c.R_LAYOUT: self.s["layout"], c.R_DIRS: self.dirs,
             c.R_TIMEOUT_S: self.s["timeout_s"],
             c.R_JOB: job_metadata(self.env),
             c.R_WARNINGS: list(warnings),
         })
-        try:
-            # An inherited SIGCHLD=SIG_IGN would auto-reap our scripts and hide
-            # their status from waitpid.
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-            old_term = _signal.signal(_SIGTERM, self._on_signal)
-            old_int = _signal.signal(_SIGINT, self._on_signal)
-        except ValueError:  # not the main thread (library use): no forwarding
-            old_term = old_int = None
+        undo = self._setup()
         status, failed_index, n = 0, None, 0
         try:
             if not counted:
                 status = empty_status
                 for e in entries:
                     self._skipped(e)
-            index = 0
-            for e in entries:
-                if not counted:
-                    break
-                if e.action == layouts.SKIP:
-                    self._skipped(e)
-                    continue
-                if self.terminated is not None:
-                    break
-                code = self._one(e, index)
-                n += 1
-                if code and failed_index is None:
-                    failed_index = index
-                    status = code if self.knobs["failure_status"] == "script" else 1
-                index += 1
-                if code and self.knobs["stop_on_failure"]:
-                    break
-                if self.terminated is not None:
-                    break
-            if self.terminated is not None and status == 0:
-                status = 128 + self.terminated
-                warnings.append(f"runner received signal {self.terminated}; remaining scripts not run")
+            else:
+                status, failed_index, n = self._run_entries(entries)
+            if self.terminated is not None:
+                if status == 0:
+                    status = 128 + self.terminated
+                warnings.append(f"runner terminated by signal {self.terminated} (slurmd's own timeout, or "
+                                "another SIGTERM/SIGINT to the runner): the running script's group was sent "
+                                "SIGTERM and SIGKILL, and the remaining scripts did not run")
+            if self._pump.background:  # leftover daemons may hold the hook: what is known goes out first
+                self._flush()
+            self._pump.finish(wait=self.terminated is None and _reads_to_eof(self.stdout_fd))
         finally:
-            if old_term is not None:
-                _signal.signal(_SIGTERM, old_term)
-                _signal.signal(_SIGINT, old_int)
+            for sig, old in undo:
+                _signal.signal(sig, old)
             self._j(c.K_HOOK_ENDED, {c.R_STATUS: status, c.R_N_SCRIPTS: n, c.R_FAILED_INDEX: failed_index,
                                      c.R_DURATION_NS: int((time.monotonic() - t0) * 1e9),
-                                     c.R_WARNINGS: warnings})
+                                     c.R_WARNINGS: warnings, c.R_RUNNER_SIGNAL: self.terminated})
             if self._log is not None:
                 self._log.close()
         return status
+
+    def _run_entries(self, entries):
+        status, failed_index, n, index = 0, None, 0, 0
+        for e in entries:
+            if e.action == layouts.SKIP:
+                self._skipped(e)
+                continue
+            if self.terminated is not None:
+                break
+            code, sig = self._one(e, index)
+            n += 1
+            if self.terminated is not None:
+                break  # killed by our forwarding of slurmd's signal: not the script's own failure
+            if code and failed_index is None:
+                failed_index = index
+                status = code if self.knobs["failure_status"] == "script" else 1
+                if self.knobs["failure_status"] == "script":
+                    self.status_signal = sig
+            index += 1
+            if code and self.knobs["stop_on_failure"]:
+                break
+        return status, failed_index, n
 
     def _skipped(self, e):
         self._j(c.K_SCRIPT_SKIPPED, {c.R_INDEX: None, c.R_PATH: e.path, c.R_REASON: e.reason})
         if e.warn:
             self._tw_log(f"WARNING skipped {e.path}: {e.reason}")
+            if self.knobs.get("report_exit"):
+                _write_all(self.stderr_fd, f"run-parts: {e.reason.split(' (run-parts')[0]}\n".encode())
 
     def _one(self, entry, index):
         self._j(c.K_SCRIPT_STARTED, self._stat_fields(entry, index))
@@ -420,27 +422,37 @@ class Runner:
         refused = None
         t0 = time.monotonic()
         if entry.action == layouts.RUN:
-            spawned = self.spawn(entry.path, r)
-            if spawned is not None:
-                self.wait(spawned[0], spawned[1], r, t0)
-            else:
-                r.duration_ns = int((time.monotonic() - t0) * 1e9)
-                if self.s["passthrough"]:
-                    _write_all(self.stderr_fd, r.output)
+            self.execute(entry, r)
+            r.duration_ns = r.duration_ns or int((time.monotonic() - t0) * 1e9)
         elif entry.action == layouts.FAIL:
             r.exit_code = layouts.EXIT_NOT_EXECUTABLE
-            r.output = f"hookscope: {entry.path}: {entry.reason}\n".encode()
-            if self.s["passthrough"]:
+            if self.knobs.get("shell_statuses") and entry.st is not None:
+                r.exit_code = layouts.EXIT_REFUSED  # the shell's 126: it exists (a directory, no x bit)
+            if self.knobs.get("report_exit"):
+                r.exit_code = 1
+                r.output = f"run-parts: {entry.reason.split(' (run-parts')[0]}\n".encode()
+            else:
+                r.output = f"hookscope: {entry.path}: {entry.reason}\n".encode()
+            if r.exit_code == layouts.EXIT_REFUSED:
+                r.output = r.output.replace(b"status 127", b"status 126")
+            if self.s["passthrough"] or self.knobs.get("report_exit"):
                 _write_all(self.stderr_fd, r.output)
         else:  # REFUSE
             r.exit_code = layouts.EXIT_REFUSED
             refused = entry.reason
             r.output = f"hookscope: refused {entry.path}: {entry.reason}\n".encode()
             _write_all(self.stderr_fd, r.output)
+        if entry.action == layouts.RUN and r.exit_code and self.knobs.get("report_exit"):
+            _write_all(self.stderr_fd, _run_parts_line(entry.path, r).encode())
+        self._ended(entry, index, r, refused)
+        return r.exit_code, r.signal
+
+    def _ended(self, entry, index, r, refused):
         failed = r.exit_code != 0
         fields = {c.R_INDEX: index, c.R_PATH: entry.path, c.R_EXIT: r.exit_code, c.R_SIGNAL: r.signal,
                   c.R_TIMED_OUT: r.timed_out, c.R_REFUSED: refused, c.R_DURATION_NS: r.duration_ns,
-                  c.R_OUTPUT: self._output_for_record(r, failed), c.R_OUTPUT_TRUNCATED: r.truncated}
+                  c.R_OUTPUT: self._output_for_record(r, failed), c.R_OUTPUT_TRUNCATED: r.truncated,
+                  c.R_EXIT_NS: r.exit_ns, c.R_LEFTOVERS: r.leftovers, c.R_RUNNER_SIGNAL: r.runner_signal}
         if self.task:
             fields[c.R_EXPORTED] = r.exported
             fields[c.R_UNSET] = r.unset
@@ -448,7 +460,6 @@ class Runner:
         if self.s["layout"] == "tensorwave" or self.s["log_file"]:
             self._tw_log(f"path={entry.path} exit={r.exit_code}" + (" timed_out" if r.timed_out else ""),
                          r.output if failed else None)
-        return r.exit_code
 
     # ---------------------------------------------------------------- per-node log (tensorwave)
     def log_path(self):
@@ -460,15 +471,13 @@ class Runner:
         if self.s["layout"] != "tensorwave" and not self.s["log_file"]:
             return
         ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        line = (f"{ts} context={self.context} job={self.env.get('SLURM_JOB_ID', '-')} "
-                f"user={self.env.get('SLURM_JOB_USER', '-')} {text}\n")
+        line = _visible(f"{ts} context={self.context} job={self.env.get('SLURM_JOB_ID', '-')} "
+                       f"user={self.env.get('SLURM_JOB_USER', '-')} {text}") + "\n"
         if output:
             out = output.decode("utf-8", "replace")
             if self._redactor is None:
-                from emitter.redact import Redactor
-
-                self._redactor = Redactor(self.s["redact"], self.s["redact_builtin"])
-            line += "".join(f"    | {ln}\n" for ln in self._redactor(out).splitlines())
+                self._redactor = _redactor(self.s)
+            line += "".join(f"    | {_visible(ln, keep_layout=True)}\n" for ln in self._redactor(out).splitlines())
         try:
             if self._log is None:
                 p = self.log_path()
@@ -493,8 +502,25 @@ class _NoJournal:
         pass
 
 
-def run(settings, context, dirs, env=None, journal_dir=None, stdout_fd=1, stderr_fd=2, extra_warnings=()):
-    """Plan and run one hook, journaled.  Returns (status, journal or None)."""
+def open_journal(settings, journal_dir=None, env=None):
+    """The hook's Journal; a stand-in that records nothing if even that fails."""
+    try:
+        return Journal(journal_dir or settings["journal_dir"], node=settings["node"] or None,
+                       cluster=settings["cluster"] or (os.environ if env is None else env).get(
+                           "SLURM_CLUSTER_NAME", ""),
+                       fsync=settings["fsync"], spool_max_bytes=settings["spool_max_bytes"])
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: run unrecorded rather than not at all
+        from emitter.journal import say
+
+        say(f"hookscope: journal disabled for this hook after an internal error "
+            f"({type(exc).__name__}: {exc}); scripts still run\n")
+        return _NoJournal()
+
+
+def run(settings, context, dirs, env=None, journal_dir=None, stdout_fd=1, stderr_fd=2, extra_warnings=(),
+        ran=None):
+    """Plan and run one hook, journaled.  Returns (status, journal or None);
+    the Runner is appended to the list ``ran`` when one is given."""
     from emitter.config import strict_enabled
 
     knobs = layouts.knobs_for(
@@ -503,19 +529,11 @@ def run(settings, context, dirs, env=None, journal_dir=None, stdout_fd=1, stderr
                                     "name_filter", "empty")})
     strict = strict_enabled(settings["strict"])
     entries, warnings = layouts.plan(dirs, knobs, strict=strict)
-    env = dict(os.environ if env is None else env)
-    try:
-        journal = Journal(journal_dir or settings["journal_dir"], node=settings["node"] or None,
-                          cluster=settings["cluster"] or env.get("SLURM_CLUSTER_NAME", ""),
-                          fsync=settings["fsync"], spool_max_bytes=settings["spool_max_bytes"])
-    except Exception as exc:  # noqa: BLE001 - a bug of ours: run unrecorded rather than not at all
-        from emitter.journal import say
-
-        say(f"hookscope: journal disabled for this hook after an internal error "
-            f"({type(exc).__name__}: {exc}); scripts still run\n")
-        journal = _NoJournal()
+    journal = open_journal(settings, journal_dir, env)
     r = Runner(settings, context, dirs, knobs, strict, journal=journal, env=env,
                stdout_fd=stdout_fd, stderr_fd=stderr_fd)
+    if ran is not None:
+        ran.append(r)
     try:
         status = r.run(entries, list(extra_warnings) + warnings)
     finally:

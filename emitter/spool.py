@@ -46,6 +46,9 @@ class JournalFile:
     size: int = 0
     full: bool = True  # False: scanned lightly (head and tail only); see load_full
     untrusted: str | None = None  # why the file is not evidence (state UNTRUSTED)
+    #: uid owning the spool it came from, as the agent stat()ed it (0: root's journal;
+    #: emitter/userspool.py).  Shipped as contract.A_ATTESTED_UID, never read from the records.
+    attested_uid: int = 0
 
     @property
     def records(self) -> list[dict]:
@@ -219,17 +222,21 @@ def _head_and_tail(data: bytes) -> tuple[list, list]:
     return entries, []
 
 
-def trust_problem(st: os.stat_result, euid: int | None = None) -> str | None:
+def trust_problem(st: os.stat_result, euid: int | None = None, owner: int | None = None) -> str | None:
     """Why a journal file with these stats is not evidence, or None.  Pure.
 
     The runner writes its files 0600 as root (or as the agent's user on a
-    non-root test setup); anything else could have been written by a user."""
+    non-root test setup); anything else could have been written by a user.
+    ``owner``: a per-uid spool's uid, the only owner its files may have."""
     euid = os.geteuid() if euid is None else euid
     mode = stat.S_IMODE(st.st_mode)
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file"
     problems = []
-    if st.st_uid not in (0, euid):
+    if owner:
+        if st.st_uid != owner:
+            problems.append(f"is owned by uid {st.st_uid}, not uid {owner} whose spool it is in")
+    elif st.st_uid not in (0, euid):
         problems.append(f"is owned by uid {st.st_uid}, not root" + (f" or uid {euid}" if euid else ""))
     if mode & 0o022:
         who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
@@ -242,11 +249,12 @@ def _untrusted(path: str, st: os.stat_result, why: str) -> JournalFile:
                        size=st.st_size, full=True)
 
 
-def read_file(path: str, full: bool = True, **classify_kw) -> JournalFile | None:
+def read_file(path: str, full: bool = True, owner: int = 0, **classify_kw) -> JournalFile | None:
     """Read and classify one file; None if it vanished (shipped by another process).
     ``full=False``: a light read for scanning (see _head_and_tail); call
     ``load_full`` before shipping it.  An untrusted file (trust_problem) comes
-    back in state UNTRUSTED with no entries: its contents are not read."""
+    back in state UNTRUSTED with no entries: its contents are not read.
+    ``owner``: the uid of the per-uid spool it is in (0: root's journal)."""
     try:
         # O_NOFOLLOW: a symlink is refused, not followed; O_NONBLOCK: a FIFO
         # planted here must not block the open (it is refused by its fstat).
@@ -257,18 +265,22 @@ def read_file(path: str, full: bool = True, **classify_kw) -> JournalFile | None
         if exc.errno != errno.ELOOP:
             raise
         try:
-            return _untrusted(path, os.lstat(path), "is a symlink")
+            jf = _untrusted(path, os.lstat(path), "is a symlink")
+            jf.attested_uid = owner
+            return jf
         except FileNotFoundError:
             return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())  # of what was opened: no race with a swap of the name
-        why = trust_problem(st)
+        why = trust_problem(st, owner=owner)
         if why:
-            return _untrusted(path, st, why)
+            jf = _untrusted(path, st, why)
+            jf.attested_uid = owner
+            return jf
         data = f.read()
     entries, damage = parse_lines(data) if full else _head_and_tail(data)
     jf = JournalFile(path=path, entries=entries, damage=damage, mtime_ns=st.st_mtime_ns,
-                     size=st.st_size, full=full)
+                     size=st.st_size, full=full, attested_uid=owner)
     jf.state = classify(jf, **classify_kw)
     if jf.state == RUNNING:
         # A running file's last line may simply not be written yet.
@@ -291,7 +303,7 @@ def load_full(jf: JournalFile) -> JournalFile | None:
         jf.state, jf.untrusted, jf.entries = UNTRUSTED, "is a symlink", []
         return jf
     with os.fdopen(fd, "rb") as f:
-        why = trust_problem(os.fstat(f.fileno()))
+        why = trust_problem(os.fstat(f.fileno()), owner=jf.attested_uid)
         if why:  # replaced since the scan
             jf.state, jf.untrusted, jf.entries = UNTRUSTED, why, []
             return jf
@@ -301,11 +313,12 @@ def load_full(jf: JournalFile) -> JournalFile | None:
     return jf
 
 
-def scan(journal_dir: str, full: bool = True, **classify_kw) -> list[JournalFile]:
+def scan(journal_dir: str, full: bool = True, owner: int = 0, **classify_kw) -> list[JournalFile]:
     """Every journal file, classified, in shipping order: by first seq (the
     node's chain order), files without a readable seq by name.  ``full=False``
-    keeps memory flat on a big backlog (see read_file)."""
-    files = [jf for jf in (read_file(p, full, **classify_kw) for p in list_files(journal_dir)) if jf]
+    keeps memory flat on a big backlog (see read_file).  ``owner``: the uid of
+    a per-uid spool (emitter/userspool.py), 0 for root's journal."""
+    files = [jf for jf in (read_file(p, full, owner, **classify_kw) for p in list_files(journal_dir)) if jf]
     big = 1 << 62
     return sorted(files, key=lambda jf: (jf.first_seq if jf.first_seq is not None else big, jf.name))
 

@@ -14,7 +14,25 @@ from queries.views import HOOK_FAILED, SCRIPT_FAILED
 #: Keys of one audit row, in display order.
 AUDIT_KEYS = ("start", "node", "context", "job_id", "user", "script", "sha256", "exit_code",
               "signal", "timed_out", "refused", "duration_ms", "status", "hook_id", "index",
-              "cluster", "failed", "runner_killed", "output")
+              "cluster", "failed", "runner_killed", "output", "attested")
+
+#: Contexts only root runs (slurmd's Prolog/Epilog, a node's init scripts): a
+#: user-attested record claiming one is a user's claim, never the node's.
+ROOT_CONTEXTS = ("prolog_slurmd", "epilog_slurmd", "init_worker", "init_login")
+
+
+def attested_sql(alias: str) -> str:
+    """SQL for who the node attests wrote a hook run (``<alias>`` a hook_runs
+    or script_runs row): 'root', 'uid N' (a per-owner spool:
+    TaskProlog/SrunProlog as the job's user, PrologSlurmctld as SlurmUser),
+    or 'uid N (claims a root context)' when such a record names a context
+    only root runs.  NULL attested_uid (older agents, direct mode) is root's
+    journal.  docs/journal.md "Per-owner spools"."""
+    a = alias
+    ctx = ", ".join(f"'{x}'" for x in ROOT_CONTEXTS)
+    return (f"CASE WHEN coalesce({a}.attested_uid, 0) = 0 THEN 'root' "
+            f"WHEN {a}.context IN ({ctx}) THEN 'uid ' || {a}.attested_uid || ' (claims a root context)' "
+            f"ELSE 'uid ' || {a}.attested_uid END")
 
 
 def _audit_rows(con, where_h: str, where_s: str, params_h: list, params_s: list,
@@ -38,10 +56,23 @@ def _audit_rows(con, where_h: str, where_s: str, params_h: list, params_s: list,
                s.timed_out, s.refused, round(coalesce(s.duration_ms, h.duration_ms), 3) AS duration_ms,
                h.status, h.hook_id, s.idx AS "index", h.cluster,
                coalesce({_prefix(SCRIPT_FAILED, 's')}, {_prefix(HOOK_FAILED, 'h')}) AS failed,
-               coalesce(s.runner_killed, h.runner_killed, false) AS runner_killed, s.output
+               coalesce(s.runner_killed, h.runner_killed, false) AS runner_killed, s.output,
+               {attested_sql('h')} AS attested
         FROM h LEFT JOIN s ON s.hook_id = h.hook_id
         ORDER BY start, h.node, h.hook_id, s.idx{lim}"""
-    return rows(con, sql, ph + ps)
+    out = rows(con, sql, ph + ps)
+    # What Slurm did about each failure (issue 16), in Slurm's words.
+    from queries.outcomes import consequence
+
+    said: dict = {}
+    for r in out:
+        if r["failed"]:
+            if r["context"] not in said:
+                said[r["context"]] = consequence(r["context"])["text"]
+            r["consequence"] = said[r["context"]]
+        else:
+            r["consequence"] = None
+    return out
 
 
 def _prefix(expr: str, alias: str) -> str:
@@ -110,7 +141,11 @@ def audit_script(con, path, since=None, until=None) -> dict:
         FROM hv WHERE hour IN (SELECT hour FROM multi) GROUP BY hour ORDER BY hour""", params)
     total = sum(v["runs"] for v in versions)
     failures = sum(v["failures"] for v in versions)
+    from queries.outcomes import stale_versions
+
     return {
+        # nodes that keep running an old version after a newer one reached their peers
+        "stale": stale_versions(con, path=str(path), since=since, until=until),
         "path": str(path),
         "runs": total,
         "failures": failures,

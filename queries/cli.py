@@ -8,7 +8,6 @@ a file with ``--format csv|parquet|json -o FILE``.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 
@@ -34,6 +33,7 @@ def _source_options(fn):
     @functools.wraps(fn)
     def wrapper(db, archive, since, until, as_json, fmt, output, **kw):
         try:
+            from queries.safetext import json_text, visible
             from queries.source import open_source, parse_time
 
             if db and archive:
@@ -64,19 +64,21 @@ def _source_options(fn):
                 n = len(data) if isinstance(data, list) else 1
                 click.echo(f"wrote {n} row(s) as {fmt} to {output}", err=True)
             elif as_json:
-                click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+                # Text is data, never control (queries/safetext.py): JSON stays
+                # lossless with C1/bidi escaped; text has every control made visible.
+                click.echo(json_text(data, indent=2))
             else:
-                click.echo(render(data))
+                click.echo(visible(render(data), keep_layout=True))
             code = getattr(render, "exit_code", None)
             if code is not None:
                 sys.exit(code(data))
         except QueryError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(visible(str(exc), keep_layout=True)) from exc
     return wrapper
 
 
 _AUDIT_COLUMNS = ["start", "node", "context", "job_id", "user", "script", "sha256", "exit_code",
-                  "signal", "timed_out", "refused", "duration_ms"]
+                  "signal", "timed_out", "refused", "duration_ms", "attested"]
 
 
 def _render_audit(rows):
@@ -86,7 +88,8 @@ def _render_audit(rows):
     return render(view, _AUDIT_COLUMNS, widths={"script": 48})
 
 
-@click.group(epilog="Example:\n\n  hookscope audit job 123456 --db /var/lib/hookscope/hookscope.duckdb")
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Example:\n\n  hookscope audit job 123456 --db /var/lib/hookscope/hookscope.duckdb")
 def audit():
     """Audit trail: jobs, scripts, nodes, users, and hash-chain verification."""
 
@@ -164,6 +167,9 @@ def audit_script_cmd(con, path, since, until):
                 out.append(f"  {h['hour']}: " + "; ".join(parts))
         else:
             out += ["", "no configuration drift (no hour saw two versions)"]
+        from queries.outcomes import stale_sentence
+
+        out += [f"stale: {stale_sentence(r)}" for r in d.get("stale") or []]
         return "\n".join(out)
 
     return audit_script(con, path, since, until), show
@@ -171,12 +177,18 @@ def audit_script_cmd(con, path, since, until):
 
 @audit.command("verify")
 @click.option("--node", help="Verify only this node's chain.")
+@click.option("--keys", "keys_file", type=click.Path(dir_okay=False), envvar="HOOKSCOPE_NODE_KEYS",
+              show_envvar=True,
+              help="Pin each node's NKey: a JSON object {node: public key} or the auth.conf of "
+                   "deploy/nats/gen_auth.py; chain heads signed by any other key are findings.")
 @_source_options
-def audit_verify_cmd(con, node, since, until):
-    """Check every node's journal hash chain: gaps, reorders, alterations.
+def audit_verify_cmd(con, node, keys_file, since, until):
+    """Check every node's journal hash chain, the rows derived from it and
+    the chain heads nodes signed: gaps, reorders, alterations, deleted tails.
 
-    Exits 1 when a problem is found.  --since/--until are ignored: a chain is
-    verified whole.
+    Exits 1 when a problem is found.  Every chain is verified whole: a
+    window cannot be, so --since/--until are refused.  Findings are
+    explained in docs/queries.md.
 
     Example:
 
@@ -184,10 +196,18 @@ def audit_verify_cmd(con, node, since, until):
     """
     from queries.table import render
     from queries.verify import verify_chain
+    from queries.verify_heads import load_keys
+
+    if since or until:
+        # A window would hide what the window is about: a record moved 30
+        # days back, or a deleted tail, is outside any window it is asked for.
+        raise click.UsageError("audit verify checks whole chains and takes no --since/--until; "
+                               "use --node NODE to verify one node's chains")
 
     def show(d):
         head = (f"{'OK' if d['ok'] else 'PROBLEMS'}: {d['checked']['records']} journal record(s) "
-                f"on {d['checked']['nodes']} node(s) checked, {len(d['problems'])} problem(s)")
+                f"on {d['checked']['nodes']} node(s) checked, {d['checked'].get('heads') or 0} chain "
+                f"head(s) ({d['checked'].get('signed_heads') or 0} signed), {len(d['problems'])} problem(s)")
         out = [head]
         if d["problems"]:
             out += ["", render(d["problems"], ["node", "seq", "kind", "detail"], widths={"detail": 100})]
@@ -196,7 +216,7 @@ def audit_verify_cmd(con, node, since, until):
         return "\n".join(out)
 
     show.exit_code = lambda d: 0 if d["ok"] else 1
-    return verify_chain(con, node), show
+    return verify_chain(con, node, keys=load_keys(keys_file) if keys_file else None), show
 
 
 @audit.command("views")
@@ -212,21 +232,37 @@ def audit_views_cmd():
     click.echo(views_sql())
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("node")
+@click.argument("job_id", required=False)
+@click.option("--scheduler-parameters", envvar="HOOKSCOPE_SCHEDULER_PARAMETERS", show_envvar=True,
+              help="why job: the site's SchedulerParameters (as 'scontrol show config' prints it), "
+                   "so nohold_on_prolog_fail is read, not assumed.")
+@click.option("--prolog-flags", envvar="HOOKSCOPE_PROLOG_FLAGS", show_envvar=True,
+              help="why job: the site's PrologFlags (e.g. Alloc,Contain), so when the Prolog ran is read.")
 @_source_options
-def why(con, node, since, until):
-    """Explain why NODE drained or is failing hooks.
+def why(con, node, job_id, scheduler_parameters, prolog_flags, since, until):
+    """Explain why NODE drained or is failing hooks; 'why job J': what happened to job J.
 
     Names the script, its exit status and output, whether it fails on other
     nodes too (script or node fault), whether its sha256 changed just before,
     GPU signals around the failure, and node events.  A drain with no hook
-    failure is reported as such.
+    failure is reported as such.  'why job J' says what Slurm did to the job
+    (requeued held, cancelled, step cancelled), which hook, script, version
+    and output decided it, on which node, and what its retry did.
 
     Example:
 
       hookscope why gpu042 --db /var/lib/hookscope/hookscope.duckdb --json
+
+      hookscope why job 123456 --db /var/lib/hookscope/hookscope.duckdb
     """
+    if job_id is not None:
+        if node != "job":
+            raise click.UsageError(f"give one node (why NODE) or a job (why job JOB_ID), not {node!r} {job_id!r}")
+        from queries.jobwhy import render_job, why_job
+
+        return why_job(con, job_id, since, until, scheduler_parameters, prolog_flags), render_job
     from queries.table import kv, short_sha
     from queries.why import why as why_fn
 
@@ -265,7 +301,7 @@ def _indent(text, pad="  "):
     return "\n".join(pad + line for line in str(text).splitlines())
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @_source_options
 def drains(con, since, until):
     """Nodes whose latest hook run failed, grouped by cause, worst first.

@@ -66,8 +66,13 @@ def drains(con, since=None, until=None) -> list[dict]:
         FROM j GROUP BY context, path, sha256
         ORDER BY count DESC, last_failure DESC, script"""
     out = rows(con, sql, params)
+    from queries.outcomes import consequence
+
     for r in out:
         r["drain_reason"] = contract.DRAIN_REASON.get(r["context"])
+        # What Slurm did to the node and the job (issue 16); no drain for
+        # controller, task, srun and boot-time contexts.
+        r["consequence"] = consequence(r["context"])["text"]
         if r["exit_codes"] is None:
             r["exit_codes"] = []
         if len(r["nodes"]) > MAX_NODES_LISTED:

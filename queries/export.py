@@ -14,6 +14,7 @@ import os
 from emitter.fsutil import replacing
 
 from queries import QueryError
+from queries.safetext import csv_cell, json_text
 
 FORMATS = ("csv", "parquet", "json")
 
@@ -61,10 +62,14 @@ def export(data, fmt: str, path) -> str:
     with replacing(path, fail) as tmp:
         if fmt == "json":
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=False, ensure_ascii=False)
+                # Lossless, and no raw control character (safetext.json_text).
+                f.write(json_text(data, indent=2, sort_keys=False))
                 f.write("\n")
         elif fmt == "csv":
-            rows = _flat_rows(data)
+            # A spreadsheet or a terminal shows CSV: controls made visible,
+            # formula-like cells quoted (safetext.csv_cell).  Parquet and
+            # JSON are the lossless exports.
+            rows = [{k: csv_cell(v) for k, v in r.items()} for r in _flat_rows(data)]
             with open(tmp, "w", encoding="utf-8", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=_columns(rows))
                 w.writeheader()

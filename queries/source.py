@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 
 from collector import schema
+from collector.archive import layout_groups, partition_key
 from queries import QueryError
 
 
@@ -137,7 +138,8 @@ def _suspects(files: list[str]) -> set[str] | None:
         m = _SEQ_RANGE.search(os.path.basename(f))
         if not m:
             return None
-        by_dir.setdefault(os.path.dirname(f), []).append((int(m.group(1)), int(m.group(2)), f))
+        # (cluster, date) in either archive layout: a copy may sit in the other one
+        by_dir.setdefault(partition_key(f), []).append((int(m.group(1)), int(m.group(2)), f))
     out: set[str] = set()
     for lst in by_dir.values():
         lst.sort()
@@ -157,6 +159,11 @@ def _suspects(files: list[str]) -> set[str] | None:
 
 def _select(con, table: str, files: list[str]) -> str:
     """SELECT of the schema's columns (plus ``_date``) over these files."""
+    groups = layout_groups(files)
+    if len(groups) > 1:
+        # Archives from before the cluster column moved into the files hold
+        # cluster=<c>/date=<d>/ directories: each layout is one scan.
+        return " UNION ALL ".join(_select(con, table, g) for g in groups)
     lst = "[" + ", ".join(_sql_str(f) for f in files) + "]"
     # union_by_name costs every query a schema merge over all the files:
     # only ask for it when the files really differ (a column added later).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+from queries.safetext import visible
+
 
 def _cell(v, width: int) -> str:
     if v is None:
@@ -17,7 +19,8 @@ def _cell(v, width: int) -> str:
         s = ", ".join(map(str, v)) if isinstance(v, list) else json.dumps(v)
     else:
         s = str(v)
-    s = s.replace("\n", " ")
+    # Controls made visible before measuring, so the columns still line up.
+    s = visible(s.replace("\n", " "))
     return s if len(s) <= width else s[: max(1, width - 1)] + "…"
 
 

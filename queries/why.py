@@ -23,6 +23,7 @@ from emitter import contract
 from queries import QueryError
 from queries.source import date_floor, iso, parse_time, rows, window_sql
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
+from queries.outcomes import INIT_FOR, consequence, init_sentence, init_status, stale_sentence, stale_versions
 
 #: How far around the failure the systemic and GPU checks look by default.
 SYSTEMIC_WINDOW = timedelta(hours=24)
@@ -38,6 +39,8 @@ REGRESSION_MIN_RATE_RISE = 0.01
 #: A non-hook drain this long after the last hook failure is its own event.
 DRAIN_MATCH = timedelta(minutes=10)
 HOT_C = 85.0
+#: How far back ``why`` looks for a script version the node lags behind.
+STALE_WINDOW = timedelta(days=7)
 MAX_NODES_LISTED = 50
 
 
@@ -150,6 +153,7 @@ def _cause(hook, script):
         "hook_status": h.get("status"),
         "duration_ms": src.get("duration_ms"),
         "drain_reason": contract.DRAIN_REASON.get(src.get("context") or h.get("context")),
+        "consequence": consequence(src.get("context") or h.get("context")),
     }
 
 
@@ -343,9 +347,19 @@ def why(con, node, since=None, until=None) -> dict:
     systemic = _systemic(con, node, cause, since, until)
     regression = _regression(con, node, cause)
     gpu = _gpu(con, node, cause["time"] if cause else (drain["time"] if drain else None))
+    # A failing job hook on a node whose boot-time init failed (or never ran)
+    # most likely wants what the init script should have installed.
+    init = (init_status(con, node, before=cause["time"], context=INIT_FOR.get(cause["context"]))
+            if cause else None)
+    # Bounded (a week before the failure, or before now): a whole-store
+    # version scan would cost more than the rest of why together.
+    ref = parse_time(cause["time"]) if cause else (parse_time(until) or datetime.now(timezone.utc))
+    stale = stale_versions(con, node=node, since=since or ref - STALE_WINDOW,
+                           until=until or ref + timedelta(hours=1))
     out = {
         "node": node,
-        "verdict": _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok),
+        "verdict": _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok)[:-1]
+        + "".join(f"; {x}" for x in [init_sentence(node, init)] + [stale_sentence(r) for r in stale] if x) + ".",
         "cause": cause,
         "systemic": systemic,
         "regression": regression,
@@ -354,6 +368,8 @@ def why(con, node, since=None, until=None) -> dict:
         "node_events": events,
         "latest_hook": latest,
         "recovered": latest_ok,
+        "init": init,
+        "stale": stale,
     }
     if earlier:
         out["earlier_hook_failure"] = earlier
@@ -392,6 +408,11 @@ def _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok):
              + f" {_what(cause)} at {cause['time']}{job}{user}"]
     if cause["drain_reason"]:
         parts[0] += f" -> Slurm drains with '{cause['drain_reason']}'"
+    con_ = cause.get("consequence") or {}
+    if con_.get("job") or con_.get("scope") == "boot":
+        parts.append(con_["text"].split("; ", 1)[-1] if con_.get("node") else con_["text"])
+        if con_.get("assumed"):
+            parts[-1] += f" (assumed, not read: {', '.join(con_['assumed'])})"
     if systemic:
         if systemic["fault"] == "script":
             parts.append(f"script fault: failed on {systemic['count']} of {systemic['nodes_ran']} nodes")

@@ -2,7 +2,8 @@
 """Generate nats-server authorization for hookscope: one NATS user per node.
 
 Each node may publish only to its own subjects
-(``hookscope.spans.<cluster>.<node>`` and ``hookscope.metrics.<cluster>.<node>``)
+(``hookscope.spans.<cluster>.<node>``, ``hookscope.metrics.<cluster>.<node>`` and
+``hookscope.heads.<cluster>.<node>``, its signed chain heads)
 and may receive only replies addressed to its own inbox prefix
 (``_INBOX_<node>.>``; the agent connects with that ``inbox_prefix``).  A node can
 therefore neither publish as another node, nor read the stream, nor see the
@@ -61,6 +62,7 @@ def node_permissions(cluster: str, node: str) -> dict:
         "publish": {"allow": [
             contract.subject(contract.SIGNAL_SPANS, cluster, node),
             contract.subject(contract.SIGNAL_METRICS, cluster, node),
+            contract.subject(contract.SIGNAL_HEADS, cluster, node),
             "$JS.API.INFO",
             f"$JS.API.STREAM.INFO.{contract.STREAM_NAME}",
         ]},
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError, ImportError) as exc:
         print(f"gen_auth: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {conf}; add 'include {conf.name}' to nats-server.conf next to it,\n"
+    print(f"wrote {conf}; add 'include {conf.name}' to nats-server.conf next to it (a complete one, "
+          f"with JetStream fsync before every ack: deploy/nats/nats-server.conf),\n"
           f"copy {a.out}/nodes/<node>.* to each node (mode 0600, owner root) and point the "
           f"agent's [agent] nkey/password setting at it")
     return 0

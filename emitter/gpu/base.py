@@ -30,12 +30,22 @@ class GpuSample:
     source: str  # nvml | amdsmi | replay
     metrics: dict = field(default_factory=dict)  # contract.M_GPU_* -> number (None: unsupported)
     ts: int = 0
+    #: MIG mode (None: the GPU has no MIG), how many MIG devices it holds, and
+    #: their UUIDs where the backend can see them (NVML): CUDA_VISIBLE_DEVICES
+    #: may name a MIG device, which belongs to this GPU.
+    mig: bool | None = None
+    mig_devices: int = 0
+    mig_uuids: tuple = ()
 
     def as_dict(self, job_id=None) -> dict:
         """The shape emitter.otlp.metrics_request takes."""
         return {"index": self.index, "uuid": self.uuid, "model": self.model, "vendor": self.vendor,
-                "source": self.source, "job_id": job_id, "ts": self.ts,
+                "source": self.source, "job_id": job_id, "ts": self.ts, "mig": self.mig,
                 "metrics": {k: v for k, v in self.metrics.items() if v is not None}}
+
+    def copy(self) -> "GpuSample":
+        return GpuSample(self.index, self.uuid, self.model, self.vendor, self.source, dict(self.metrics),
+                         self.ts, self.mig, self.mig_devices, tuple(self.mig_uuids))
 
 
 class GpuBackend:

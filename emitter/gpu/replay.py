@@ -1,112 +1,41 @@
 """Replay recorded tool output as if it were a live GPU library.
 
-Reads ``nvidia-smi -q -x`` XML or ``amd-smi metric --json`` (list form of
+Reads ``nvidia-smi -q -x`` XML (parsed by :mod:`emitter.gpu.nvsmi`) or ``amd-smi metric --json`` (list form of
 amd-smi 24.x, or the ``{"gpu_data": [...]}`` form of newer releases) and
 returns the same GpuSample values every round.  ``block`` simulates a hung
 driver: ``sample()`` sleeps that many seconds (``True``/inf: until closed).
 Used by tests, the demo and the benchmark; the parsers are pure functions.
+
+A *timeline* (a JSON file with the key ``hookscope_replay_timeline``) replays
+a recording with per-round changes on top, so a replay can show a load curve
+and an XID or ECC event at a chosen moment (``make demo``).  It is labelled
+synthetic wherever it is used: the values it sets are no tool's output::
+
+    {"hookscope_replay_timeline": 1, "recording": "nvidia-smi-q-x-8xH100.xml",
+     "start": 1796614000.0, "step_s": 1.0,
+     "rounds": [{"0": {"hw.gpu.utilization": 0.9}}, {}, {"1": {"hookscope.gpu.xid": 79}}]}
+
+``recording`` is relative to the timeline file.  Round ``i`` applies from
+``start + i * step_s`` (wall clock; without ``start``: the ``i``-th sample
+call); changes accumulate, so a counter stays where a round put it.  Round 0
+also holds before ``start``, and the last round after the end.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import os
 import threading
-import xml.etree.ElementTree as ET
+import time
 
 from emitter import contract as c
 from emitter.gpu.base import GpuBackend, GpuError, GpuSample
-
-_NUM = re.compile(r"^\s*(-?[0-9]+(?:\.[0-9]+)?)")
-_MIB = 1024 * 1024
-
-
-def _num(text):
-    """'81559 MiB' -> 81559.0; 'N/A', '' or None -> None."""
-    if text is None:
-        return None
-    m = _NUM.match(str(text))
-    return float(m.group(1)) if m else None
+from emitter.gpu.nvsmi import MIB as _MIB, NV_THROTTLE_BITS, num as _num, parse_nvidia_smi_xml  # noqa: F401
 
 
 def _int(x):
     return None if x is None else int(x)
-
-
-# nvidia-smi's clocks_event_reasons element -> NVML's nvmlClocksEventReason bit.
-NV_THROTTLE_BITS = {
-    "gpu_idle": 0x1, "applications_clocks_setting": 0x2, "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8, "sync_boost": 0x10, "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40, "hw_power_brake_slowdown": 0x80,
-    "display_clocks_setting": 0x100,
-}
-
-
-def parse_nvidia_smi_xml(text: str) -> list[GpuSample]:
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise GpuError(f"not nvidia-smi -q -x output: {exc}") from None
-    if root.tag != "nvidia_smi_log":
-        raise GpuError(f"not nvidia-smi -q -x output (root element <{root.tag}>)")
-    out = []
-    for i, g in enumerate(root.findall("gpu")):
-        def t(path):
-            el = g.find(path)
-            return el.text.strip() if el is not None and el.text else None
-
-        throttle = 0
-        reasons = g.find("clocks_event_reasons")
-        prefix = "clocks_event_reason_"
-        if reasons is None:  # drivers before 535
-            reasons, prefix = g.find("clocks_throttle_reasons"), "clocks_throttle_reason_"
-        if reasons is not None:
-            for el in reasons:
-                bit = NV_THROTTLE_BITS.get(el.tag[len(prefix):])
-                if bit and (el.text or "").strip() == "Active":
-                    throttle |= bit
-        sbe = _num(t("ecc_errors/volatile/dram_correctable"))
-        dbe = _num(t("ecc_errors/volatile/dram_uncorrectable"))
-        if sbe is None:  # pre-Hopper layout
-            sbe = _num(t("ecc_errors/volatile/single_bit/total"))
-            dbe = _num(t("ecc_errors/volatile/double_bit/total"))
-        else:
-            sbe += _num(t("ecc_errors/volatile/sram_correctable")) or 0
-            dbe += sum(_num(t(f"ecc_errors/volatile/{k}")) or 0
-                       for k in ("sram_uncorrectable_parity", "sram_uncorrectable_secded"))
-        retired = None
-        rr = [_num(t(f"remapped_rows/remapped_row_{k}")) for k in ("corr", "unc")]
-        if any(x is not None for x in rr):
-            retired = sum(x or 0 for x in rr)
-        else:
-            rp = [_num(t(f"retired_pages/{k}/retired_count"))
-                  for k in ("multiple_single_bit_retirement", "double_bit_retirement")]
-            if any(x is not None for x in rp):
-                retired = sum(x or 0 for x in rp)
-        power = _num(t("gpu_power_readings/power_draw")) or _num(t("gpu_power_readings/instant_power_draw")) \
-            or _num(t("power_readings/power_draw"))
-        util = _num(t("utilization/gpu_util"))
-        used, total = _num(t("fb_memory_usage/used")), _num(t("fb_memory_usage/total"))
-        minor = _num(t("minor_number"))
-        out.append(GpuSample(
-            index=i, uuid=t("uuid"), model=t("product_name"), vendor="nvidia", source="replay",
-            metrics={
-                c.M_GPU_UTILIZATION: None if util is None else util / 100.0,
-                c.M_GPU_MEMORY_USAGE: None if used is None else int(used * _MIB),
-                c.M_GPU_MEMORY_LIMIT: None if total is None else int(total * _MIB),
-                c.M_GPU_POWER: power,
-                c.M_GPU_TEMPERATURE: _num(t("temperature/gpu_temp")),
-                c.M_GPU_CLOCK_SM: _num(t("clocks/sm_clock")),
-                c.M_GPU_ECC_SBE: _int(sbe),
-                c.M_GPU_ECC_DBE: _int(dbe),
-                c.M_GPU_XID: 0,  # nvidia-smi -q does not report XIDs (NVML events do)
-                c.M_GPU_RETIRED_PAGES: _int(retired),
-                c.M_GPU_THROTTLE: throttle if reasons is not None else None,
-            }))
-        if minor is not None:
-            out[-1].index = int(minor)
-    return out
 
 
 def _val(node, *path):
@@ -173,6 +102,35 @@ def parse_amd_smi_metric_json(text: str, model: str | None = None) -> list[GpuSa
     return out
 
 
+TIMELINE_KEY = "hookscope_replay_timeline"
+
+
+def load_timeline(path: str, data: dict, base: list[GpuSample]) -> list[dict]:
+    """The cumulative state after each round: [{gpu index: {metric: value}}].
+    A GPU or metric the recording does not have is an error naming the round."""
+    rounds = data.get("rounds")
+    if not isinstance(rounds, list):
+        raise GpuError(f"GPU replay timeline {path}: 'rounds' must be a list of {{gpu index: {{metric: value}}}}")
+    known = {s.index: set(s.metrics) for s in base}
+    state: dict = {}
+    out = []
+    for i, rnd in enumerate(rounds):
+        if not isinstance(rnd, dict):
+            raise GpuError(f"GPU replay timeline {path}: round {i} must be an object")
+        for gpu, changes in rnd.items():
+            idx = int(gpu) if str(gpu).isdigit() else None
+            if idx not in known or not isinstance(changes, dict):
+                raise GpuError(f"GPU replay timeline {path}: round {i} names GPU {gpu!r}; the recording "
+                               f"has GPUs {sorted(known)}")
+            for name, v in changes.items():
+                if name not in known[idx] or not (v is None or isinstance(v, (int, float))):
+                    raise GpuError(f"GPU replay timeline {path}: round {i} GPU {idx}: {name} = {v!r} is not "
+                                   f"a number for a metric of the recording ({', '.join(sorted(known[idx]))})")
+                state.setdefault(idx, {})[name] = v
+        out.append({k: dict(v) for k, v in state.items()})
+    return out
+
+
 class ReplayBackend(GpuBackend):
     name = "replay"
 
@@ -183,6 +141,9 @@ class ReplayBackend(GpuBackend):
         self._samples: list[GpuSample] | None = None
         self._closed = threading.Event()
         self.calls = 0
+        self._rounds: list[dict] = []
+        self._start: float | None = None
+        self._step = 1.0
 
     def open(self) -> None:
         try:
@@ -190,10 +151,15 @@ class ReplayBackend(GpuBackend):
                 text = f.read()
         except OSError as exc:
             raise GpuError(f"GPU replay file {self.path}: {exc.strerror}") from None
-        if text.lstrip().startswith("<"):
+        timeline = _timeline(text)
+        if timeline is not None:
+            self._open_timeline(timeline)
+        elif text.lstrip().startswith("<"):
             self._samples = parse_nvidia_smi_xml(text)
         else:
-            self._samples = parse_amd_smi_metric_json(text, self.model or "AMD Instinct MI300X")
+            # amd-smi metric carries no product name: the model is only what
+            # the caller knows (ReplayBackend(model=...)), never a guess.
+            self._samples = parse_amd_smi_metric_json(text, self.model)
         if not self._samples:
             raise GpuError(f"GPU replay file {self.path} lists no GPUs")
 
@@ -205,8 +171,38 @@ class ReplayBackend(GpuBackend):
             self._closed.wait(wait)
         if self._samples is None:
             self.open()
-        return [GpuSample(s.index, s.uuid, s.model, s.vendor, s.source, dict(s.metrics))
-                for s in self._samples]
+        out = [s.copy() for s in self._samples]
+        if self._rounds:
+            i = self.calls - 1 if self._start is None else math.floor((time.time() - self._start) / self._step)
+            state = self._rounds[min(max(i, 0), len(self._rounds) - 1)]
+            for smp in out:
+                smp.metrics.update(state.get(smp.index, {}))
+        return out
+
+    def _open_timeline(self, data: dict) -> None:
+        rec = data.get("recording")
+        if not isinstance(rec, str):
+            raise GpuError(f"GPU replay timeline {self.path}: 'recording' must name the recorded file")
+        base = ReplayBackend(os.path.join(os.path.dirname(os.path.abspath(self.path)), rec), model=self.model)
+        base.open()
+        self._samples = base._samples
+        self._rounds = load_timeline(self.path, data, self._samples)
+        start, step = data.get("start"), data.get("step_s", 1.0)
+        if not (start is None or isinstance(start, (int, float))) or not isinstance(step, (int, float)) \
+                or step <= 0:
+            raise GpuError(f"GPU replay timeline {self.path}: 'start' must be unix seconds and 'step_s' > 0")
+        self._start, self._step = start, float(step)
 
     def close(self) -> None:
         self._closed.set()
+
+
+def _timeline(text: str) -> dict | None:
+    """The parsed timeline when ``text`` is one, else None (a recording)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and TIMELINE_KEY in data else None

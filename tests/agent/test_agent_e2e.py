@@ -124,7 +124,9 @@ def test_published_message_decodes_with_documented_attributes(tmp_path, nats_ser
     for line in otlp.journal_lines(req):  # the hash chain rides along intact
         rec = json.loads(line)
         assert rec[c.R_HASH] == c.record_hash(rec)
-    assert m.headers[c.HDR_MSG_ID] == c.message_id("c1", "n7", "spans", hook.span_id.hex())
+    # content-keyed Msg-Id: the digest of exactly the journal lines carried
+    assert m.headers[c.HDR_MSG_ID] == c.message_id("c1", "n7", "spans",
+                                                   c.records_digest(otlp._records_texts(req)))
 
 
 def test_restart_nats_mid_stream_exact_count_no_duplicates(tmp_path, nats_server):

@@ -6,6 +6,7 @@ import time
 
 from agentkit import journal_files, stream_messages, write_hooks_fast
 
+from emitter import otlp
 from emitter import direct
 
 
@@ -44,7 +45,8 @@ def test_direct_publishes_and_ships_backlog_in_process(tmp_path, nats_server):
     direct.ship(tmp_path, tmp_path / names[-1], 2.0, {"agent": {"nats": nats_server.url}}, detach=False)
     assert journal_files(tmp_path) == []
     msgs = stream_messages(nats_server.url)
-    assert len(msgs) == 4 and msgs[0].headers["Nats-Msg-Id"].endswith(names[-1][21:37])
+    assert len(msgs) == 4 and msgs[0].headers["Nats-Msg-Id"].endswith(
+        otlp.records_key(otlp.decode_trace(msgs[0].data)))  # the agent's key for the same file
 
 
 def test_no_stream_means_the_file_stays(tmp_path, nats_server):

@@ -39,7 +39,7 @@ def test_ensure_streams_creates_then_verifies(nats_server):
             assert set(first) == {c.STREAM_NAME, c.DLQ_STREAM_NAME}
             assert getattr(cfg.storage, "value", cfg.storage) == "file" and cfg.duplicate_window == c.STREAM_SETTINGS["duplicate_window_s"]
             assert cfg.max_age == c.STREAM_SETTINGS["max_age_s"] and cfg.max_bytes == c.STREAM_SETTINGS["max_bytes"]
-            assert set(cfg.subjects) == set(c.STREAM_SUBJECTS)
+            assert set(cfg.subjects) == set(c.STREAM_SUBJECTS + c.HEADS_SUBJECTS)
             # drifted but updatable settings are put back
             await js.update_stream(natsio.stream_config(c.STREAM_NAME, c.STREAM_SUBJECTS).evolve(max_age=3 * 3600.0))
             fixed = await natsio.ensure_streams(js)
@@ -115,6 +115,8 @@ def test_exporter_publishes_with_msg_id_and_dedupes(nats_server):
         pub.close()
     (m,) = stream_messages(nats_server.url)
     assert m.subject == "hookscope.spans.c1.n1"
-    assert m.headers[c.HDR_MSG_ID] == c.message_id("c1", "n1", "spans", HOOK)
+    assert m.headers[c.HDR_MSG_ID] == c.message_id("c1", "n1", "spans",
+                                                   otlp.records_key(otlp.decode_trace(m.data)))
+    assert HOOK not in m.headers[c.HDR_MSG_ID]  # not guessable from the hook ID
     assert m.headers[c.HDR_SCHEMA] == str(c.SCHEMA_VERSION)
     assert m.headers[c.HDR_CONTENT_TYPE] == c.CONTENT_TYPE_TRACES

@@ -11,7 +11,10 @@ In ONE run, on a real nats-server and real files under /tmp:
   * burst: 4096 nodes x (prolog + epilog) x 8 scripts published at once, time
     until all of it is queryable in the live store (goal < 5 s);
   * freshness: steady load at a fraction of our rate, publish -> visible in the
-    published read-only snapshot, p50/p99 (goal p99 < 1 s in the live store).
+    published read-only snapshot, p50/p99 (goal p99 < 1 s in the live store);
+  * durability cost: the same messages published (acks awaited, 256 in flight)
+    and collected on a server with JetStream's default fsync (2 min) and on
+    one with ``sync_interval: always`` (hookscope's default), as a ratio.
 Goal: >= 100,000 spans/s and >= 50 % of the ceiling; below 24,000 spans/s is a defect.
 """
 
@@ -266,6 +269,21 @@ def freshness(tmp, rate_msgs, seconds):
         srv.stop()
 
 
+def sync_cost(msgs, tmp, batch):
+    """(publish s, collect s) per fsync policy, same messages, same run."""
+    out = {}
+    for sync in (None, "always"):
+        tag = f"sync-{sync or 'default'}"
+        srv = NatsServer(store_dir=os.path.join(tmp, f"nats-{tag}"), sync=sync).start()
+        try:
+            pub = asyncio.run(publish(srv.url, msgs, wait_acks=True))
+            dt, _ = run_ours(srv.url, tmp, len(msgs), batch, tag=tag)
+        finally:
+            srv.stop()
+        out[sync or "default"] = (pub, dt)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small run (~20 s)")
@@ -273,6 +291,7 @@ def main():
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--no-burst", action="store_true")
     ap.add_argument("--no-freshness", action="store_true")
+    ap.add_argument("--no-sync-cost", action="store_true")
     args = ap.parse_args()
     n = args.messages or (4000 if args.quick else 20000)
     tmp = tempfile.mkdtemp(prefix="hookscope-bench-collector-")
@@ -320,6 +339,13 @@ def main():
                 print(f"freshness at 200 hooks/s (1,800 spans/s): publish-ack -> committed in the live store "
                       f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (n={len(lat)}); the read-only "
                       f"snapshot adds up to its interval (1 s here)")
+        if not args.no_sync_cost:
+            m = msgs[:min(n, 4000)]
+            cost = sync_cost(m, tmp, args.batch)
+            (pd, cd), (pa, ca) = cost["default"], cost["always"]
+            print(f"durability cost ({len(m)} msgs), sync_interval: always vs the server default (2 min): "
+                  f"publish with acks {len(m) / pa:,.0f} vs {len(m) / pd:,.0f} msgs/s = {pd / pa:.2f}x the "
+                  f"throughput; collector end to end {ca:.2f}s vs {cd:.2f}s = {cd / ca:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

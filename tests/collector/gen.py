@@ -86,9 +86,11 @@ def hook_message(node: Node, **kw):
     """(subject, msg_id, payload bytes, records) for one hook file."""
     hook_id, recs = node.hook(**kw)
     abandoned = recs[-1][C.R_TS] + 10**9 if recs[-1][C.R_KIND] != C.K_HOOK_ENDED else None
-    payload = otlp.encode_trace(recs, abandoned_ts=abandoned)
+    req = otlp.fitted_trace(recs, abandoned_ts=abandoned)
+    # the agent's content-keyed Msg-Id, which the collector recomputes
     return (C.subject(C.SIGNAL_SPANS, node.cluster, node.node),
-            C.message_id(node.cluster, node.node, C.SIGNAL_SPANS, hook_id), payload, recs)
+            C.message_id(node.cluster, node.node, C.SIGNAL_SPANS, otlp.records_key(req)),
+            req.SerializeToString(), recs)
 
 
 def gpu_message(node: Node, ts=None, n_gpus=8, job_id="1001"):
@@ -100,5 +102,7 @@ def gpu_message(node: Node, ts=None, n_gpus=8, job_id="1001"):
                             C.M_GPU_TEMPERATURE: 61.0, C.M_GPU_XID: 79 if g == 3 else 0,
                             C.M_GPU_ECC_DBE: 0}} for g in range(n_gpus)]
     payload = otlp.encode_metrics(samples, node=node.node, cluster=node.cluster, ts=ts)
+    import hashlib
     return (C.subject(C.SIGNAL_METRICS, node.cluster, node.node),
-            C.message_id(node.cluster, node.node, C.SIGNAL_METRICS, str(ts)), payload, samples)
+            C.message_id(node.cluster, node.node, C.SIGNAL_METRICS, hashlib.sha256(payload).hexdigest()),
+            payload, samples)

@@ -112,15 +112,22 @@ def _bad_messages():
     _, new = Node("bad03").hook(n_scripts=1)
     _, typed = Node("bad04").hook(n_scripts=1)
     typed[2] = dict(typed[2], exit_code="zero")
+
+    def own(recs):
+        return C.subject(C.SIGNAL_SPANS, recs[0][C.R_CLUSTER], recs[0][C.R_NODE])
+
     return {
         D.DL_MALFORMED: (spans, None, b"\x0a\x05\xff\xff\xff"),
         D.DL_NOT_OURS: (spans, None, foreign),
         D.DL_MISSING: (spans, None, missing),
         D.DL_OVERSIZED: (spans, None, b"\x0a" * 16000),  # over the collector's limit below
-        D.DL_BAD_TIMESTAMP: (spans, None, otlp.encode_trace(old)),
-        D.DL_TOO_NEW: (spans, None, otlp.encode_trace([dict(r, v=C.SCHEMA_VERSION + 1) for r in new])),
+        # each node on its own subject (identity from credentials)
+        D.DL_BAD_TIMESTAMP: (own(old), None, otlp.encode_trace(old)),
+        D.DL_TOO_NEW: (own(new), None, otlp.encode_trace([dict(r, v=C.SCHEMA_VERSION + 1) for r in new])),
         D.DL_BAD_IDS: (spans, None, bad_ids),
-        D.DL_BAD_RECORD: (spans, None, otlp.encode_trace(typed)),
+        D.DL_BAD_RECORD: (own(typed), None, otlp.encode_trace(typed)),
+        # nodeA's credentials, nodeB's records: never stored as nodeB
+        D.DL_IDENTITY: (C.subject(C.SIGNAL_SPANS, node.cluster, "nodeA"), None, good),
         D.DL_BAD_SUBJECT: None,  # not on the stream's subjects: cannot reach the collector
     }
 
@@ -418,7 +425,9 @@ def test_cli_serve_runs_nats_collector_and_dashboard(tmp_path):
             except duckdb.Error:
                 return False
             try:
-                return con.execute("SELECT count(*) FROM hook_runs").fetchone()[0] == 4
+                # every table, not just hook_runs: GPU messages may be in a later batch
+                return all(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == n
+                           for t, n in expect.items())
             finally:
                 con.close()
         wait_for(in_snapshot, 30, what="the hooks in the published snapshot")

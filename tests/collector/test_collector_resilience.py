@@ -12,7 +12,7 @@ import subprocess
 import duckdb
 import pytest
 
-from collector.cli import _settings
+from collector.cli import _settings, collect
 from collector.config import DEFAULT_MEMORY_LIMIT, CollectorConfig, NatsAuth
 from collector.consumer import Collector
 from collector.embedded import NatsServer
@@ -71,7 +71,7 @@ def test_failed_consumer_setup_closes_the_connection_and_reconnects(nats_server,
 def test_once_gives_up_when_jetstream_never_answers(tmp_path):
     """A server without JetStream: connect works, every stream call fails.
     ``--once`` must end with an error instead of looping forever."""
-    srv = NatsServer(store_dir=tmp_path / "nats")
+    srv = NatsServer(store_dir=tmp_path / "nats", sync=None)  # a jetstream {} block would enable it
     srv._cmd_orig = srv._cmd
     srv._cmd = lambda ports: [a for a in srv._cmd_orig(ports) if a != "-js"]
     srv.start()
@@ -123,6 +123,13 @@ def test_config_names_the_unreadable_file(tmp_path):
     assert "Zq9-secret" not in repr(ok)  # the secret stays out of logs
 
 
+def _resolved(args):
+    """What ``hookscope collect ARGS`` resolves: click (option > env > [collector] via
+    default_map > default), then collector.cli._settings."""
+    ctx = collect.make_context("collect", list(args))
+    return _settings(ctx, ctx.params)
+
+
 def test_settings_resolve_option_env_config(tmp_path, monkeypatch):
     for k in list(os.environ):
         if k.startswith("HOOKSCOPE_"):
@@ -130,17 +137,18 @@ def test_settings_resolve_option_env_config(tmp_path, monkeypatch):
     cfg = tmp_path / "h.toml"
     cfg.write_text('[collector]\nuser = "from-config"\npassword = "config-pw"\nnkey = "/cfg.nk"\n'
                    'memory_limit = "1GB"\n')
-    s = _settings(str(cfg), user=None, nkey=None, memory_limit=None, db=str(tmp_path / "h.duckdb"))
+    db = ["--db", str(tmp_path / "h.duckdb"), "--config", str(cfg)]
+    s = _resolved(db)
     assert (s["user"], s["password"], s["nkey"], s["memory_limit"]) == ("from-config", "config-pw",
                                                                          "/cfg.nk", "1GB")
     monkeypatch.setenv("HOOKSCOPE_NATS_PASSWORD", "env-pw")
     monkeypatch.setenv("HOOKSCOPE_NATS_NKEY", "/env.nk")
-    s = _settings(str(cfg), user="opt-user", nkey=None, memory_limit="256MB", db=str(tmp_path / "h.duckdb"))
+    s = _resolved([*db, "--user", "opt-user", "--memory-limit", "256MB"])
     assert (s["user"], s["password"], s["nkey"], s["memory_limit"]) == ("opt-user", "env-pw", "/env.nk",
                                                                          "256MB")
     # an agent's password in the environment does not leak into a collector without --user
     cfg.write_text("[collector]\n")
-    s = _settings(str(cfg), user=None, memory_limit=None, db=str(tmp_path / "h.duckdb"))
+    s = _resolved(db)
     assert s["password"] is None and s["memory_limit"] == DEFAULT_MEMORY_LIMIT
 
 

@@ -49,7 +49,7 @@ class _Rows:
         self.hooks, self.scripts, self.gpu, self.events = [], [], [], []
 
     def hook(self, job, node, context, start, fail=None, timeout=None, user="alice",
-             job_name="job", partition="gpu", nodelist="node001", gpus=None):
+             job_name="job", partition="gpu", nodelist="node001", gpus=None, restart_count=0):
         """One hook run with its scripts; ``fail``/``timeout`` = index of the failing script."""
         hook_id = _hid(job, node, context)
         trace = hashlib.sha256(f"{CLUSTER}:{job}:0".encode()).hexdigest()[:32]
@@ -81,7 +81,7 @@ class _Rows:
                 break
         self.hooks.append(dict(
             hook_id=hook_id, trace_id=trace, cluster=CLUSTER, node=node, context=context,
-            layout="dir", job_id=job, restart_count=0, user_name=user, uid=1000 + len(user),
+            layout="dir", job_id=job, restart_count=restart_count, user_name=user, uid=1000 + len(user),
             partition=partition, nodelist=nodelist, account="research", job_name=job_name,
             array_job_id=None, array_task_id=None, gpus=gpus, start_ts=start, end_ts=t,
             duration_ms=(t - start).total_seconds() * 1000, status=status, n_scripts=len(paths),
@@ -105,6 +105,9 @@ class _Rows:
                     ts=start + timedelta(seconds=2), state="DRAIN", reason="Prolog error",
                     source="scontrol"))
         end = start + timedelta(seconds=length_s if ok else 3)
+        # A failed Prolog requeues the batch job: slurmctld counts the requeue
+        # before the run's epilogs, which carry restart count 1 (as on Slurm 22.05).
+        kw["restart_count"] = 0 if ok else 1
         for k, n in enumerate(nodes):
             self.hook(job, n, "epilog_slurmd", end + timedelta(milliseconds=10 * k),
                       timeout=0 if n == timeout_node else None, **kw)

@@ -10,7 +10,7 @@ from dashboards import data, pages
 
 def test_render_escapes_every_argument_unless_markup():
     out = pages.render("<td>{a}</td><td>{b}</td>", a='<img src=x onerror=alert(1)>"', b=pages.Markup("<b>ok</b>"))
-    assert out == '<td>&lt;img src=x onerror=alert(1)&gt;&quot;</td><td><b>ok</b></td>'
+    assert out == '<td>&lt;img src=x onerror=alert(1)&gt;&#34;</td><td><b>ok</b></td>'
     assert isinstance(out, pages.Markup)
 
 

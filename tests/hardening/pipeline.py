@@ -7,7 +7,8 @@
            -> a real DuckDB file + Parquet archive
 
 ``expected()`` is what the runner journaled (read from the journal files before
-they are shipped); ``stored()`` counts rows in DuckDB; ``assert_exact()``
+they are shipped: a live agent of the node is paused while a hook runs and its
+journal is read, so the expectation never races the agent); ``stored()`` counts rows in DuckDB; ``assert_exact()``
 checks the two are equal with zero duplicates.  ``bare_status()`` runs the same
 hook directory the way slurmd would with no hookscope at all (reverse glob
 order, stop at the first failure, 127 for a non-executable), so a fault test
@@ -16,6 +17,7 @@ can assert that the runner's exit status equals the bare scripts' status.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -138,8 +140,30 @@ class Pipeline:
         if background:
             return subprocess.Popen(cmd, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        return subprocess.run(cmd, env=e, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
+        # A live agent ships and deletes the hook's file as soon as the runner
+        # is done, so a snapshot taken afterwards races it (issue 13: 72 stored
+        # vs 60 "expected").  The agent is paused for the run and the snapshot
+        # of this node's journal, then resumed: the expectation is exact.
+        with self._agent_paused(n):
+            p = subprocess.run(cmd, env=e, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=timeout, cwd=ROOT)
+            self.snapshot_journals()
+        return p
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _agent_paused(n: "Node"):
+        agent = n.agent if n.agent is not None and n.agent.poll() is None else None
+        if agent is not None:
+            os.killpg(agent.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            if agent is not None:
+                try:
+                    os.killpg(agent.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
 
     def snapshot_journals(self) -> int:
         """Remember every record the runners wrote (before the agent deletes files)."""

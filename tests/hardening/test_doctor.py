@@ -94,10 +94,19 @@ def test_broken_node_fails_with_fixes(healthy, tmp_path):
     args, srv, tmp = healthy
     prolog = tmp / "prolog.d"
     os.chmod(prolog / "10-ok.sh", 0o775)  # group-writable
-    outside = tmp / "elsewhere.sh"
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    os.chmod(scratch, 0o777)  # anybody can swap the link's target
+    outside = scratch / "elsewhere.sh"
     outside.write_text("#!/bin/sh\n")
     os.chmod(outside, 0o755)
     os.symlink(outside, prolog / "20-link.sh")
+    fine = tmp / "site-bin"
+    fine.mkdir(mode=0o755)
+    os.chmod(fine, 0o755)
+    (fine / "gpu.sh").write_text("#!/bin/sh\n")
+    os.chmod(fine / "gpu.sh", 0o755)
+    os.symlink(fine / "gpu.sh", prolog / "15-gpu.sh")  # root 0755 via a link: fine, as for sshd
     (prolog / "30-noexec.sh").write_text("#!/bin/sh\n")
     os.chmod(prolog / "30-noexec.sh", 0o644)
     journal = tmp / "journal"
@@ -120,9 +129,10 @@ def test_broken_node_fails_with_fixes(healthy, tmp_path):
     rep = json.loads(p.stdout)
     fails = " | ".join(c["message"] for c in _by_status(rep, "FAIL"))
     warns = " | ".join(c["message"] for c in _by_status(rep, "WARN"))
-    assert "10-ok.sh is writable by group (mode 0775)" in fails
-    assert "20-link.sh is a symlink to" in fails and "outside" in fails
-    assert "30-noexec.sh is not executable" in fails
+    assert "10-ok.sh is writable by group (mode 0775, bit g+w)" in fails
+    assert f"directory {scratch} is writable by others (mode 0777, bit o+w)" in fails
+    assert "15-gpu.sh" not in fails
+    assert "30-noexec.sh: not executable (mode 0o644): status 127" in fails
     assert "missing.d does not exist" in fails
     assert "mode 0755; it must be root, 0700" in fails
     assert "could have written" in fails and "uid 1000" in fails
@@ -184,3 +194,48 @@ def test_agent_section_checked_as_the_agent_reads_it(tmp_path):
     s, pre = doctor.resolve(str(cfg), skip_nats=True)
     fails = [c for c in pre if c.status == doctor.FAIL]
     assert fails and "unknown key agent.nkey_file" in fails[0].message
+
+
+@ROOT_ONLY
+def test_untrusted_config_and_credentials_fail(tmp_path):
+    """Issue 12.4: a config or credential file another user owns or can write is a FAIL naming the bit."""
+    seed = tmp_path / "node.nk"
+    seed.write_text("SUNOTAVALIDSEED\n")
+    os.chmod(seed, 0o660)
+    cfg = tmp_path / "h.toml"
+    cfg.write_text(f'[agent]\nnkey = "{seed}"\n')
+    os.chown(cfg, 65534, 65534)
+    os.chmod(cfg, 0o666)
+    p = _doctor("--config", str(cfg), "--no-nats", "--json")
+    assert p.returncode == 1
+    fails = [c for c in json.loads(p.stdout)["checks"] if c["status"] == "FAIL"]
+    (c,) = [c for c in fails if c["name"] == "config"]
+    assert str(cfg) in c["message"] and "owned by uid 65534" in c["message"] and "o+w" in c["message"]
+    assert "ignores it" in c["message"] and c["fix"]
+    s = doctor.Setup(nkey=str(seed))
+    cred = doctor.check_credentials(s)[0]
+    assert cred.status == doctor.FAIL and "g+w" in cred.message and str(seed) in cred.fix
+
+
+def test_slurm_conf_timeout_must_cover_every_script(tmp_path):
+    """Bare slurmd gives each script PrologEpilogTimeout; wrapped, one timer covers them all."""
+    d = tmp_path / "prolog.d"
+    d.mkdir()
+    for name in ("10-a", "20-b"):
+        (d / name).write_text("#!/bin/sh\nsleep 5\n")
+        os.chmod(d / name, 0o755)
+    hook = tmp_path / "hookscope-hook"
+    hook.write_text("#!/bin/sh\n")
+    os.chmod(hook, 0o755)
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(f"Prolog={hook}\nPrologEpilogTimeout=8\nPrologFlags=Alloc,RunInJob\n")
+    s = doctor.Setup(slurm_conf=str(conf), hook_dirs={"prolog_slurmd": [str(d)]}, timeout_s=None,
+                     kill_grace_s=0.01)
+    res = doctor.check_slurm_conf(s)
+    (t,) = [r for r in res if "Timeout" in r.message]
+    assert t.status == doctor.FAIL and "2 script(s)" in t.message and "PrologTimeout=18" in t.fix
+    assert any("RunInJob" in r.message and "cgroup" in r.message for r in res)
+    conf.write_text(f"Prolog={hook}\nPrologEpilogTimeout=8\nPrologTimeout=18\n")
+    s.timeout_s = 8
+    (t,) = [r for r in doctor.check_slurm_conf(s) if "Timeout" in r.message]
+    assert t.status == doctor.OK

@@ -1,7 +1,9 @@
 """Runner security, end to end through the real ``hookscope run`` process:
-strict mode on by default (as root), symlinks out of the hook dir refused with a
-clear reason, the journal directory created 0700 root, and secrets in output
-redacted before they are journaled."""
+by default the runner runs what slurmd would run and records unsafe
+ownership/modes as findings; ``--strict`` (runner.strict = "enforce") refuses
+them; a symlink is judged by its target and the target's directories (sshd's
+StrictModes); the journal directory is created 0700 root, and secrets in
+output are redacted before they are journaled."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import stat
 import pytest
 
 from emitter import contract
+from emitter.layouts import FINDING_PREFIX
 from pipeline import Pipeline, bare_status, write_scripts
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="strict mode is on by default only as root")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root (chown)")
 
 
 def _records(journal):
@@ -28,35 +31,63 @@ def _ended(recs):
     return [r for r in recs if r[contract.R_KIND] == contract.K_SCRIPT_ENDED]
 
 
-def test_strict_mode_is_default_and_refuses_writable_script(tmp_path):
+def _findings(recs):
+    (started,) = [r for r in recs if r[contract.R_KIND] == contract.K_HOOK_STARTED]
+    return [w[len(FINDING_PREFIX):] for w in started[contract.R_WARNINGS] if w.startswith(FINDING_PREFIX)]
+
+
+def test_writable_script_runs_by_default_and_is_recorded_as_a_finding(tmp_path):
+    marker = tmp_path / "ran"
+    d = write_scripts(tmp_path / "prolog.d", {"10-open.sh": f"touch {marker}\nexit 0\n"})
+    os.chmod(d / "10-open.sh", 0o775)
+    assert bare_status(d) == 0
+    pl = Pipeline(tmp_path)
+    p = pl.run_hook("node001", d, 1)  # no --strict flag: the default records
+    assert p.returncode == 0, "slurmd runs a group-writable script; so must hookscope by default"
+    assert marker.exists()
+    recs = _records(pl.node("node001").journal)
+    (f,) = _findings(recs)
+    assert "10-open.sh" in f and "g+w" in f
+    (end,) = _ended(recs)
+    assert end[contract.R_EXIT] == 0 and end[contract.R_REFUSED] is None
+
+
+def test_enforcement_refuses_writable_script(tmp_path):
     marker = tmp_path / "ran"
     d = write_scripts(tmp_path / "prolog.d", {"10-open.sh": f"touch {marker}\nexit 0\n"})
     os.chmod(d / "10-open.sh", 0o775)
     pl = Pipeline(tmp_path)
-    p = pl.run_hook("node001", d, 1)  # no --strict flag: the default
-    assert p.returncode != 0, "a group-writable script must not run as root by default"
+    p = pl.run_hook("node001", d, 1, extra_args=["--strict"])
+    assert p.returncode == 126
     assert not marker.exists()
     (end,) = _ended(_records(pl.node("node001").journal))
     assert "writable by group" in end[contract.R_REFUSED] and "10-open.sh" in end[contract.R_REFUSED]
     assert end[contract.R_EXIT] == p.returncode
 
 
-def test_symlink_outside_hook_dir_is_refused_with_reason(tmp_path):
-    marker = tmp_path / "ran"
-    outside = tmp_path / "elsewhere"
-    write_scripts(outside, {"evil.sh": f"touch {marker}\n"})
+def test_symlink_is_judged_by_its_target(tmp_path):
+    """A root-owned 0755 script linked from outside the hook dir runs, even
+    under enforcement (issue 11: this drained nodes); a link into a directory
+    anybody can write is a finding, refused under enforcement."""
+    ran_safe, ran_risky = tmp_path / "ran-safe", tmp_path / "ran-risky"
+    safe = write_scripts(tmp_path / "site" / "bin", {"gpu.sh": f"touch {ran_safe}\n"})
+    risky = write_scripts(tmp_path / "scratch", {"evil.sh": f"touch {ran_risky}\n"})
+    os.chmod(risky, 0o777)
     d = write_scripts(tmp_path / "prolog.d", {"10-ok.sh": "exit 0\n"})
-    os.symlink(outside / "evil.sh", d / "20-link.sh")
-    # a link that stays inside the dir is fine (ConfigMap mounts look like this)
-    os.symlink(d / "10-ok.sh", d / "05-inside.sh")
+    os.symlink(safe / "gpu.sh", d / "20-gpu.sh")
+    os.symlink(risky / "evil.sh", d / "30-evil.sh")
     pl = Pipeline(tmp_path)
     p = pl.run_hook("node001", d, 2)
-    assert p.returncode != 0
-    assert not marker.exists()
-    ends = _ended(_records(pl.node("node001").journal))
-    refused = [e for e in ends if e[contract.R_REFUSED]]
-    assert len(refused) == 1 and "points outside" in refused[0][contract.R_REFUSED]
-    assert "20-link.sh" in refused[0][contract.R_REFUSED]
+    assert p.returncode == 0 and ran_safe.exists() and ran_risky.exists()
+    (f,) = _findings(_records(pl.node("node001").journal))
+    assert f.startswith(f"directory {risky} is writable by others (mode 0777, bit o+w), above {d / '30-evil.sh'}")
+    ran_safe.unlink()
+    ran_risky.unlink()
+    pl2 = Pipeline(tmp_path / "enforced")
+    p = pl2.run_hook("node001", d, 3, extra_args=["--strict"])
+    assert p.returncode == 126 and not ran_risky.exists()  # reverse glob: 30-evil first, refused
+    (end,) = _ended(_records(pl2.node("node001").journal))
+    assert "30-evil.sh" in end[contract.R_PATH] and "o+w" in end[contract.R_REFUSED]
 
 
 def test_journal_dir_created_0700_root_and_files_0600(tmp_path):

@@ -93,7 +93,7 @@ class StoreBuilder:
         return hashlib.sha256(f"{self.cluster}:{self._n}".encode()).hexdigest()[:16]
 
     def hook(self, node, at: datetime, context="prolog_slurmd", job_id=None, user=None,
-             scripts=(), runner_killed=False, timeout_s=300, warnings=()) -> str:
+             scripts=(), runner_killed=False, timeout_s=300, warnings=(), restart_count=None) -> str:
         """Record one hook run; its status is the first failing script's exit
         status (as the runner returns it to Slurm).  ``runner_killed``: the
         runner died during the last script (no script_ended, no hook_ended)."""
@@ -101,7 +101,8 @@ class StoreBuilder:
         hid = self._next_id()
         job = {k: None for k in C.JOB_ENV}
         job.update(job_id=None if job_id is None else str(job_id), user=user,
-                   uid=None if user is None else "1000", partition="gpu", nodelist=node)
+                   uid=None if user is None else "1000", partition="gpu", nodelist=node,
+                   restart_count=None if restart_count is None else str(restart_count))
         t = ns(at)
         start_rec = self._record(node, C.K_HOOK_STARTED, t, hid, context=context, layout="dir",
                                  dirs=[f"/etc/slurm/{context}.d"], timeout_s=timeout_s, job=job,
@@ -156,7 +157,7 @@ class StoreBuilder:
         self.rows["hook_runs"].append({
             "hook_id": hid, "trace_id": C.trace_id(self.cluster, job_id), "cluster": self.cluster,
             "node": node, "context": context, "layout": "dir", "job_id": job["job_id"],
-            "restart_count": None, "user_name": user, "uid": None if user is None else 1000,
+            "restart_count": restart_count, "user_name": user, "uid": None if user is None else 1000,
             "partition": "gpu", "nodelist": node, "account": None, "job_name": None,
             "array_job_id": None, "array_task_id": None, "gpus": None,
             "start_ts": from_ns(t), "end_ts": from_ns(cursor) if end_rec else None,

@@ -106,4 +106,93 @@ def build_scenario() -> StoreBuilder:
     # A spool eviction (explained gap) on n000.
     b.evict("n000", 4, T0 + 7 * h)
     b.hook("n000", T0 + 7 * h, "prolog_slurmd", 2013, "alice", ok_prolog())
+    add_outcomes(b)
     return b
+
+
+# ---------------------------------------------------------------- job outcomes (issue 16)
+IB = P + "80-ib.sh"
+NCCL = P + "85-nccl.sh"
+GDR = P + "81-gdr.sh"
+QUOTA = "/etc/slurm/prolog_slurmctld.d/10-quota.sh"
+ACCT = "/etc/slurm/epilog_slurmctld.d/20-acct.sh"
+SRUNP = "/etc/slurm/srun_prolog.d/10-env.sh"
+TASKP = "/etc/slurm/task_prolog.d/10-limits.sh"
+SLOW = P + "05-slow.sh"
+OFED = "/etc/slinky/init.d/10-ofed.sh"
+T1 = T0 + timedelta(hours=40)
+
+
+def _job(b, at, job, nodes, user="olga", restart=None, fail=None, ctl_ok=True):
+    """A whole job: PrologSlurmctld, Prolog on each node, Epilog, EpilogSlurmctld.
+    ``fail``: {(context, node): script} replacing that hook's scripts."""
+    fail = fail or {}
+    s = timedelta(seconds=1)
+    b.hook("ctl", at, "prolog_slurmctld", job, user,
+           fail.get(("prolog_slurmctld", "ctl"), [script(QUOTA)]), restart_count=restart)
+    if ("prolog_slurmctld", "ctl") in fail:
+        b.hook("ctl", at + 2 * s, "epilog_slurmctld", job, user, [script(ACCT)], restart_count=restart)
+        return
+    for n in nodes:
+        b.hook(n, at + s, "prolog_slurmd", job, user, fail.get(("prolog_slurmd", n), [script(IB)]),
+               restart_count=restart)
+    # slurmctld counts a requeue before the failed run's epilogs: they carry the next count.
+    if restart is not None and any(k[0] == "prolog_slurmd" for k in fail):
+        restart += 1
+    for n in nodes:
+        b.hook(n, at + 60 * s, "epilog_slurmd", job, user, [script(CLEANUP)], restart_count=restart)
+    b.hook("ctl", at + 61 * s, "epilog_slurmctld", job, user,
+           fail.get(("epilog_slurmctld", "ctl"), [script(ACCT)]), restart_count=restart)
+
+
+def add_outcomes(b):
+    m = timedelta(minutes=1)
+    h = timedelta(hours=1)
+    # Boot-time init runs: pj02, st0x, pt01 fine; pj01's OFED install failed; noinit01 has none.
+    for n in ("pj02", "st01", "st02", "st03", "st04", "pt01"):
+        b.hook(n, T1 - 2 * h, "init_worker", None, None, [script(OFED)])
+    b.hook("pj01", T1 - 2 * h, "init_worker", None, None,
+           [script(OFED, exit_code=1, output="mlnx_ofed: install failed: no space left on device\n")])
+    # 5001: Prolog fails on pj01 -> requeued held; released, the retry on pj02 succeeds.
+    _job(b, T1, 5001, ["pj01"], restart=0,
+         fail={("prolog_slurmd", "pj01"): [script(IB, exit_code=4, output="ib0: link down\n")]})
+    _job(b, T1 + 10 * m, 5001, ["pj02"], restart=1)
+    # 5002: PrologSlurmctld fails, no retry follows: cancelled (interactive, inferred).
+    _job(b, T1 + 20 * m, 5002, ["pj02"], fail={("prolog_slurmctld", "ctl"): [
+        script(QUOTA, exit_code=1, output="quota: account olga over its GPU-hours\n")]})
+    # 5003: PrologSlurmctld fails on the first run; the requeued run succeeds (batch).
+    _job(b, T1 + 30 * m, 5003, ["pj02"], restart=0, fail={("prolog_slurmctld", "ctl"): [
+        script(QUOTA, exit_code=1, output="quota: account olga over its GPU-hours\n")]})
+    _job(b, T1 + 31 * m, 5003, ["pj02"], restart=1)
+    # 5004: the SrunProlog fails on the login node: the step is cancelled.
+    _job(b, T1 + 40 * m, 5004, ["pj02"])
+    b.hook("login01", T1 + 40 * m + 5 * timedelta(seconds=1), "prolog_srun", 5004, "olga",
+           [script(SRUNP, exit_code=2, output="module: command not found\n")])
+    # 5005: the TaskProlog fails on pj02: the task is cancelled.
+    _job(b, T1 + 50 * m, 5005, ["pj02"])
+    b.hook("pj02", T1 + 50 * m + 3 * timedelta(seconds=1), "prolog_task", 5005, "olga",
+           [script(TASKP, exit_code=1, output="ulimit: invalid argument\n")])
+    # 5006: only the EpilogSlurmctld fails: logged.
+    _job(b, T1 + 60 * m, 5006, ["pj02"], fail={("epilog_slurmctld", "ctl"): [
+        script(ACCT, exit_code=3, output="sacctmgr: connection refused\n")]})
+    # Stale: 85-nccl.sh v2 reaches st01-st03 at T1+2h; st04 keeps v1 and fails job 5007 at T1+4h.
+    for k, n in enumerate(("st01", "st02", "st03", "st04")):
+        b.hook(n, T1 + h + k * m, "prolog_slurmd", 5100 + k, "pia", [script(NCCL, "v1")])
+    for k, n in enumerate(("st01", "st02", "st03")):
+        b.hook(n, T1 + 2 * h + k * m, "prolog_slurmd", 5110 + k, "pia", [script(NCCL, "v2")])
+    b.hook("st04", T1 + 4 * h, "prolog_slurmd", 5007, "pia",
+           [script(NCCL, "v1", exit_code=1, output="nccl: /opt/nccl-2.18 not found\n")])
+    # 5008: no PrologFlags=Alloc: the Prolog runs 10 min after allocation, at the
+    # first step, and holds it back 5 s.  5009: the Prolog runs at allocation.
+    b.hook("ctl", T1 + 5 * h, "prolog_slurmctld", 5008, "quinn", [script(QUOTA)])
+    b.hook("pt01", T1 + 5 * h + 10 * m, "prolog_slurmd", 5008, "quinn", [script(SLOW, duration_ms=5000.0)])
+    b.hook("pt01", T1 + 5 * h + 10 * m + 6 * timedelta(seconds=1), "prolog_task", 5008, "quinn", [script(TASKP)])
+    b.hook("ctl", T1 + 6 * h, "prolog_slurmctld", 5009, "quinn", [script(QUOTA)])
+    b.hook("pt01", T1 + 6 * h + timedelta(seconds=1), "prolog_slurmd", 5009, "quinn", [script(SLOW, duration_ms=5000.0)])
+    # 5011: an interactive job (srun) whose Prolog fails on pj01: Slurm cancels
+    # it; its epilogs carry no raised restart count (no requeue).
+    _job(b, T1 + 8 * h, 5011, ["pj01"],
+         fail={("prolog_slurmd", "pj01"): [script(IB, exit_code=4, output="ib0: link down\n")]})
+    # 5010: a Prolog failure on a node that never ran its init script.
+    b.hook("noinit01", T1 + 7 * h, "prolog_slurmd", 5010, "rita",
+           [script(GDR, exit_code=4, output="nvidia_peermem: module not loaded\n")])

@@ -43,7 +43,8 @@ def test_untouched_store_verifies(base, tmp_path, kind):
     assert r["checked"]["records"] == len(base.rows["journal"])
     assert r["checked"]["nodes"] == len({j["node"] for j in base.rows["journal"]})
     # n000's spool eviction explains its gap: info, not a problem.
-    assert [(i["node"], i["kind"]) for i in r["info"]] == [("n000", "evicted")]
+    assert [(i["node"], i["kind"]) for i in r["info"]] == [("n000", "evicted"), (None, "unattested")]
+    assert "no chain heads" in r["info"][1]["detail"]
 
 
 def test_deleted_row_is_a_gap_at_its_position(tmp_path, kind):
@@ -171,7 +172,8 @@ def test_recreated_chain_is_one_reset_and_nothing_missing(tmp_path, kind):
     second = [r for r in j if r["chain"] == chains[1]]
     assert second[0]["seq"] == 1 and {r["seq"] for r in second} <= {r["seq"] for r in j if r["chain"] == chains[0]}
     r = verify_chain(_open(b, tmp_path, kind))
-    assert r["checked"] == {"nodes": 2, "chains": 3, "records": len(b.rows["journal"])}
+    assert r["checked"] == {"nodes": 2, "chains": 3, "records": len(b.rows["journal"]),
+                            "heads": 0, "signed_heads": 0}
     assert [(p["node"], p["chain"], p["seq"], p["kind"]) for p in r["problems"]] == \
         [("reimg01", chains[1], 1, "reset")]
     assert "re-created" in r["problems"][0]["detail"]
@@ -306,34 +308,21 @@ def test_verify_memory_stays_flat_on_a_long_chain(tmp_path):
     parsed record; it now streams.  60,000 chained records (one node, 10,000
     hooks) must verify within a few MB of Python memory, not ~150 MB."""
     import tracemalloc
+    from datetime import timedelta
 
     import duckdb
-    import pyarrow as pa
 
-    from collector import schema
+    from qbuilder import T0, StoreBuilder, script
 
-    rows = {k: [] for k in ("cluster", "node", "chain", "seq", "kind", "hook_id", "hash", "prev", "record")}
-    prev, seq = C.CHAIN_GENESIS, 0
+    # Rows as the collector derives them, so the row checks run too.
+    b = StoreBuilder(cluster="c")
+    scripts = [script("/etc/slurm/prolog.d/10-a.sh", output="x" * 200),
+               script("/etc/slurm/prolog.d/20-b.sh", output="y" * 200)]
     for h in range(10_000):
-        hid = f"{h:016x}"
-        for kind in ("hook_started", "script_started", "script_ended", "script_started", "script_ended",
-                     "hook_ended"):
-            seq += 1
-            rec = {C.R_VERSION: C.SCHEMA_VERSION, C.R_KIND: kind, C.R_TS: 10**18 + seq, C.R_NODE: "big1",
-                   C.R_CLUSTER: "c", C.R_HOOK_ID: hid, C.R_CHAIN: "ab" * 8, C.R_SEQ: seq, C.R_PREV: prev,
-                   C.R_OUTPUT: "x" * 200}
-            rec[C.R_HASH] = C.record_hash(rec)
-            for k, v in (("cluster", "c"), ("node", "big1"), ("chain", "ab" * 8), ("seq", seq), ("kind", kind),
-                         ("hook_id", hid), ("hash", rec[C.R_HASH]), ("prev", prev),
-                         ("record", C.canonical_json(rec))):
-                rows[k].append(v)
-            prev = rec[C.R_HASH]
-    con = duckdb.connect(str(tmp_path / "big.duckdb"))
-    schema.create_all(con)
-    con.register("b", pa.table(rows))
-    con.execute("INSERT INTO journal BY NAME SELECT * FROM b")
-    con.unregister("b")
-    del rows
+        b.hook("big1", T0 + h * timedelta(seconds=1), "prolog_slurmd", 10_000 + h, "alice", scripts)
+    path = b.write_db(tmp_path / "big.duckdb")
+    del b
+    con = duckdb.connect(path)
     tracemalloc.start()
     try:
         r = verify_chain(con)
@@ -343,3 +332,172 @@ def test_verify_memory_stays_flat_on_a_long_chain(tmp_path):
         con.close()
     assert r["ok"] and r["checked"]["records"] == 60_000, r["problems"][:3]
     assert peak < 40e6, f"verify held {peak / 1e6:.0f} MB of Python objects for 60,000 records"
+
+
+# ------------------------------------------------------------- the rows say what the records say
+# Each tamper below leaves the journal untouched and edits only what the
+# queries read: verify recomputes the column from the records.
+def _failed_script(b, node):
+    return next(s for s in b.rows["script_runs"] if s["node"] == node and s["exit_code"])
+
+
+def _seq_of(b, hook_id, kind, index=None):
+    return next(j["seq"] for j in b.rows["journal"] if j["hook_id"] == hook_id and j["kind"] == kind
+                and json.loads(j["record"]).get(C.R_INDEX) == index)
+
+
+def _found(r):
+    return [(p["node"], p["seq"], p["kind"]) for p in r["problems"]]
+
+
+def test_rewritten_output_is_altered(tmp_path, kind):
+    b = fresh()
+    sr = _failed_script(b, "fail01")
+    sr["output"] = "all good\n"  # hide the real error from `why`
+    r = verify_chain(_open(b, tmp_path, kind))
+    seq = _seq_of(b, sr["hook_id"], C.K_SCRIPT_ENDED, sr["idx"])
+    assert _found(r) == [("fail01", seq, "altered")]
+    assert "output is 'all good\\n'" in r["problems"][0]["detail"] and "permission denied" in r["problems"][0]["detail"]
+
+
+def test_rewritten_user_and_job_are_altered(tmp_path, kind):
+    b = fresh()
+    sr = _failed_script(b, "fail01")
+    hr = next(h for h in b.rows["hook_runs"] if h["hook_id"] == sr["hook_id"])
+    hr["user_name"] = sr["user_name"] = "mallory"
+    hr["job_id"] = sr["job_id"] = "9999"
+    r = verify_chain(_open(b, tmp_path, kind))
+    seq = _seq_of(b, sr["hook_id"], C.K_HOOK_STARTED)
+    assert set(_found(r)) == {("fail01", seq, "altered")}
+    details = " | ".join(p["detail"] for p in r["problems"])
+    for col in ("user_name is 'mallory'", "job_id is '9999'"):
+        assert f"hook_runs row {hr['hook_id']}: {col}" in details
+        assert f"script_runs row of hook {hr['hook_id']} script {sr['idx']}: {col}" in details
+
+
+def test_time_shift_is_altered(tmp_path, kind):
+    # 30 days back: the failure leaves every window `why --since 7d` asks about.
+    from datetime import timedelta
+
+    b = fresh()
+    sr = _failed_script(b, "fail01")
+    shift = timedelta(days=30)
+    hr = next(h for h in b.rows["hook_runs"] if h["hook_id"] == sr["hook_id"])
+    for row in [hr] + [s for s in b.rows["script_runs"] if s["hook_id"] == sr["hook_id"]]:
+        row["start_ts"] -= shift
+        row["end_ts"] -= shift
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert {(n, k) for n, _, k in _found(r)} == {("fail01", "altered")}
+    cols = {p["detail"].split(": ", 1)[1].split(" is ")[0] for p in r["problems"]}
+    assert cols == {"start_ts", "end_ts"}
+    assert len(r["problems"]) == 2 * (1 + sum(1 for s in b.rows["script_runs"] if s["hook_id"] == sr["hook_id"]))
+
+
+def test_every_derived_column_is_compared(tmp_path):
+    # One edit per compared column, each found at the record it contradicts.
+    from datetime import timedelta
+
+    b = fresh()
+    hr = next(h for h in b.rows["hook_runs"] if h["node"] == "gpu01" and h["status"])
+    sr = next(s for s in b.rows["script_runs"] if s["hook_id"] == hr["hook_id"] and s["idx"] == 1)
+    edits = {"context": "epilog_slurmd", "layout": "x", "restart_count": 7, "uid": 0, "partition": "p",
+             "nodelist": "n9", "account": "a", "job_name": "j", "array_job_id": "1", "array_task_id": "2",
+             "gpus": "0", "duration_ms": 1.0, "n_scripts": 9, "failed_index": 0, "warnings": ["w"],
+             "runner_killed": True}
+    sedits = {"path": "/x", "sha256": "0" * 64, "size": 1, "mode": 0o100777, "owner_uid": 1000,
+              "mtime": sr["mtime"] - timedelta(days=1), "duration_ms": 1.0, "signal": 9, "timed_out": True,
+              "refused": "x", "output_truncated": True, "exported": ["X"]}
+    hr.update(edits)
+    sr.update(sedits)
+    r = verify_chain(_open(b, tmp_path, "db"), node="gpu01")
+    got = {p["detail"].split(": ", 1)[1].split(" is ")[0] for p in r["problems"]}
+    assert got == (edits.keys() - {"runner_killed"}) | sedits.keys()  # runner_killed: see below
+    assert {p["kind"] for p in r["problems"]} == {"altered"}
+
+
+def test_killed_runner_cannot_be_hidden(tmp_path, kind):
+    # The runner died mid-hook: no hook_ended, the row says runner_killed.
+    # Clearing the flag would drop the failure from every query.
+    b = fresh()
+    hr = next(h for h in b.rows["hook_runs"] if h["node"] == "kill01")
+    hr["runner_killed"] = False
+    r = verify_chain(_open(b, tmp_path, kind), node="kill01")
+    assert [(p["kind"], "runner_killed is False" in p["detail"]) for p in r["problems"]] == [("altered", True)]
+
+
+def test_deleted_hook_row_is_found(tmp_path, kind):
+    # The run vanishes from why/drains/audit; its records are still there.
+    b = fresh()
+    sr = _failed_script(b, "fail01")
+    b.rows["hook_runs"] = [h for h in b.rows["hook_runs"] if h["hook_id"] != sr["hook_id"]]
+    b.rows["script_runs"] = [s for s in b.rows["script_runs"] if s["hook_id"] != sr["hook_id"]]
+    r = verify_chain(_open(b, tmp_path, kind))
+    n_scripts = 1 + sr["idx"]
+    assert _found(r)[0] == ("fail01", _seq_of(b, sr["hook_id"], C.K_HOOK_STARTED), "deleted_row")
+    assert {k for _, _, k in _found(r)} == {"deleted_row"} and len(r["problems"]) == 1 + n_scripts
+    assert "hook_runs row of hook" in r["problems"][0]["detail"]
+
+
+def test_edited_and_deleted_node_event_rows(tmp_path, kind):
+    b = fresh()
+    ev = next(e for e in b.rows["node_events"] if e["node"] == "fail01")
+    ev["reason"] = "Kill task failed"  # blame Slurm instead of the prolog
+    gone = next(e for e in b.rows["node_events"] if e["node"] == "kt01")
+    b.rows["node_events"].remove(gone)
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert [(n, k) for n, _, k in _found(r)] == [("fail01", "altered"), ("kt01", "deleted_row")]
+    assert "reason is 'Kill task failed'" in r["problems"][0]["detail"]
+
+
+def _digested(b, node, edit):
+    """ep01's failing script_ended record re-sealed with its output behind a
+    digest (``contract.R_DIGESTS``, as the journal seals long values), then
+    ``edit(rec)`` applied after hashing; the next record relinked."""
+    import hashlib
+
+    row = next(j for j in _journal(b, node) if j["kind"] == C.K_SCRIPT_ENDED
+               and json.loads(j["record"])[C.R_EXIT] == 1)
+    rec = json.loads(row["record"])
+    rec[C.R_DIGESTS] = {C.R_OUTPUT: hashlib.sha256(rec[C.R_OUTPUT].encode()).hexdigest()}
+    rec[C.R_HASH] = C.record_hash(rec)
+    edit(rec)
+    row.update(record=C.canonical_json(rec), hash=rec[C.R_HASH])
+    nxt = next(j for j in _journal(b, node) if j["seq"] == row["seq"] + 1)
+    nrec = json.loads(nxt["record"])
+    nrec[C.R_PREV] = rec[C.R_HASH]
+    nrec[C.R_HASH] = C.record_hash(nrec)
+    nxt.update(record=C.canonical_json(nrec), hash=nrec[C.R_HASH], prev=nrec[C.R_PREV])
+    sr = next(s for s in b.rows["script_runs"] if s["hook_id"] == row["hook_id"] and s["exit_code"] == 1)
+    sr["output"] = rec[C.R_OUTPUT]  # the rows follow the record, as the collector derives them
+    return row
+
+
+def test_output_edited_under_its_digest(tmp_path, kind):
+    # The record hash covers the digest, not the text: only the digest
+    # check can tell the text was edited.
+    b = fresh()
+    row = _digested(b, "ep01", lambda rec: rec.update({C.R_OUTPUT: "ok\n"}))
+    r = verify_chain(_open(b, tmp_path, kind), node="ep01")
+    assert _found(r) == [("ep01", row["seq"], "altered")]
+    assert "the output in the record" in r["problems"][0]["detail"]
+
+
+def test_output_cut_in_transit_is_info(tmp_path, kind):
+    b = fresh()
+    row = _digested(b, "ep01", lambda rec: rec.update({C.R_OUTPUT: rec[C.R_OUTPUT][-10:],
+                                                       C.R_CUT: {C.R_OUTPUT: len(rec[C.R_OUTPUT])}}))
+    r = verify_chain(_open(b, tmp_path, kind), node="ep01")
+    assert r["ok"], r["problems"]
+    assert [(i["seq"], i["kind"]) for i in r["info"] if i["kind"] == "cut"] == [(row["seq"], "cut")]
+
+
+def test_deleted_last_hook_without_heads_is_not_detectable(tmp_path, kind):
+    # The honest limit of an unkeyed chain: a whole hook deleted from the end
+    # of a chain, from every table, leaves nothing behind.  verify says so
+    # (info "unattested"); the signed chain heads close it (test_queries_verify_heads).
+    b = fresh()
+    last = _journal(b, "ep01")[-1]["hook_id"]
+    for table in ("journal", "hook_runs", "script_runs"):
+        b.rows[table] = [r for r in b.rows[table] if r["hook_id"] != last]
+    r = verify_chain(_open(b, tmp_path, kind))
+    assert r["ok"] and [i["kind"] for i in r["info"]][-1] == "unattested"

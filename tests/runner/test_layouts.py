@@ -84,7 +84,8 @@ def test_directory_and_dangling_symlink_in_hook_dir(tmp_path):
     entries, _ = L.plan([str(tmp_path)], L.knobs_for("slurm"))
     assert {os.path.basename(e.path): e.action for e in entries} == {"sub": L.FAIL, "dangling": L.FAIL}
     entries, _ = L.plan([str(tmp_path)], L.knobs_for("run-parts"))
-    assert {e.action for e in entries} == {L.SKIP}
+    # run-parts skips a directory, but a dangling link is "failed to stat component": exit 1
+    assert {os.path.basename(e.path): e.action for e in entries} == {"sub": L.SKIP, "dangling": L.FAIL}
 
 
 def test_require_shebang_knob(tmp_path):
@@ -144,17 +145,114 @@ def test_check_strict_is_pure_and_names_file_and_bit():
     assert "owned by uid 1000" in why
 
 
-def test_strict_refuses_symlink_outside_dir(tmp_path):
-    outside = mkscript(tmp_path / "elsewhere", "real")
+def test_symlink_is_judged_by_its_target_and_the_targets_directories(tmp_path):
+    """sshd's StrictModes: a root-owned 0755 script linked from outside the hook
+    directory is fine; a link into a directory anybody can write is not."""
+    safe = mkscript(tmp_path / "opt" / "bin", "real")
+    open_dir = tmp_path / "scratch"
+    risky = mkscript(open_dir, "real2")
+    os.chmod(open_dir, 0o777)
     d = tmp_path / "hooks"
     d.mkdir()
-    os.symlink(outside, d / "link")
+    os.symlink(safe, d / "link")
+    os.symlink(risky, d / "risky")
     inside = mkscript(d, "target")
     os.symlink(inside, d / "inlink")
+    for strict in ("record", "enforce"):
+        entries, warnings = L.plan([str(d)], L.knobs_for("slurm"), strict=strict, euid=os.geteuid())
+        by = {os.path.basename(e.path): e for e in entries}
+        assert by["link"].action == L.RUN and by["link"].findings == []
+        assert by["inlink"].action == L.RUN and by["target"].action == L.RUN
+        (f,) = by["risky"].findings
+        assert f == (f"directory {open_dir} is writable by others (mode 0777, bit o+w), above "
+                     f"{d / 'risky'} (-> {risky})")
+        if strict == "enforce":
+            assert by["risky"].action == L.REFUSE and f in by["risky"].reason
+        else:
+            assert by["risky"].action == L.RUN and warnings == [L.FINDING_PREFIX + f]
+
+
+def test_findings_are_recorded_not_refused_by_default(tmp_path):
+    p = mkscript(tmp_path / "d", "s", mode=0o775)
+    os.chmod(tmp_path / "d", 0o755)
+    (e,), warnings = L.plan([str(tmp_path / "d")], L.knobs_for("slurm"), strict="record", euid=os.geteuid())
+    assert e.action == L.RUN
+    assert e.findings == [f"script {p} is writable by group (mode 0775, bit g+w)"]
+    assert warnings == [L.FINDING_PREFIX + e.findings[0]]
+    (e,), warnings = L.plan([str(tmp_path / "d")], L.knobs_for("slurm"), strict="off", euid=os.geteuid())
+    assert e.action == L.RUN and e.findings == [] and warnings == []
+
+
+def test_writable_hook_directory_is_a_finding_and_refused_under_enforcement(tmp_path):
+    d = tmp_path / "d"
+    mkscript(d, "a")
+    mkscript(d, "b")
+    os.chmod(d, 0o1777)  # sticky does not help the directory the scripts are listed from
+    entries, warnings = L.plan([str(d)], L.knobs_for("slurm"), strict="record", euid=os.geteuid())
+    assert [e.action for e in entries] == [L.RUN, L.RUN]
+    assert warnings == [f"{L.FINDING_PREFIX}hook directory {d} is writable by others (mode 1777, bit o+w)"]
     entries, _ = L.plan([str(d)], L.knobs_for("slurm"), strict=True, euid=os.geteuid())
-    by = {os.path.basename(e.path): e for e in entries}
-    assert by["link"].action == L.REFUSE and "points outside" in by["link"].reason
-    assert by["inlink"].action == L.RUN and by["target"].action == L.RUN
+    assert [e.action for e in entries] == [L.REFUSE, L.REFUSE]
+    assert all("hook directory" in e.reason for e in entries)
+
+
+def test_chain_walk_is_pure_and_accepts_root_sticky_parents():
+    from emitter import trust
+
+    tree = {"/": _st(0o40755), "/tmp": _st(0o41777), "/tmp/u": _st(0o40755, uid=1000),
+            "/srv": _st(0o40775), "/srv/h": _st(0o40755)}
+
+    def fake_stat(p):
+        return tree[p]
+
+    assert trust.chain_problems("/tmp", 0, fake_stat) == []
+    assert trust.chain_problems("/tmp/u", 0, fake_stat) == ["directory /tmp/u is owned by uid 1000, not root"]
+    assert trust.chain_problems("/srv/h", 0, fake_stat) == [
+        "directory /srv is writable by group (mode 0775, bit g+w)"]
+    assert trust.chain_problems("/srv/h", 0, fake_stat, stop={"/srv"}) == []
+    assert trust.chain_problems("/tmp/u", 1000, fake_stat) == []  # its own user's directory
+
+
+def test_broken_symlink_in_each_layout(tmp_path):
+    d = tmp_path / "d"
+    mkscript(d, "10a")
+    mkscript(d, "30c")
+    os.symlink(tmp_path / "nonexistent", d / "20b")
+    entries, _ = L.plan([str(d)], L.knobs_for("run-parts"))
+    (b,) = [e for e in entries if e.path.endswith("20b")]
+    assert b.action == L.FAIL and "failed to stat component" in b.reason
+    entries, _ = L.plan([str(d)], L.knobs_for("run-parts", keep_going=True))
+    (b,) = [e for e in entries if e.path.endswith("20b")]
+    assert b.action == L.SKIP and b.warn and "failed to stat component" in b.reason
+    entries, _ = L.plan([str(d)], L.knobs_for("slurm"))
+    (b,) = [e for e in entries if e.path.endswith("20b")]
+    assert b.action == L.FAIL and "127" in b.reason
+
+
+@pytest.mark.skipif(not shutil.which("run-parts"), reason="Debian run-parts not installed")
+def test_broken_symlink_matches_debian_run_parts(tmp_path):
+    """run-parts --exit-on-error stops with 1 at a dangling link; without it, it goes on and returns 0."""
+    d = tmp_path / "d"
+    mkscript(d, "10a", "echo 10a")
+    mkscript(d, "30c", "echo 30c")
+    os.symlink(tmp_path / "nonexistent", d / "20b")
+    for keep_going, args in ((False, ["--exit-on-error"]), (True, [])):
+        p = subprocess.run(["run-parts", *args, str(d)], capture_output=True, text=True)
+        entries, _ = L.plan([str(d)], L.knobs_for("run-parts", keep_going=keep_going))
+        ran, status = [], 0
+        for e in entries:
+            if e.action == L.RUN:
+                ran.append(os.path.basename(e.path))
+            elif e.action == L.FAIL:
+                status = 1
+                break
+        assert p.stdout.split() == ran and p.returncode == status, (keep_going, p)
+
+
+def test_run_parts_process_knobs():
+    k = L.knobs_for("run-parts")
+    assert k["umask"] == 0o022 and k["report_exit"] is True
+    assert L.knobs_for("slurm")["umask"] is None and L.knobs_for("slurm")["report_exit"] is False
 
 
 def test_strict_refuses_writable_script_in_plan(tmp_path):
@@ -175,3 +273,9 @@ def test_strict_accepts_configmap_style_symlinks(tmp_path):
     assert [e.path for e in runs] == [str(d / "10-gpu.sh")]
     assert all(e.action == L.SKIP for e in entries if e.path.startswith(str(d / "..")))
     assert real.exists()
+
+
+def test_finding_prefix_is_the_contracts():
+    from emitter import contract
+
+    assert L.FINDING_PREFIX == contract.FINDING_PREFIX

@@ -83,9 +83,12 @@ def test_sigterm_like_slurmd_is_forwarded_and_recorded(tmp_path):
     recs, damage = read_records(path)
     assert not damage
     assert kinds(recs) == ["hook_started", "script_started", "script_ended", "hook_ended"]
-    e = recs[2]
+    e, h = recs[2], recs[3]
     assert e[c.R_EXIT] in (143, 128 + 9)  # handled TERM in time, or killed 5 ms later
-    assert rc == recs[3][c.R_STATUS] != 0
+    assert e[c.R_RUNNER_SIGNAL] == signal.SIGTERM == h[c.R_RUNNER_SIGNAL], "killed by the runner's termination"
+    assert h[c.R_FAILED_INDEX] is None, "the script's death is not blamed on the script"
+    assert any("runner terminated by signal 15" in w for w in h[c.R_WARNINGS])
+    assert rc == h[c.R_STATUS] == 128 + signal.SIGTERM
     assert not (tmp_path / "never").exists()
 
 
@@ -244,7 +247,8 @@ def test_lean_launcher_runs_the_hook(tmp_path):
     os.symlink(sys.executable, venv / "bin" / "python")
     written = launcher.install(str(venv))
     hook = venv / "bin" / "hookscope-hook"
-    assert str(hook) in written and hook.read_text().startswith(f"#!{venv}/bin/python -IS\n")
+    text = hook.read_text()
+    assert str(hook) in written and text.startswith("#!/bin/sh\n") and f"'{venv}/bin/python' -IS -c" in text
     mkscript(tmp_path / "d", "a", "echo lean")
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[runner]\njournal_dir = "{tmp_path / "j"}"\n[runner.dirs]\nprolog_slurmd = "{tmp_path / "d"}"\n')
@@ -255,6 +259,11 @@ def test_lean_launcher_runs_the_hook(tmp_path):
     r = subprocess.run([str(cli), "plan", "--dir", str(tmp_path / "d")], capture_output=True, text=True,
                        env={"HOOKSCOPE_CONFIG": str(cfg)})
     assert r.returncode == 0 and "1. run" in r.stdout
+    r = subprocess.run([str(cli), "run", "--context", "prolog_slurmd", "--dir", str(tmp_path / "d")],
+                       capture_output=True, text=True, env={"HOOKSCOPE_CONFIG": str(cfg)})
+    assert r.returncode == 0 and r.stdout == "lean\n", r.stderr
+    r = subprocess.run([str(cli), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: hookscope" in r.stdout
 
 
 def test_plan_cli_shows_order_skips_and_refusals(tmp_path):
@@ -294,7 +303,10 @@ def test_cli_usage_errors_and_help(tmp_path):
 
 
 def test_inherited_ignored_sigchld_and_sigpipe_do_not_leak(tmp_path):
-    """A parent that ignores SIGCHLD/SIGPIPE: statuses still seen, scripts get default dispositions."""
+    """Started without the launcher (python -m): a parent that ignores SIGCHLD/SIGPIPE.  Statuses
+    are still seen; SIGCHLD is always default for scripts, and whether SIGPIPE was ignored is
+    unknown to Python (CPython ignores it at start-up), so scripts get it at its default.
+    Through the launcher it is exact (test_fidelity_process.py)."""
     out = tmp_path / "sig.txt"
     # grep reads its own status: what sh passed on (sh cannot un-ignore what it inherited ignored).
     mkscript(tmp_path / "d", "a", f"grep -E '^SigIgn' /proc/self/status > {out}; exit 3")
@@ -325,3 +337,12 @@ def test_closed_std_fds_keep_status_and_journal_clean(tmp_path):
     recs = records(jdir)  # asserts every line parses and hashes
     assert [r[c.R_STATUS] for r in recs if r[c.R_KIND] == c.K_HOOK_ENDED] == [5, 5, 5]
     assert (jdir / "lost").read_text().split()[0] == "0"
+
+
+def test_exit_now_flushes_python_streams_and_keeps_the_status():
+    """The lean launchers end with exit_now (os._exit: no 2 ms of finalization):
+    what Python buffered still comes out, and the status is the hook's."""
+    code = ("import sys; from emitter.hook import exit_now; sys.stdout.write('out'); "
+            "sys.stderr.write('err'); exit_now(7)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
+    assert (p.returncode, p.stdout, p.stderr) == (7, b"out", b"err")

@@ -74,9 +74,13 @@ class SlurmCluster:
 
     def __init__(self, root: str | os.PathLike, *, node: str | None = None,
                  cpus: int = 2, prolog_epilog_timeout: int = 20,
-                 cluster_name: str = "hookscope"):
+                 cluster_name: str = "hookscope", hostname: str | None = None):
         self.root = Path(root)
+        #: The Slurm NodeName (``slurmd -N``); may differ from the host name,
+        #: as with NodeHostname=, ``slurmd -N`` or pods.
         self.node = node or socket.gethostname().split(".")[0]
+        #: slurmctld's host and the node's NodeHostname (default: the node name).
+        self.hostname = hostname or self.node
         self.cpus = cpus
         self.prolog_epilog_timeout = prolog_epilog_timeout
         self.cluster_name = cluster_name
@@ -89,6 +93,20 @@ class SlurmCluster:
         self.ctld_port = 0
         self.slurmd_port = 0
         self.hooks: dict[str, str] = {}
+        #: SlurmdDebug; the fidelity tier raises it to debug2 for its timings.
+        self.slurmd_debug = "info"
+        #: Start slurmd with SIGPIPE ignored, as systemd does (IgnoreSIGPIPE=yes
+        #: is its default) and so as a production slurmd runs.
+        self.slurmd_ignore_sigpipe = False
+        #: PrologFlags; None leaves the line out (slurmd then runs the Prolog
+        #: at a job's first step on the node, not at allocation).
+        self.prolog_flags = "Alloc"
+        #: Longest pause between two polls of a wait (the fidelity tier, which
+        #: runs ~120 short jobs, polls faster).
+        self.poll_max_s = 0.25
+        #: SlurmUser: slurmctld (and PrologSlurmctld/EpilogSlurmctld) run as
+        #: this user; start() gives it the state, log and pid directories.
+        self.slurm_user = "root"
         self._procs: dict[str, subprocess.Popen] = {}
         self._logs = []
 
@@ -109,10 +127,10 @@ class SlurmCluster:
         r = self.root
         lines = [
             f"ClusterName={self.cluster_name}",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
+            f"SlurmctldHost={self.hostname}(127.0.0.1)",
             f"SlurmctldPort={self.ctld_port}",
             f"SlurmdPort={self.slurmd_port}",
-            "SlurmUser=root",
+            f"SlurmUser={self.slurm_user}",
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
@@ -124,7 +142,7 @@ class SlurmCluster:
             f"SlurmctldLogFile={self.log_dir / 'slurmctld.log'}",
             f"SlurmdLogFile={self.log_dir / 'slurmd.log'}",
             "SlurmctldDebug=info",
-            "SlurmdDebug=info",
+            f"SlurmdDebug={self.slurmd_debug}",
             f"PlugStackConfig={r / 'etc' / 'plugstack.conf'}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
@@ -135,7 +153,7 @@ class SlurmCluster:
             "SelectTypeParameters=CR_CPU",
             "MpiDefault=none",
             "SwitchType=switch/none",
-            "PrologFlags=Alloc",
+            *([f"PrologFlags={self.prolog_flags}"] if self.prolog_flags else []),
             f"PrologEpilogTimeout={self.prolog_epilog_timeout}",
             # A prolog failure drains the node; tests resume it themselves.
             # ReturnToService=2 only brings back DOWN nodes, never a DRAIN.
@@ -159,7 +177,7 @@ class SlurmCluster:
             hooks.setdefault(k, str(self.noop_script))
         lines += [f"{k}={v}" for k, v in sorted(hooks.items())]
         lines += [
-            f"NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={self.node} "
+            f"NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={self.hostname} "
             f"CPUs={self.cpus} RealMemory=1000 State=UNKNOWN",
             f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=10 State=UP",
         ]
@@ -207,6 +225,31 @@ class SlurmCluster:
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, env=self.env, cwd=self.root, **kw)
 
+    def _start_slurmd(self) -> None:
+        kw = {}
+        if self.slurmd_ignore_sigpipe:
+            # after Popen's restore_signals: the daemon starts with SIGPIPE ignored
+            kw["preexec_fn"] = lambda: signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self._spawn("slurmd", [_daemon(f"{SBIN}/slurmd"), "-D", "-N", self.node, "-f", str(self.conf_path)], **kw)
+
+    def restart_slurmd(self, timeout: float = 60) -> None:
+        """Stop slurmd and start it again from the current attributes.
+
+        slurmd 22.05 reads PrologEpilogTimeout (and its own signal state) only
+        at start; a reconfigure leaves the old value (measured).  About 0.05 s
+        until the node is idle again."""
+        self.write_conf()
+        p = self._procs.pop("slurmd", None)
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        self._start_slurmd()
+        self.wait_node({"IDLE"}, timeout, allow_drain=True)
+
     def _check_alive(self, name: str) -> None:
         p = self._procs.get(name)
         if p is not None and p.poll() is not None:
@@ -220,6 +263,11 @@ class SlurmCluster:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         os.chmod(self.jobs_dir, 0o1777)
+        if self.slurm_user != "root":
+            # slurmctld drops to SlurmUser before it writes its state, log and pid.
+            su = pwd.getpwnam(self.slurm_user)
+            for d in ("state", "log", "run"):
+                os.chown(self.root / d, su.pw_uid, su.pw_gid)
         (self.root / "etc" / "plugstack.conf").write_text("")
         # Who owns this cluster: reap_stale() cleans up after a killed test run.
         (self.root / "owner").write_text(f"{os.getpid()}\n")
@@ -232,7 +280,7 @@ class SlurmCluster:
             self._spawn("slurmctld", [_daemon(f"{SBIN}/slurmctld"), "-D", "-i", "-f", str(self.conf_path)])
             self._wait(lambda: self.scontrol("ping", check=False).returncode == 0,
                        timeout, "slurmctld to answer 'scontrol ping'", ("slurmctld",))
-            self._spawn("slurmd", [_daemon(f"{SBIN}/slurmd"), "-D", "-N", self.node, "-f", str(self.conf_path)])
+            self._start_slurmd()
             self.wait_node({"IDLE"}, timeout)
         except BaseException:
             self.stop()
@@ -408,7 +456,7 @@ class SlurmCluster:
                 what = what() if callable(what) else what
                 raise SlurmClusterError(f"timed out after {timeout:g} s waiting for {what}\n" + self.logs())
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+            delay = min(delay * 1.5, self.poll_max_s)
 
     # ------------------------------------------------------------ logs
     def log_size(self, name: str) -> int:

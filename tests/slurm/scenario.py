@@ -122,6 +122,7 @@ class Scenario:
     scripts: dict = field(default_factory=dict)
     budget_s: float = RUNNER_BUDGET_S  # [runner] timeout_s; 0 = none
     hook: str | None = None  # what slurm.conf names in hookscope mode (default: hook_binary())
+    runner_extra: dict = field(default_factory=dict)  # more [runner] keys, e.g. {"strict": "enforce"}
 
     def __post_init__(self):
         self.base = Path(self.base)
@@ -177,6 +178,7 @@ class Scenario:
             f"journal_dir = {json.dumps(str(self.journal_dir))}",
             f"timeout_s = {self.budget_s}",
             f"kill_grace_s = {RUNNER_GRACE_S}",
+            *[f"{k} = {json.dumps(v)}" for k, v in self.runner_extra.items()],
             "",
             "[runner.dirs]",
         ]

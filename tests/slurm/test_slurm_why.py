@@ -135,10 +135,36 @@ def test_script_not_executable(deploy, cluster, request, mode):
     assert_cause(why, cluster, sc, job, "prolog_slurmd", "30-noexec", exit_code=127)
 
 
-def test_script_unsafe_permissions(deploy, cluster, pipeline):
-    # Plain Slurm would run a group-writable script as root; hookscope's strict
-    # mode refuses it, which fails the prolog like any failing script.
-    sc = deploy("hookscope", {"prolog_slurmd": {"40-groupw": ("exit 0\n", 0o775)}})
+@pytest.mark.parametrize("mode", ("bare", "hookscope"))
+def test_script_unsafe_permissions_run_and_recorded(deploy, cluster, mode):
+    """Issue 11: by default hookscope runs what slurmd runs.  A group-writable
+    script runs in both modes (job COMPLETED, node IDLE); under hookscope the
+    journal records the unsafe mode as a finding instead of refusing it."""
+    sc = deploy(mode, {"prolog_slurmd": {"40-groupw": ("exit 0\n", 0o775)}})
+    job = cluster.sbatch(JOB)
+    info = cluster.wait_job_settled(job)
+    assert info["JobState"] == "COMPLETED", info
+    assert cluster.wait_node({"IDLE"})["State"] == "IDLE"
+    assert cluster.drain_reasons() == []
+    assert [r[2] for r in sc.ran() if r[0] == "prolog_slurmd"] == ["40-groupw"]
+    if mode == "bare":
+        return
+    recs = wait_hook_ended(sc, "prolog_slurmd")
+    started = kinds(recs, C.K_SCRIPT_STARTED)[0]
+    hook = kinds(recs, C.K_HOOK_STARTED)[0]
+    assert any("group" in f for f in started.get(C.R_FINDINGS) or []), \
+        f"script_started findings: {started.get(C.R_FINDINGS)!r}; hook_started warnings: {hook.get(C.R_WARNINGS)!r}"
+    assert any(w.startswith(C.FINDING_PREFIX) and "40-groupw" in w for w in hook.get(C.R_WARNINGS) or []), \
+        f"hook_started warnings: {hook.get(C.R_WARNINGS)!r}"
+    assert kinds(recs, C.K_SCRIPT_ENDED)[0][C.R_EXIT] == 0
+
+
+def test_script_unsafe_permissions_enforced(deploy, cluster, pipeline):
+    # Refusing stays an opt-in knob (runner.strict = "enforce"): plain Slurm
+    # would run a group-writable script as root; enforcement refuses it, which
+    # fails the prolog like any failing script.
+    sc = deploy("hookscope", {"prolog_slurmd": {"40-groupw": ("exit 0\n", 0o775)}},
+                runner_extra={"strict": "enforce"})
     job = cluster.sbatch(JOB)
     drained_with(cluster, job, PROLOG_ERROR)
     recs = wait_hook_ended(sc, "prolog_slurmd")
