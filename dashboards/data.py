@@ -361,9 +361,15 @@ def node(con, node_name, since=None, until=None):
                          [bucket, bucket, *w]).fetchall()
     hooks = _rows(con, """
         SELECT hook_id, job_id, context, start_ts AS start, duration_ms, status, n_scripts,
-               failed_index, user_name AS user
+               failed_index, user_name AS user, attested_uid
         FROM hook_runs WHERE node = ? AND start_ts >= ? AND start_ts < ?
         ORDER BY start_ts DESC LIMIT 200""", w)
+    from queries.audit import attested_label
+
+    for h in hooks:
+        # Who the node attests wrote the record: root's journal or a per-owner
+        # spool (docs/journal.md "Per-owner spools").
+        h["attested"] = attested_label(h.pop("attested_uid", None), h.get("context"))
     failures = _rows(con, f"""
         SELECT job_id, context, path AS script, sha256, exit_code, signal, timed_out, refused,
                start_ts AS start, duration_ms, output

@@ -401,10 +401,11 @@ def job_page(d, assets):
     if m.get("array_job_id"):
         meta_rows.append(["array", f"{m['array_job_id']}_{m.get('array_task_id')}"])
     rows = d["audit"] if d.get("audit") is not None else d["scripts"]
-    runs = table(["start", "node", "context", "script", "sha256", "result", "duration", "output"], [
+    runs = table(["start", "node", "context", "script", "sha256", "result", "duration", "output", "attested"], [
         [fmt_time(r.get("start")), link(node_url(r["node"]), r["node"]), r.get("context"),
          link(script_url(r["script"]), r["script"]) if r.get("script") else "(no script)",
-         short_sha(r.get("sha256")), script_result(r), fmt_ms(r.get("duration_ms")), output_cell(r.get("output"))]
+         short_sha(r.get("sha256")), script_result(r), fmt_ms(r.get("duration_ms")), output_cell(r.get("output")),
+         r.get("attested") or "root"]
         for r in rows], tid="runs")
     from dashboards.outcome_pages import job_why_block
 
@@ -419,10 +420,11 @@ def job_page(d, assets):
 
 
 def node_page(d, assets):
-    hooks = table(["start", "job", "context", "status", "duration", "user"], [
+    hooks = table(["start", "job", "context", "status", "duration", "user", "attested"], [
         [fmt_time(h["start"]), link(job_url(h["job_id"]), h["job_id"]) if h.get("job_id") else "",
          h["context"], status_badge(bool(h.get("status")), f"status {h.get('status')}"),
-         fmt_ms(h.get("duration_ms")), h.get("user")] for h in d["hooks"]], tid="hooks")
+         fmt_ms(h.get("duration_ms")), h.get("user"), h.get("attested") or "root"] for h in d["hooks"]],
+        tid="hooks")
     fails = table(["start", "job", "context", "script", "sha256", "result", "output"], [
         [fmt_time(f["start"]), link(job_url(f["job_id"]), f["job_id"]) if f.get("job_id") else "", f["context"],
          link(script_url(f["script"]), f["script"]), short_sha(f.get("sha256")), script_result(f),

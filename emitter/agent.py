@@ -328,12 +328,16 @@ class Agent:
             jf = spool.load_full(jf)
             if jf is None:
                 continue  # shipped by direct mode meanwhile
+            if jf.attested_uid and jf.state != spool.UNTRUSTED:
+                why = agentreports.foreign_identity(self, jf)  # a user's records speak for this node only
+                if why:
+                    jf.state, jf.untrusted, jf.entries = spool.UNTRUSTED, why, []
             if jf.state == spool.UNTRUSTED:  # replaced by an untrusted file since the scan
                 self._report_untrusted(jf)
                 continue
             self._report_damage(jf)
             if not jf.entries:
-                spool.remove(jf.path)  # nothing readable; the damage report says so
+                spool.remove(jf.path, jf.spool_ident)  # nothing readable; the damage report says so
                 continue
             spans.extend(self._spans_of(jf))
             todo.append(jf)
@@ -347,7 +351,7 @@ class Agent:
         self.stats.duplicates += sum(1 for a in self.exporter.last_acks if getattr(a, "duplicate", False))
         for jf in todo:
             self.heads.observe(rec for _, rec in jf.entries)
-            spool.remove(jf.path)
+            spool.remove(jf.path, jf.spool_ident)
             self.stats.files += 1
             self.stats.records += len(jf.entries)
             jf.entries = []  # memory stays flat through a big backlog

@@ -97,6 +97,8 @@ def scan_user_spools(agent, **scan_kw) -> list:
         found = spool.scan(path, owner=uid, **scan_kw)
         if not userspool.same_spool(path, ident):
             continue  # swapped while it was read: nothing from it this round
+        for jf in found:
+            jf.spool_ident = ident  # deletes go through this very directory (spool.remove)
         files.extend(found)
     return files
 
@@ -126,3 +128,17 @@ def _report_spool(agent, path: str, why: str) -> None:
         return
     if movable:
         spool.set_aside(path, kept_as)
+
+
+def foreign_identity(agent, jf: spool.JournalFile) -> str | None:
+    """Why a user-attested file must not be shipped although its spool is
+    good: a record naming another node or cluster than this agent's.  Shipped,
+    it would go to a subject these credentials may not publish on, and that
+    refusal would hold up every later file."""
+    cluster = agent._cluster
+    for _, rec in jf.entries:
+        if rec.get(c.R_NODE) != agent.s.node:
+            return f"names node {str(rec.get(c.R_NODE))[:80]!r}, not this node {agent.s.node!r}"
+        if cluster and rec.get(c.R_CLUSTER) != cluster:
+            return f"names cluster {str(rec.get(c.R_CLUSTER))[:80]!r}, not this node's {cluster!r}"
+    return None

@@ -87,8 +87,12 @@ def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=No
                         os.uname().nodename.split(".")[0]))
     t = _get(runner, "timeout_s", "timeout")
     s.timeout_s = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
-    g = runner.get("kill_grace_s")
-    s.kill_grace_s = float(g) if isinstance(g, (int, float)) and not isinstance(g, bool) else 1.0
+    # The runner ends a script as slurmd does: SIGTERM, then SIGKILL 10 ms
+    # later (kill_grace_s is deprecated and ignored), so plan and doctor ask
+    # slurm.conf for the same timeout.
+    from emitter.process import KILL_AFTER_S
+
+    s.kill_grace_s = KILL_AFTER_S
     s.strict = runner.get("strict", "auto")
     dirs = runner.get("dirs", {}) if isinstance(runner.get("dirs"), dict) else {}
     if not dirs and not hook_dirs:  # the runner's defaults, where they exist on this node

@@ -112,6 +112,7 @@ def run_one(settings, context, command):
 
     journal = runner.open_journal(settings) if hasattr(runner, "open_journal") else _journal(settings)
     r = _ExecRunner(settings, context, [command[0]], knobs, strict, journal=journal, env=None)
+    _as_if_run_directly(r, command[0])
     try:
         status = r.run(entries, warnings)
     finally:
@@ -120,6 +121,58 @@ def run_one(settings, context, command):
         except Exception:  # noqa: BLE001 - the status is already decided
             pass
     return _ExecRunner.ended, status
+
+
+def _own_paths():
+    """Real paths a caller's shell may have named when it started this process:
+    the interpreter, and the script it runs (the lean launcher, pip's wrapper)."""
+    from emitter import process
+
+    out = set()
+    pids = ["self"]
+    if process.LAUNCHED:
+        pids.append(process.LAUNCHED[2])
+    for pid in pids:
+        try:
+            out.add(os.path.realpath(f"/proc/{pid}/exe"))
+        except OSError:
+            pass
+        argv = process._read(f"/proc/{pid}/cmdline", 8192).split(b"\0")
+        if len(argv) > 1 and argv[1].startswith(b"/"):
+            out.add(os.path.realpath(os.fsdecode(argv[1])))
+    out.add(os.path.realpath(sys.executable))
+    return out
+
+
+def _as_if_run_directly(r, script):
+    """bash puts the path of the command it runs in that command's environment
+    as ``_``: a dispatcher running ``hookscope exec -- PART`` hands us
+    ``_=/path/to/hookscope`` where PART alone would have had ``_=PART``.  So
+    when the first ``_`` names this process, the script gets the path as the
+    shell would have set it; any other ``_`` (dash sets none) passes unchanged."""
+    items = list(r._block) if r._block is not None else [k + b"=" + v for k, v in r.child_env.items()]
+    for i, item in enumerate(items):
+        if not item.startswith(b"_="):
+            continue
+        try:
+            mine = os.path.realpath(os.fsdecode(item[2:])) in _own_paths()
+        except (OSError, ValueError):
+            mine = False
+        if mine:
+            new = os.fsencode(script if "/" in script else _which(script, r.child_env.get(b"PATH")))
+            items[i] = b"_=" + new
+            r.child_env[b"_"] = new
+            if r._block is not None:
+                r._block = items
+        return
+
+
+def _which(name, path):
+    for d in (path or b"").split(b":"):
+        cand = os.path.join(os.fsdecode(d) or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return name
 
 
 def _journal(settings):

@@ -237,7 +237,7 @@ def plan_main(argv):
     try:
         if opts.get("from_slurm_conf"):
             opts["dirs"] = _slurm_conf_dirs(opts)
-        settings, context, dirs, _ = resolve(opts)
+        settings, context, dirs, plan_cfg = resolve(opts)
         knobs = layouts.knobs_for(settings["layout"], keep_going=settings["keep_going"],
                                   **{k: settings[k] for k in ("order", "stop_on_failure", "non_executable",
                                                               "require_shebang", "name_filter", "empty")})
@@ -246,6 +246,7 @@ def plan_main(argv):
         sys.stderr.write(_visible(f"hookscope plan: {exc}") + "\n")
         return 2
     entries, warnings = layouts.plan(dirs, knobs, strict=strict)
+    warnings = cf_deprecations(plan_cfg) + warnings
     sys.stdout.write(_visible(format_plan(settings["layout"], knobs, strict, context, dirs, entries, warnings),
                               keep_layout=True))
     lines, failed = slurm_conf_lines(opts.get("slurm_conf"), context, len(layouts.counted(entries)), settings)

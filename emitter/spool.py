@@ -49,6 +49,7 @@ class JournalFile:
     #: uid owning the spool it came from, as the agent stat()ed it (0: root's journal;
     #: emitter/userspool.py).  Shipped as contract.A_ATTESTED_UID, never read from the records.
     attested_uid: int = 0
+    spool_ident: tuple | None = None  # (st_dev, st_ino) of that per-uid spool; None: root's journal
 
     @property
     def records(self) -> list[dict]:
@@ -360,8 +361,28 @@ def set_aside(path: str, dest: str) -> bool:
         return False
 
 
-def remove(path: str) -> bool:
-    """Delete a shipped file (after its PubAck); False if already gone."""
+def remove(path: str, spool_ident: tuple | None = None) -> bool:
+    """Delete a shipped file (after its PubAck); False if already gone.
+
+    ``spool_ident``: (st_dev, st_ino) of the per-uid spool it was read from
+    (emitter/userspool.py): the name is unlinked through a descriptor of that
+    very directory, so a spool its user swapped for a symlink since is left
+    alone (False) instead of deleting a same-named file elsewhere."""
+    if spool_ident is not None:
+        try:
+            dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(dfd)
+            if (st.st_dev, st.st_ino) != tuple(spool_ident):
+                return False
+            os.unlink(os.path.basename(path), dir_fd=dfd)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(dfd)
     try:
         os.unlink(path)
         return True

@@ -21,6 +21,13 @@ AUDIT_KEYS = ("start", "node", "context", "job_id", "user", "script", "sha256", 
 ROOT_CONTEXTS = ("prolog_slurmd", "epilog_slurmd", "init_worker", "init_login")
 
 
+def attested_label(uid, context) -> str:
+    """:func:`attested_sql` for one row already read (``why``, the dashboard)."""
+    if not uid:
+        return "root"
+    return f"uid {uid} (claims a root context)" if context in ROOT_CONTEXTS else f"uid {uid}"
+
+
 def attested_sql(alias: str) -> str:
     """SQL for who the node attests wrote a hook run (``<alias>`` a hook_runs
     or script_runs row): 'root', 'uid N' (a per-owner spool:

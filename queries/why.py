@@ -23,6 +23,7 @@ from emitter import contract
 from queries import QueryError
 from queries.source import date_floor, iso, parse_time, rows, window_sql
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
+from queries.audit import attested_label
 from queries.outcomes import INIT_FOR, consequence, init_sentence, init_status, stale_sentence, stale_versions
 
 #: How far around the failure the systemic and GPU checks look by default.
@@ -154,6 +155,9 @@ def _cause(hook, script):
         "duration_ms": src.get("duration_ms"),
         "drain_reason": contract.DRAIN_REASON.get(src.get("context") or h.get("context")),
         "consequence": consequence(src.get("context") or h.get("context")),
+        # who the node attests wrote it: root, or a non-root hook's own uid (docs/journal.md)
+        "attested": attested_label(h.get("attested_uid") if hook else src.get("attested_uid"),
+                                   src.get("context") or h.get("context")),
     }
 
 
@@ -406,6 +410,8 @@ def _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok):
     parts = [f"{node}: {cause['context']} {who}"
              + (f" [sha256 {_short(cause['sha256'])}]" if cause["sha256"] else "")
              + f" {_what(cause)} at {cause['time']}{job}{user}"]
+    if cause.get("attested", "root") != "root":  # a non-root hook's own claim, not the node's root
+        parts[0] += f" [user-attested: {cause['attested']}]"
     if cause["drain_reason"]:
         parts[0] += f" -> Slurm drains with '{cause['drain_reason']}'"
     con_ = cause.get("consequence") or {}

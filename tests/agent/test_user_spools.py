@@ -144,6 +144,11 @@ def test_agent_ships_user_spools_attested_by_owner_and_refuses_forgeries(base, n
     bad.mkdir(mode=0o700)
     os.chown(bad, 1001, 1001)
     write_hooks_fast(bad, 1)
+    # nobody's own file speaking for another node: its spool is fine, its records are not
+    write_hooks_fast(mine, 1, node="nodeB", cluster="c1")
+    foreign = [mine / f for f in journal_files(mine) if "nodeB" in (mine / f).read_text()]
+    for p in mine.iterdir():
+        os.chown(p, NOBODY, NOBODY)
     odd = mine / ("0" * 20 + "-rootowned.jsonl")
     odd.write_bytes((j / journal_files(j)[0]).read_bytes())
     os.chmod(odd, 0o600)
@@ -152,7 +157,8 @@ def test_agent_ships_user_spools_attested_by_owner_and_refuses_forgeries(base, n
                        env=job_env(0), capture_output=True, text=True, timeout=60)
     assert "untrusted per-uid spool" in p.stderr and "owned by uid 1001, not uid 1000" in p.stderr
     assert "rootowned" in p.stderr and f"not uid {NOBODY}" in p.stderr
-    assert journal_files(mine) == [odd.name]  # shipped and deleted; the odd one left, unread
+    assert "names node 'nodeB', not this node" in p.stderr
+    assert journal_files(mine) == sorted([odd.name, foreign[0].name])  # shipped and deleted; the others left
     assert not bad.exists() and list(users.glob("1000*.untrusted"))  # set aside
     msgs = stream_messages(nats_server.url)
     by_uid = {}
@@ -170,4 +176,27 @@ def test_agent_ships_user_spools_attested_by_owner_and_refuses_forgeries(base, n
     ctx = {uid: {r[c.R_CONTEXT] for r in recs if r[c.R_KIND] == c.K_HOOK_STARTED} for uid, recs in by_uid.items()}
     assert ctx == {0: {"prolog_slurmd"}, NOBODY: {"prolog_task"}}
     errs = [r for r in by_uid[0] if r[c.R_KIND] == c.K_JOURNAL_ERROR]
-    assert {e[c.R_PATH] for e in errs} == {str(bad), str(odd)}  # reported in root's own chain
+    assert {e[c.R_PATH] for e in errs} == {str(bad), str(odd), str(foreign[0])}  # in root's own chain
+
+
+def test_a_shipped_file_is_deleted_only_through_the_spool_it_was_read_from(tmp_path):
+    from emitter import spool
+
+    real, other = tmp_path / "1000", tmp_path / "elsewhere"
+    real.mkdir()
+    other.mkdir()
+    st = os.lstat(real)
+    ident = (st.st_dev, st.st_ino)
+    name = "00000000000000000001-abc.jsonl"
+    (real / name).write_text("x\n")
+    assert spool.remove(str(real / name), ident) and not (real / name).exists()
+    # the user swaps the spool for a symlink to a directory holding that name
+    (other / name).write_text("not yours\n")
+    real.rename(tmp_path / "moved")  # (kept: its inode is not reused below)
+    real.symlink_to(other)
+    assert spool.remove(str(real / name), ident) is False
+    assert (other / name).read_text() == "not yours\n"
+    real.unlink()
+    real.mkdir()  # a new directory under the same name is not the one read either
+    (real / name).write_text("x\n")
+    assert spool.remove(str(real / name), ident) is False and (real / name).exists()

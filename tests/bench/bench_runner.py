@@ -194,10 +194,91 @@ def bench_case(label, hook_dir, base, reps, warmup=5):
     return med["hookscope-hook (slurm.conf)"] / ref, med["hookscope run --layout run-parts"] / ref
 
 
+# ------------------------------------------------------------------ --profile
+_PHASES = r"""
+import sys, time
+clock = time.process_time if sys.argv[1] == "cpu" else time.perf_counter
+T = [clock()]
+sys.path.insert(0, sys.argv[2])
+from emitter import process
+import emitter.hook, emitter.runner, emitter.config
+T.append(clock())
+from emitter import config as cf, runner, layouts
+cfg = cf.load_config(); T.append(clock())
+s = cf.runner_settings(cfg); dirs = cf.context_dirs(s, "prolog_slurmd")
+knobs = layouts.knobs_for(s["layout"], keep_going=s["keep_going"], **{k: s[k] for k in (
+    "order", "stop_on_failure", "non_executable", "require_shebang", "name_filter", "empty")})
+strict = cf.strict_enabled(s["strict"])
+entries, warnings = layouts.plan(dirs, knobs, strict=strict); T.append(clock())
+journal = runner.open_journal(s); T.append(clock())
+r = runner.Runner(s, "prolog_slurmd", dirs, knobs, strict, journal=journal); T.append(clock())
+r.run(entries, warnings); T.append(clock())
+journal.close(); T.append(clock())
+print(" ".join("%.3f" % ((b - a) * 1000) for a, b in zip(T, T[1:])))
+"""
+_PHASE_NAMES = ("imports", "load_config (cached)", "plan", "journal open", "Runner()", "run (10 scripts)",
+                "journal close (fdatasync)")
+
+
+def _spawns(n, script, how):
+    from emitter import process as P
+
+    launch = P.Launch(P.origin(), P.SLURM, {}, None, None)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        if how == "posix_spawn":
+            os.waitpid(os.posix_spawn(script, [script], {}), 0)
+        else:
+            ch = P.spawn(script, [script], launch, False)
+            os.waitpid(ch.pid, 0)
+            ch.close()
+    return time.perf_counter() - t0
+
+
+def profile(base, reps):
+    """Where a cold hook of (a) spends its time: in-process phase stamps (CPU and
+    wall, minimum over ``reps`` fresh processes), ten bare spawns from Python,
+    and the imports with and without interpreter finalization."""
+    noop = make_dir(base, "noop", "exit 0")
+    journal = base / "journal-profile"
+    cfg = base / "profile.toml"
+    cfg.write_text(f'[runner]\nlayout = "run-parts"\njournal_dir = "{journal}"\n'
+                   f'[runner.dirs]\nprolog_slurmd = "{noop}"\n')
+    env = {"LC_ALL": "C", "SLURM_JOB_ID": "1", "SLURM_SCRIPT_CONTEXT": "prolog_slurmd", "HOOKSCOPE_CONFIG": str(cfg)}
+    py = str(VENV_BIN / "python")
+    import subprocess
+
+    print(f"\n(profile: a cold hook of 10 no-op scripts, in-process stamps; minimum and median of {reps} "
+          f"fresh processes; load average {os.getloadavg()[0]:.1f})")
+    for clock in ("cpu", "wall"):
+        rows = []
+        for _ in range(reps):
+            out = subprocess.run([py, "-I", "-S", "-c", _PHASES, clock, str(ROOT)], env=env, capture_output=True,
+                                 text=True, check=True).stdout
+            rows.append([float(x) for x in out.split()])
+            clean_journal(journal)
+        for i, name in enumerate(_PHASE_NAMES):
+            col = sorted(r[i] for r in rows)
+            print(f"  {clock:<4} {name:<28} min {col[0]:6.2f} ms  median {col[len(col) // 2]:6.2f} ms")
+    script = str(noop / "00-script")
+    sp = {how: statistics.median(_spawns(10, script, how) for _ in range(reps)) for how in ("posix_spawn", "spawn")}
+    print(f"  ten no-op scripts started and reaped from Python: os.posix_spawn {sp['posix_spawn'] * 1000:.2f} ms, "
+          f"emitter.process.spawn {sp['spawn'] * 1000:.2f} ms (median of {reps})")
+    pre = f"import sys, os; sys.path.insert(0, {str(ROOT)!r}); import emitter.runner, emitter.config, emitter.hook"
+    cmds = {"python -I -S -c pass": "pass", "+ the hot path's imports": pre, "+ the imports, then os._exit(0)":
+            pre + "; os._exit(0)"}
+    t = {k: statistics.median(spawn_wait([py, "-I", "-S", "-c", c], {})[0] for _ in range(reps * 2))
+         for k, c in cmds.items()}
+    for k, v in t.items():
+        print(f"  {k:<36} {v * 1000:6.2f} ms wall (median of {reps * 2})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200, help="repetitions for (a); (b) uses reps/5, (c) reps/20")
     ap.add_argument("--only", choices=("a", "b", "c"), help="run one case")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: where a cold hook of (a) spends its time (phases, spawns, imports, exit)")
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=VENV",
                     help="also run VENV/bin/hookscope-hook (another tree's lean launcher), side by side")
     args = ap.parse_args(argv)
@@ -208,6 +289,12 @@ def main(argv=None):
         print(f"note: {VENV_BIN}/hookscope-hook is pip's wrapper, not the lean launcher; "
               f"run 'python -m emitter.launcher install .venv' first")
     base = Path(tempfile.mkdtemp(prefix="hookscope-bench-"))
+    if args.profile:
+        try:
+            profile(base, max(5, args.reps // 10))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return 0
     verdict = []
     a_hook = None
     try:

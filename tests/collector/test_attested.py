@@ -96,3 +96,20 @@ def test_audit_shows_user_attested_runs_apart_from_root_ones(tmp_path):
     assert got == {("prolog_slurmd", "root"), ("epilog_slurmd", "root"),
                    ("prolog_slurmctld", "uid 64030"), ("prolog_task", "uid 1000"),
                    ("prolog_slurmd", "uid 1000 (claims a root context)")}
+
+
+def test_why_names_a_user_attested_failure_as_the_users_claim(tmp_path):
+    from queries.why import why
+
+    db = tmp_path / "s.duckdb"
+    node = Node("n1")
+    b = Batch("t")
+    subj, payload = message(node, 1000, context="prolog_slurmd", job_id="78", fail_index=0,
+                            ts=NOW - 10**9)
+    b.add(decode_message(payload, subj, 1, NOW), 1, subj, NOW, payload, None, node.cluster)
+    _parts, tables = b.arrow()
+    with Store(db, consumer="t") as st:
+        st.commit(tables, b.last_seq)
+    out = why(open_source(db=str(db), quiet=True), "n1")
+    assert out["cause"]["attested"] == "uid 1000 (claims a root context)"
+    assert "[user-attested: uid 1000 (claims a root context)]" in out["verdict"]

@@ -208,3 +208,19 @@ def test_death_by_signal_through_the_lean_launcher(tmp_path, env):
     p = subprocess.run([str(lean), "run", "--context", "prolog_slurmd", "--dir", str(d)], cwd=ROOT, env=env,
                        capture_output=True)
     assert p.returncode == -signal.SIGTERM, p.stderr
+
+
+@pytest.mark.parametrize("launcher", ["module", "lean"])
+def test_exec_under_bash_gives_the_script_the_underscore_bash_would(tmp_path, env, launcher):
+    """bash sets _ to the path of the command it runs: PART alone gets _=PART,
+    ``hookscope exec -- PART`` would get _=hookscope; the script must see PART."""
+    lean = ROOT / ".venv" / "bin" / "hookscope"
+    if launcher == "lean" and "lean launcher" not in lean.read_text()[:200]:
+        pytest.skip("no lean launcher installed (make)")
+    s = mkscript(tmp_path / "d", "part", "tr '\\0' '\\n' </proc/$$/environ | grep '^_=' || echo none")
+    cmd = " ".join(f"'{a}'" for a in ([str(lean)] if launcher == "lean" else HOOKSCOPE))
+    bare = subprocess.run(["/bin/bash", "-c", f"'{s}'; true"], env=env, capture_output=True)
+    ours = subprocess.run(["/bin/bash", "-c", f"{cmd} exec -- '{s}'; true"], cwd=ROOT, env=env,
+                          capture_output=True)
+    assert bare.stdout == f"_={s}\n".encode()
+    assert ours.stdout == bare.stdout, ours.stderr
