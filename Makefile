@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slurm and not browser and not slow and not interop" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m collector.demo
+	$(PY) -m dashboards.demo
 
 bench: $(STAMP)
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,4 +1,7 @@
-"""``hookscope collect | rebuild | serve``: a thin click layer over the collector library.
+"""``hookscope collect | rebuild``: a thin click layer over the collector library.
+
+``hookscope serve`` (collector + dashboard) is dashboards.serve: collector must
+not import dashboards; it reuses the options and ``_run`` defined here.
 
 Settings resolve once, here, by click: option, then environment variable
 (each option's ``envvar=``, shown in ``-h``), then the ``[collector]`` section
@@ -10,8 +13,6 @@ NATS password alone is never an option (it would show in ``ps``).
 from __future__ import annotations
 
 import os
-import sys
-import threading
 
 import click
 
@@ -25,9 +26,6 @@ except ImportError:  # pragma: no cover
 _ERRORS = (CollectorError, EmitterError)
 
 DEFAULT_DB = "/var/lib/hookscope/hookscope.duckdb"
-#: the dashboard's port, the same for ``serve`` and ``dashboard`` (dashboards.cli.DEFAULT_PORT;
-#: not imported: collector must not depend on dashboards)
-DASHBOARD_PORT = 8765
 _AUTH = ("creds", "nkey", "user", "tls_ca", "tls_cert", "tls_key")
 _SECTION_KEYS = {"nats", "db", "archive", "metrics", "name", "batch", "replicas",
                  "snapshot_interval", "nats_port", "ack_wait", "memory_limit", "password", *_AUTH}
@@ -269,53 +267,33 @@ def rebuild(ctx, source, write_archive, quiet, **opts):
 
 
 @click.command(context_settings=CONTEXT)
-@_options
-@click.option("--host", default="127.0.0.1", help="dashboard bind address")
-@click.option("--port", type=click.IntRange(0, 65535), default=DASHBOARD_PORT,
-              help="dashboard port, as 'hookscope dashboard' (0: any free)")
-@_opt("--token", metavar="TOKEN", env="HOOKSCOPE_DASHBOARD_TOKEN", help="dashboard bearer token")
+@_db_option
+@_archive_option
+@click.option("--today", "include_today", is_flag=True,
+              help="also compact today's (UTC) partitions, which a running collector is still writing")
+@click.option("--quiet", is_flag=True, help="print only the summary line")
+@_config_option
 @click.pass_context
-def serve(ctx, host, port, token, **opts):
-    """Single machine: embedded nats-server + collector + dashboard in one command.
+def compact(ctx, include_today, quiet, **opts):
+    """Rewrite each closed day's archive partition into one sorted file.
 
-    Agents publish to the embedded server (port 4222 by default); the
-    dashboard reads the store's read-only snapshot while the collector writes.
+    Each (table, date, cluster) directory's small Parquet files become one
+    file, deduplicated on the table's key, sorted by (node, time), with row
+    groups sized for pruning.  Safe beside a running collector and readers,
+    and after a kill -9 (run it again to finish).  Run it daily from cron.
 
     \b
     Example:
-        hookscope serve --db /var/lib/hookscope/hookscope.duckdb --port 8765
+        hookscope compact --archive /var/lib/hookscope/archive
     """
+    from collector.compact import compact as run_compact
     s = _settings(ctx, opts)
-    _embedded_port_check(ctx, s)
-    holder = {}
 
-    def start_dashboard(url):
-        try:
-            from dashboards.server import make_server
-        except ImportError as exc:
-            click.echo(f"dashboard not available in this installation ({exc}); collecting only", err=True)
-            return
-        try:
-            os.makedirs(s["archive"], exist_ok=True)
-            srv = make_server(db=s["db"], archive=s["archive"], host=host, port=port, token=token)
-        except Exception as exc:
-            click.echo(f"dashboard not started: {exc}", err=True)
-            return
-        holder["dash"] = srv
-        threading.Thread(target=srv.serve_forever, name="hookscope-dashboard", daemon=True).start()
-        h, p = srv.server_address[:2]
-        click.echo(f"dashboard on http://{h}:{p}/  (NATS: {url})", err=True)
-
+    def tell(r):
+        if not quiet:
+            click.echo(f"{r['dir']}: {r['inputs']} files -> 1 ({r['rows']} rows)")
     try:
-        _run(s, once=False, with_dashboard=start_dashboard)
+        done = run_compact(s["archive"], include_today=include_today, progress=tell)
     except _ERRORS as exc:
         raise click.ClickException(str(exc))
-    finally:
-        dash = holder.get("dash")
-        if dash is not None:
-            dash.shutdown()
-            try:
-                dash.server_close()
-            except Exception:
-                pass
-    sys.stderr.flush()
+    click.echo(f"compacted {len(done)} partitions, {sum(r['inputs'] for r in done)} files")

@@ -42,6 +42,21 @@ from emitter import contract as C
 
 log = logging.getLogger("hookscope.collector")
 
+
+class _VisibleFilter(logging.Filter):
+    """DuckDB's and NATS' error texts quote row values, i.e. script output and
+    names a node sent: make control characters visible before any handler
+    writes them to a terminal or a journal (emitter/safetext.py)."""
+
+    def filter(self, record):
+        from emitter.safetext import visible
+
+        record.msg, record.args = visible(record.getMessage()), ()
+        return True
+
+
+log.addFilter(_VisibleFilter())
+
 HDR_REASON = "Hookscope-Deadletter-Reason"
 HDR_DETAIL = "Hookscope-Deadletter-Detail"
 HDR_ORIG_SUBJECT = "Hookscope-Original-Subject"

@@ -16,14 +16,15 @@ where the agent puts it.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field
 from operator import itemgetter
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from collector.decoded import (  # noqa: F401  (re-exported: callers import them from here)
+    DL_BAD_IDS, DL_BAD_RECORD, DL_BAD_SUBJECT, DL_BAD_TIMESTAMP, DL_IDENTITY, DL_MALFORMED, DL_MISSING,
+    DL_NOT_OURS, DL_OVERSIZED, DL_REASONS, DL_STORE_REJECTED, DL_TOO_NEW, DeadLetter, Decoded)
 from collector.identity import check_decoded as check_identity
 from emitter import contract as C
 
@@ -36,22 +37,6 @@ except ImportError:  # pragma: no cover - depends on the installation
     _loads = json.loads
     _JSON_ERRORS = (ValueError,)
 
-# Dead-letter reasons (also the last token of the dead-letter subject).
-DL_MALFORMED = "malformed"              # not a protobuf of the expected message type
-DL_NOT_OURS = "not_ours"                # valid OTLP, but not from hookscope
-DL_MISSING = "missing_attributes"       # ours, but records/attributes are missing
-DL_BAD_RECORD = "bad_record"            # a record is not valid JSON / has wrong field types
-DL_OVERSIZED = "oversized"              # larger than the configured limit
-DL_BAD_TIMESTAMP = "bad_timestamp"      # before 2000-01-01 or more than a day in the future
-DL_TOO_NEW = "schema_too_new"           # written by a newer hookscope: never guessed at
-DL_BAD_IDS = "inconsistent_ids"         # span ID does not match the records' hook/script
-DL_BAD_SUBJECT = "unknown_subject"      # not hookscope.spans.* / hookscope.metrics.*
-DL_STORE_REJECTED = "store_rejected"    # the store refused the rows (type/constraint)
-DL_IDENTITY = "identity_mismatch"       # rows or Msg-Id claim another node than the subject
-DL_REASONS = (DL_MALFORMED, DL_NOT_OURS, DL_MISSING, DL_BAD_RECORD, DL_OVERSIZED,
-              DL_BAD_TIMESTAMP, DL_TOO_NEW, DL_BAD_IDS, DL_BAD_SUBJECT, DL_STORE_REJECTED,
-              DL_IDENTITY)
-
 #: Earliest believable node timestamp (2000-01-01T00:00:00Z).
 MIN_TS_NS = 946_684_800 * 10**9
 #: How far ahead of the stream's receive time a node clock may be.
@@ -60,26 +45,6 @@ MAX_FUTURE_NS = 86_400 * 10**9
 _SPANS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_SPANS}."
 _METRICS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_METRICS}."
 _HEADS_PREFIX = f"{C.SUBJECT_PREFIX}.{C.SIGNAL_HEADS}."
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    reason: str
-    detail: str
-
-
-@dataclass
-class Decoded:
-    """Rows of one message, per table, as tuples in schema column order."""
-    rows: dict = field(default_factory=dict)
-    n_spans: int = 0
-    cluster: str | None = None
-    schema_version: int | None = None
-    max_end_ns: int | None = None  # latest hook end seen (for skew metrics)
-    #: contract.records_digest of the message's journal lines (spans only):
-    #: what a content-keyed Nats-Msg-Id must name (collector.identity)
-    records_digest: str | None = None
-    n_journal_errors: int = 0  # journal_error records: something stayed behind or broke on a node
 
 
 class _Bad(Exception):
@@ -170,13 +135,6 @@ def _find_attr(attrs, key):
             if kv.key == key:
                 return kv.value
     return None
-
-
-def _check_ts(ts, lo, hi, what):
-    if type(ts) is not int:
-        raise _Bad(DL_BAD_RECORD, f"{what}: ts {ts!r} is not integer ns")
-    if ts < lo or ts > hi:
-        raise _Bad(DL_BAD_TIMESTAMP, f"{what}: ts {ts} is outside [2000-01-01, receive time + 1 day]")
 
 
 def subject_parts(subject: str):
@@ -606,7 +564,3 @@ def _decode_metrics(payload, received_ns):
     dec = Decoded(n_spans=0, cluster=cluster)
     dec.rows["gpu_samples"] = rows
     return dec
-
-
-def now_ns() -> int:
-    return time.time_ns()

@@ -24,7 +24,7 @@ class HeadsError(ValueError):
 
 def decode(payload: bytes, lo: int, hi: int, received_ns: int, stream_seq: int):
     """A ``decode.Decoded`` holding the ``chain_heads`` rows; raises HeadsError."""
-    from collector.decode import Decoded
+    from collector.decoded import Decoded
 
     rows = rows_of(payload, lo, hi, received_ns, stream_seq)
     dec = Decoded(n_spans=0, cluster=rows[0][0])

@@ -102,7 +102,7 @@ def payload_digest(data: bytes) -> str:
 def check_msg_id_decoded(dec, msg_id, subject, payload):
     """The decoded message, or a DeadLetter(identity_mismatch) when its
     Nats-Msg-Id is not its publisher's and its content's."""
-    from collector.decode import DL_IDENTITY, DeadLetter
+    from collector.decoded import DL_IDENTITY, DeadLetter
 
     digest = dec.records_digest
     why = check_msg_id(msg_id, subject, digest if digest is not None else (lambda: payload_digest(payload)))

@@ -10,7 +10,7 @@ from dashboards import DashboardError
 
 ENV_DB = "HOOKSCOPE_DB"
 ENV_ARCHIVE = "HOOKSCOPE_ARCHIVE"
-DEFAULT_PORT = 8765  # also hookscope serve's (collector.cli.DASHBOARD_PORT)
+DEFAULT_PORT = 8765  # also hookscope serve's (dashboards.serve)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 

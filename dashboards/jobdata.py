@@ -3,20 +3,21 @@ nodes, the script runs, the audit trail, the GPU series over the job, and the
 ``why job`` verdict (queries/jobwhy.py: what Slurm did to the job, which
 hook, script, version and output decided it, and what the retry did).
 
-Split out of data.py, whose helpers it uses (through the module, so the
-tests' patches of ``data._queries`` apply here too).
+Split out of data.py, whose helpers it uses.
 """
 
 from datetime import datetime, timedelta
 
-from dashboards import data as D
+from dashboards import common as D
+from queries.audit import audit_job
+from queries.jobwhy import why_job
 
 
 def job_verdict(con, job_id):
     """The ``why job`` answer, or {"error": ...}: one job's analysis failing
     must not take its page down."""
     try:
-        return D._queries("jobwhy", "why_job")(con, job_id)
+        return why_job(con, job_id)
     except Exception as exc:  # noqa: BLE001 - shown on the page instead
         return {"job_id": str(job_id), "verdict": None, "error": f"why job failed: {exc}"}
 
@@ -43,7 +44,7 @@ def job_page(con, job_id):
                epoch(coalesce(end_ts, start_ts)) AS t1, duration_ms, user_name AS user, output,
                output_truncated
         FROM script_runs WHERE job_id = ? ORDER BY start_ts, node, idx""", [job_id])
-    audit = D._queries("audit", "audit_job")(con, job_id)
+    audit = audit_job(con, job_id)
     since = datetime.fromisoformat(meta["first_hook"].replace("Z", "+00:00")) - timedelta(minutes=1)
     until = datetime.fromisoformat(meta["last_hook"].replace("Z", "+00:00")) + timedelta(minutes=1)
     gpu = D._gpu_series(con, "job_id = ?", [job_id], since, until)

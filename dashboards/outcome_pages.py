@@ -4,8 +4,8 @@ rows.  Rendered from the queries' own dicts (queries/jobwhy.py, why.py);
 every value is escaped by ``pages.render`` unless it is Markup built here.
 """
 
-from dashboards.pages import (Markup, esc, fmt_time, join, job_url, link, node_url, render, script_url,
-                              short_sha, table)
+from dashboards.html import (Markup, esc, fmt_time, join, job_url, link, node_url, render, script_url,
+                             short_sha, table)
 
 
 def _script(v):

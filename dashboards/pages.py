@@ -1,152 +1,19 @@
 """HTML for the dashboard pages, rendered from the page data dicts of data.py.
 
 Escaping is the default: ``render`` escapes every value unless it is already
-``Markup`` (produced by this module's own builders).  Chart data travels as a
+``Markup`` (produced by the builders of dashboards/html.py).  Chart data travels as a
 ``<script type="application/json">`` block that is never executed; the one
 script that draws charts is a static file, so a strict CSP (no inline script)
 holds for every page.
 """
 
-import json
-
-import markupsafe
-import re
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from dashboards.data import GPU_METRICS
-from queries.safetext import visible
-
-
-class Markup(str):
-    """A string that is already safe HTML; concatenation escapes the other side."""
-
-    def __add__(self, other):
-        return Markup(str.__add__(self, esc(other)))
-
-    def __radd__(self, other):
-        return Markup(str.__add__(esc(other), self))
-
-
-def esc(v):
-    """HTML-escaped text, every control character (ESC, C1, bidi overrides...)
-    made visible first: script output is data, never control (queries/safetext.py).
-    Newlines and tabs stay, for <pre> output."""
-    if isinstance(v, Markup):
-        return v
-    if v is None:
-        return Markup("")
-    return Markup(markupsafe.escape(visible(str(v), keep_layout=True)))  # & < > ' " as entities
-
-
-def render(template, **kw):
-    """``template.format`` with every argument escaped unless it is Markup."""
-    return Markup(template.format(**{k: esc(v) for k, v in kw.items()}))
-
-
-def join(parts, sep=""):
-    return Markup(esc(sep).join(esc(p) for p in parts))
-
-
-def json_block(obj, id_):
-    """JSON inside HTML: '<', '>' and '&' escaped so no '</script>' can end the block."""
-    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    text = (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
-    return Markup(f'<script type="application/json" id="{esc(id_)}">{text}</script>')
-
-
-# ---------------------------------------------------------------- links
-def job_url(job_id):
-    return f"/job/{quote(str(job_id), safe='')}"
-
-
-def node_url(node):
-    return f"/node/{quote(str(node), safe='')}"
-
-
-def script_url(path):
-    return "/script?" + urlencode({"path": path})
-
-
-def link(url, text):
-    return render('<a href="{u}">{t}</a>', u=url, t=text)
-
-
-def short_sha(sha):
-    return render('<code title="{s}">{t}</code>', s=sha or "", t=(sha or "")[:12])
-
-
-def fmt_ms(v):
-    if v is None:
-        return ""
-    return f"{v / 1000:.2f} s" if v >= 10000 else f"{v:.1f} ms"
-
-
-_FRAC = re.compile(r"(\.\d{3})\d*(?=Z|[+-]\d\d:?\d\d$|$)")
-
-
-def fmt_time(iso):
-    """'2026-12-01T08:00:00.120000Z' -> '2026-12-01 08:00:00.120Z' (ms, UTC)."""
-    s = _FRAC.sub(r"\1", str(iso or "")).replace("T", " ")
-    return s.replace(".000Z", "Z").replace("+00:00", "Z")
-
-
-def status_badge(failed, text=None):
-    return render('<span class="badge {c}">{t}</span>', c="bad" if failed else "ok",
-                  t=text or ("failed" if failed else "ok"))
-
-
-def script_result(r):
-    """'exit 1', 'timed out', 'refused: ...' as a badge."""
-    if r.get("refused"):
-        return status_badge(True, f"refused: {r['refused']}")
-    if r.get("timed_out"):
-        return status_badge(True, "timed out")
-    if r.get("signal"):
-        return status_badge(True, f"signal {r['signal']} (exit {r.get('exit_code')})")
-    code = r.get("exit_code")
-    if code is None:
-        return status_badge(True, "no result") if r.get("runner_killed") else Markup("")
-    return status_badge(code != 0, f"exit {code}")
-
-
-def output_cell(text):
-    if not text:
-        return Markup("")
-    return render('<details><summary>output</summary><pre class="output">{o}</pre></details>', o=text)
-
-
-def table(headers, rows, cls="data", tid=None):
-    """rows: lists of cells (escaped unless Markup)."""
-    head = join(render("<th>{h}</th>", h=h) for h in headers)
-    body = join(render("<tr>{c}</tr>", c=join(render("<td>{v}</td>", v=v) for v in row)) for row in rows)
-    if not rows:
-        body = render('<tr><td colspan="{n}" class="empty">nothing in this window</td></tr>', n=len(headers))
-    return render('<table class="{c}"{i}><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>',
-                  c=cls, i=Markup(f' id="{esc(tid)}"') if tid else Markup(""), h=head, b=body)
-
-
-def bar(value, maximum, width=120, bad=False):
-    """A tiny inline SVG bar: presentation attributes only, no style attribute (CSP)."""
-    w = 0 if not maximum or value is None else max(1, round(width * min(value / maximum, 1.0)))
-    return render('<svg class="minibar" width="{W}" height="10" aria-hidden="true">'
-                  '<rect width="{W}" height="10" class="track"/><rect width="{w}" height="10" class="{c}"/></svg>',
-                  W=width, w=w, c="fill bad" if bad else "fill")
-
-
-def card(title, body, cid=None):
-    return render('<section class="card"{i}><h2>{t}</h2>{b}</section>',
-                  i=Markup(f' id="{esc(cid)}"') if cid else Markup(""), t=title, b=body)
-
-
-def chart(cid, title, n_series, height=220):
-    return render('<figure class="chart" id="{i}" data-chart="{i}" data-series="{n}" data-height="{h}">'
-                  '<figcaption>{t}</figcaption></figure>', i=cid, n=n_series, h=height, t=title)
-
-
-def stat(label, value, bad=False):
-    return render('<div class="stat{c}"><div class="v">{v}</div><div class="l">{l}</div></div>',
-                  c=" bad" if bad else "", v=value, l=label)
+from dashboards.html import (  # noqa: F401  (re-exported: callers use pages.X)
+    Markup, bar, card, chart, esc, fmt_ms, fmt_time, job_url, join, json_block, link, node_url, output_cell,
+    render, script_result, script_url, short_sha, stat, status_badge, table)
+from dashboards.outcome_pages import job_why_block, node_outcome_rows
 
 
 # ---------------------------------------------------------------- layout
@@ -324,7 +191,6 @@ def _why_block(why):
     if sysm:
         rows.append(["systemic", sysm.get("reason") or ", ".join(
             f"{k}: {v}" for k, v in sysm.items() if not isinstance(v, (list, dict, bool)))])
-    from dashboards.outcome_pages import node_outcome_rows
 
     rows += node_outcome_rows(why)
     reg = why.get("regression") or {}
@@ -407,7 +273,6 @@ def job_page(d, assets):
          short_sha(r.get("sha256")), script_result(r), fmt_ms(r.get("duration_ms")), output_cell(r.get("output")),
          r.get("attested") or "root"]
         for r in rows], tid="runs")
-    from dashboards.outcome_pages import job_why_block
 
     body = join([
         card("Why", job_why_block(d.get("why")), cid="why"),

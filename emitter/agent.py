@@ -28,6 +28,7 @@ from emitter import EmitterError
 from emitter import contract as c
 from emitter import agentreports, chainheads, natsio, otlp, spool
 from emitter.exporter import JetStreamPublisher, NatsSpanExporter, log_stderr
+from emitter.fsutil import replacing
 from emitter.gpu.jobs import JobMap, job_gpus
 from emitter.nodestate import BAD_STATE_FLAGS, bad_flags, parse_scontrol_node  # noqa: F401 - re-exported
 
@@ -245,11 +246,10 @@ class Agent:
             pass
 
     def _save_state(self) -> None:
-        tmp = self._state_path() + ".tmp"
+        path = self._state_path()
         try:
-            with open(tmp, "w") as f:
+            with replacing(path, tmp=path + ".tmp") as tmp, open(tmp, "w") as f:
                 json.dump({"gpus": self.jobs.dump()}, f)
-            os.replace(tmp, self._state_path())
         except OSError as exc:
             self.log(f"cannot save GPU job map to {self._state_path()}: {exc.strerror}")
 
@@ -357,9 +357,6 @@ class Agent:
             jf.entries = []  # memory stays flat through a big backlog
         return True
 
-    def ship_file(self, jf: spool.JournalFile) -> bool:
-        return self.ship_files([jf])
-
     def _note_outage(self, why) -> None:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
@@ -433,7 +430,7 @@ class Agent:
 
     # ------------------------------------------------------------ GPUs
     def start_gpu(self, thread: bool = True) -> None:
-        from emitter.gpu.base import detect
+        from emitter.gpu import detect
 
         try:
             self.gpu = detect(self.s.gpu, replay_path=self.s.gpu_replay,

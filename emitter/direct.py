@@ -198,6 +198,11 @@ def _publish_file(conn, path):
     from emitter import contract as c
     from emitter import otlp, spool
 
+    if os.geteuid() != 0:
+        # A non-root hook's file lives in its per-owner spool: only the agent,
+        # which attests the uid from the spool's owner, may ship it (direct
+        # mode would send it unmarked, read as root's; docs/journal.md).
+        return False
     jf = spool.read_file(path)
     if jf is None or not jf.entries or jf.damage:
         return False  # gone, or damaged: the agent reports damage properly

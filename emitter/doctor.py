@@ -222,7 +222,10 @@ def _timeout_checks(s: Setup, conf: dict, wired: list) -> list[Check]:
 
 
 # ------------------------------------------------------------------ driver
-CHECKS = (check_hook_dirs, check_journal, check_credentials, check_nats, check_gpu, check_slurm_conf)
+from emitter.doctor_spools import check_user_spools  # noqa: E402 - after the names it reuses
+
+CHECKS = (check_hook_dirs, check_journal, check_user_spools, check_credentials, check_nats, check_gpu,
+          check_slurm_conf)
 
 
 def run_checks(s: Setup, pre: list[Check] | None = None) -> list[Check]:

@@ -31,7 +31,10 @@ _EXEC_OPTS = {
 }
 EXEC_EXAMPLE = ("Example (in DeepOps' epilog.sh, where it ran the part itself):\n"
                 "  hookscope exec --context epilog_slurmd -- /etc/slurm/epilog.d/50-lastuserjob-processes\n\n"
-                "Exit status: the script's own (a script killed by signal N kills hookscope exec with N).")
+                "Exit status: the script's own (a script killed by signal N kills hookscope exec with N).\n\n"
+                + runcli._ENV_HELP
+                + "  HOOKSCOPE_JOURNAL_DIR  journal directory (--journal); 'hookscope agent' reads it too\n"
+                "  SLURMD_NODENAME        node name in records (--node); slurmd sets it")
 
 
 def split_argv(argv):
@@ -204,7 +207,9 @@ RUN_PARTS_EXAMPLE = ("Example (SUNK's run-parts.sh, or any script that called ru
                      "  hookscope run-parts --exit-on-error /etc/slurm/prolog.d\n\n"
                      "Options as Debian's run-parts: --exit-on-error, --regex=RE, -a/--arg=ARG, "
                      "-u/--umask=UMASK, --reverse, --list, --test; and hookscope's --context, --config, "
-                     "--journal.  Exit status as run-parts: 1 if a part failed, 0 otherwise.")
+                     "--journal.  Exit status as run-parts: 1 if a part failed, 0 otherwise.\n\n"
+                     + runcli._ENV_HELP
+                     + "  HOOKSCOPE_JOURNAL_DIR  journal directory (--journal); 'hookscope agent' reads it too")
 _RP_VALUE = {"--regex": "regex", "--arg": "arg", "-a": "arg", "--umask": "umask", "-u": "umask",
              "--context": "context", "--config": "config", "--journal": "journal_dir"}
 _RP_FLAG = {"--exit-on-error": "exit_on_error", "--reverse": "reverse", "--list": "list", "--test": "test"}

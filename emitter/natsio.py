@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from emitter import EmitterError
 from emitter import contract as c
@@ -87,9 +87,6 @@ class NatsOptions:
         for name in ("connect_timeout", "reconnect_time_wait", "request_timeout"):
             if getattr(self, name) <= 0:
                 raise NatsConfigError(f"{name} must be > 0 seconds")
-
-    def with_(self, **kw) -> "NatsOptions":
-        return replace(self, **kw)
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not (self.tls_ca or self.tls_cert) and not any(u.startswith("tls://") for u in self.servers):

@@ -28,13 +28,15 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from emitter import __version__
 from emitter import contract as c
-# Re-exported: callers keep importing these from here.  Those modules import
-# this one's helpers at call time, so there is no import cycle.
+from emitter.otlp_values import (  # noqa: F401
+    SCOPE_NAME, _any, _attrs, _event, _from_any, _resource, attributes_dict)
+# Re-exported: callers keep importing these from here.  The helpers those
+# modules share with this one live in emitter.otlp_values (no import cycle).
 from emitter.otlp_metrics import (  # noqa: F401
     GPU_UNITS, decode_metrics, encode_metrics, metrics_request, samples_from_metrics)
 from emitter.otlp_sdk import encode_sdk_spans, sdk_spans  # noqa: F401
@@ -42,65 +44,9 @@ from emitter.otlp_split import (  # noqa: F401
     _ENVELOPE, HEADER_ROOM, _records_texts, journal_lines, message_key, records_key, resource_of,
     split_requests)
 
-SCOPE_NAME = "hookscope.emitter"
 # Lengths long values are cut to, in turn, when one span is too big for a message.
 _OUTPUT_CAPS = (65536, 16384, 4096, 1024, 256, 0)
 
-
-
-# ---------------------------------------------------------------- values
-def _any(v) -> AnyValue:
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        if -(2**63) <= v < 2**63:
-            return AnyValue(int_value=v)
-        return AnyValue(string_value=str(v))
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    if isinstance(v, (list, tuple)):
-        av = AnyValue()
-        av.array_value.values.extend(_any(x) for x in v)
-        return av
-    return AnyValue(string_value="" if v is None else str(v))
-
-
-def _attrs(target, items: dict) -> None:
-    """Append ``items`` as KeyValues, skipping None (OTel has no null).
-    Scalars are set in place (``add()``): building a KeyValue and copying it
-    in costs twice as much, and this is the encoder's hottest loop."""
-    for k, v in items.items():
-        if v is None:
-            continue
-        kv = target.add()
-        kv.key = k
-        t = type(v)
-        if t is str:
-            kv.value.string_value = v
-        elif t is bool:
-            kv.value.bool_value = v
-        elif t is int and -(2**63) <= v < 2**63:
-            kv.value.int_value = v
-        elif t is float:
-            kv.value.double_value = v
-        else:
-            kv.value.CopyFrom(_any(v))
-
-
-def attributes_dict(kvs) -> dict:
-    """KeyValue list -> plain dict (for tests, the collector and viewers)."""
-    return {kv.key: _from_any(kv.value) for kv in kvs}
-
-
-def _from_any(av: AnyValue):
-    which = av.WhichOneof("value")
-    if which is None:
-        return None
-    if which == "array_value":
-        return [_from_any(x) for x in av.array_value.values]
-    if which == "kvlist_value":
-        return attributes_dict(av.kvlist_value.values)
-    return getattr(av, which)
 
 
 # ---------------------------------------------------------------- entries
@@ -144,23 +90,6 @@ def _hex_id(value, length: int) -> bytes:
     import hashlib
 
     return hashlib.sha256(s.encode("utf-8", "replace")).digest()[:length]
-
-
-def _resource(req_resource, node, cluster) -> None:
-    _attrs(req_resource.attributes, {
-        c.A_SERVICE_NAME: c.SERVICE_NAME,
-        c.A_SERVICE_VERSION: __version__,
-        c.A_HOST_NAME: node,
-        c.A_CLUSTER: cluster,
-        c.A_SCHEMA_VERSION: c.SCHEMA_VERSION,
-    })
-
-
-def _event(span: Span, name: str, ts: int, attrs: dict) -> None:
-    ev = span.events.add()
-    ev.name = name
-    ev.time_unix_nano = max(int(ts or 0), 0)
-    _attrs(ev.attributes, attrs)
 
 
 def _gpu_event_attrs(samples: Sequence[dict]) -> dict:

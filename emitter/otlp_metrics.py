@@ -27,6 +27,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 
 from emitter import __version__
 from emitter import contract as c
+from emitter.otlp_values import SCOPE_NAME, _attrs, _resource, attributes_dict
 
 #: Units of the GPU metrics by sample key (UCUM, as OTel semconv uses them).
 GPU_UNITS = {key: spec[2] for key, spec in c.GPU_OTLP.items()}
@@ -77,10 +78,6 @@ def metrics_request(samples: Sequence[dict], *, node: str, cluster: str,
     job_id (or None), ts (ns, optional: defaults to ts), metrics:
     {contract.M_GPU_*: number}``.
     """
-    # emitter.otlp re-exports this module's names, so its helpers are imported
-    # at call time: either module can then be imported first.
-    from emitter.otlp import SCOPE_NAME, _attrs, _resource
-
     req = ExportMetricsServiceRequest()
     rm = req.resource_metrics.add()
     rm.schema_url = c.SEMCONV_SCHEMA_URL
@@ -136,8 +133,6 @@ def samples_from_metrics(req: ExportMetricsServiceRequest) -> list[dict]:
     """Flatten the metrics back to rows: one dict per data point (for tests
     and loaders).  ``metric`` is the sample key (``contract.M_GPU_*``; the
     OTLP name when it is not one of ours), ``name`` the OTLP name."""
-    from emitter.otlp import attributes_dict
-
     rows = []
     for rm in req.resource_metrics:
         res = attributes_dict(rm.resource.attributes)

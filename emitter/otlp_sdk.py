@@ -13,12 +13,11 @@ from __future__ import annotations
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from emitter.otlp_values import _attrs, _event, attributes_dict
+
 
 def sdk_spans(req: ExportTraceServiceRequest) -> list:
     """ReadableSpans (opentelemetry-sdk) equivalent to ``req``."""
-    # emitter.otlp re-exports this module's names, so its helpers are imported
-    # at call time: either module can then be imported first.
-    from emitter.otlp import attributes_dict
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
@@ -49,8 +48,6 @@ def sdk_spans(req: ExportTraceServiceRequest) -> list:
 
 def encode_sdk_spans(spans) -> ExportTraceServiceRequest:
     """ReadableSpans -> one request, grouped by resource then scope (OTLP's shape)."""
-    from emitter.otlp import _attrs, _event
-
     req = ExportTraceServiceRequest()
     by_res: dict = {}
     for span in spans:

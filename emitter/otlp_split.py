@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from emitter import contract as c
+from emitter.otlp_values import attributes_dict
 
 #: Room left for the NATS headers and protocol line within MAX_MESSAGE_BYTES.
 HEADER_ROOM = 4096
@@ -22,8 +23,6 @@ _ENVELOPE = 1024
 
 
 def _attributes_dict(kvs) -> dict:
-    from emitter.otlp import attributes_dict
-
     return attributes_dict(kvs)
 
 

@@ -53,7 +53,12 @@ def _audit_rows(con, where_h: str, where_s: str, params_h: list, params_s: list,
     wh = where_h + window_sql("start_ts", since, until, ph)
     # Scripts of the selected hooks start at or after their hook: bound them
     # by the same window's lower edge only, so a hook on the edge keeps them.
-    ws = where_s + window_sql("start_ts", since, None, ps)
+    lo = since
+    if lo is None:
+        # No window: bound the scripts by the selected hooks' first start, so
+        # the archive reads only the days that can hold them (issue 14).
+        lo = rows(con, f"SELECT min(start_ts) AS t FROM hook_runs WHERE {wh}", ph)[0]["t"]
+    ws = where_s + window_sql("start_ts", lo, None, ps)
     lim = f" LIMIT {int(limit)}" if limit else ""
     sql = f"""
         WITH h AS (SELECT * FROM hook_runs WHERE {wh}),

@@ -319,10 +319,10 @@ def _recovered_since(con, node, hook, cause) -> bool:
     if not (hook and cause):
         return False
     found = rows(con, """SELECT 1 AS ok FROM hook_runs
-                         WHERE node = ? AND context = ? AND start_ts > ? AND status = 0
+                         WHERE node = ? AND context = ? AND start_ts > ? AND _date >= ? AND status = 0
                            AND NOT coalesce(runner_killed, false)
                            AND job_id IS DISTINCT FROM ? LIMIT 1""",
-                 [node, hook["context"], hook["start_ts"], hook.get("job_id")])
+                 [node, hook["context"], hook["start_ts"], date_floor(hook["start_ts"]), hook.get("job_id")])
     return bool(found)
 
 

@@ -9,7 +9,7 @@ import duckdb
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
     env = dict(os.environ, HOOKSCOPE_DEMO_DIR=str(tmp_path / "demo"), HOOKSCOPE_DEMO_SERVE="0")
-    p = subprocess.run([sys.executable, "-m", "collector.demo"], env=env, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "dashboards.demo"], env=env, capture_output=True,
                        text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "0 journal files left" in p.stdout

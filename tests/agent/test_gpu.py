@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from emitter import contract as c
-from emitter.gpu.base import GpuError, TimedBackend, detect
+from emitter.gpu import detect
+from emitter.gpu.base import GpuError, TimedBackend
 from emitter.gpu.jobs import JobMap, parse_gpu_list
 from emitter.gpu.replay import ReplayBackend, parse_amd_smi_metric_json, parse_nvidia_smi_xml
 

@@ -29,6 +29,13 @@ and prints the figures and ratios.  Usage:
     .venv/bin/python tests/bench/bench_queries.py            # 10M runs (~5 min, ~6 GB in /tmp)
     .venv/bin/python tests/bench/bench_queries.py --rows 1000000
     .venv/bin/python tests/bench/bench_queries.py --keep     # then --reuse to time again
+    .venv/bin/python tests/bench/bench_queries.py --compact  # + the archive as the collector
+                                                             # writes it, before/after compaction
+
+``--compact`` cuts each archive partition into ``--fetches-per-day`` files
+(default 48: the collector writes one per fetch), times the archive so,
+runs ``collector.compact.compact`` (timed), and times it again: both side by
+side with the DuckDB store in the same run.
 """
 
 from __future__ import annotations
@@ -229,6 +236,26 @@ def name_archive_files(archive: str):
             shutil.copy(last_file, dup)
 
 
+def split_archive(archive: str, per_day: int) -> int:
+    """Cut every partition's file into ``per_day`` files of consecutive rows,
+    as the collector writes them (one per fetch); returns the file count."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for dirpath, _dirs, files in os.walk(archive):
+        for f in sorted(files):
+            if not f.endswith(".parquet") or f.startswith("part-"):
+                continue
+            path = os.path.join(dirpath, f)
+            tb = pq.read_table(path)
+            chunk = max(1, -(-tb.num_rows // per_day))
+            for k, off in enumerate(range(0, tb.num_rows, chunk)):
+                pq.write_table(tb.slice(off, chunk), os.path.join(dirpath, f"part-{f[:-8]}-{k:04d}.parquet"))
+                n += 1
+            os.unlink(path)
+    return n
+
+
 def write_logs(work, logs: str):
     """TensorWave-style per-node text logs: what SREs grep today."""
     work.execute(f"""
@@ -249,6 +276,38 @@ def write_logs(work, logs: str):
                      OVERWRITE_OR_IGNORE true)""")
 
 
+def date_bounds(archive: str, repeat: int):
+    """Side by side on the archive: statements as they were without a
+    ``_date`` bound and as they are now (issue 14), same answers."""
+    from queries.source import date_floor
+    con = open_source(archive=archive)
+    node, ctx, t, job = con.execute(
+        "SELECT node, context, start_ts, job_id FROM hook_runs WHERE status <> 0 "
+        "ORDER BY start_ts DESC LIMIT 1").fetchone()
+    rec = ("SELECT 1 AS ok FROM hook_runs WHERE node = ? AND context = ? AND start_ts > ?{b} AND status = 0 "
+           "AND NOT coalesce(runner_killed, false) AND job_id IS DISTINCT FROM ? LIMIT 1")
+    h = "SELECT hook_id FROM hook_runs WHERE job_id = ?"
+
+    def audit_bound():
+        lo = con.execute("SELECT min(start_ts) FROM hook_runs WHERE job_id = ?", [job]).fetchone()[0]
+        return con.execute(f"SELECT * FROM script_runs WHERE job_id = ? AND start_ts >= ? AND _date >= ? "
+                           f"AND hook_id IN ({h})", [job, lo, date_floor(lo), job]).fetchall()
+    cases = [
+        ("why: recovered since", lambda: con.execute(rec.format(b=""), [node, ctx, t, job]).fetchall(),
+         lambda: con.execute(rec.format(b=" AND _date >= ?"), [node, ctx, t, date_floor(t), job]).fetchall()),
+        ("audit job: scripts", lambda: con.execute(f"SELECT * FROM script_runs WHERE job_id = ? AND hook_id "
+                                                   f"IN ({h})", [job, job]).fetchall(), audit_bound),
+    ]
+    log("\n== date bounds on the archive (no bound -> bound; same rows)")
+    for name, before, after in cases:
+        r0, t0 = timed(before, repeat)
+        r1, t1 = timed(after, repeat)
+        assert sorted(map(repr, r0)) == sorted(map(repr, r1)), name
+        m0, m1 = statistics.median(t0), statistics.median(t1)
+        log(f"  {name:<22} {m0:8.1f} ms -> {m1:8.1f} ms  {m0 / m1:6.1f}x  ({len(r1)} rows)")
+    con.close()
+
+
 def timed(fn, repeat):
     times = []
     result = None
@@ -267,6 +326,12 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--reuse", action="store_true", help="reuse data kept by an earlier run (--keep)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data (several GB) for --reuse")
+    ap.add_argument("--compact", action="store_true",
+                    help="time the archive as many small files, compact it, time it again")
+    ap.add_argument("--bounds", action="store_true",
+                    help="also time archive statements without and with their date bounds")
+    ap.add_argument("--fetches-per-day", type=int, default=48,
+                    help="with --compact: files per partition before compaction")
     a = ap.parse_args(argv)
     out = Path(a.out)
     db, archive, logs = str(out / "hookscope.duckdb"), str(out / "archive"), str(out / "logs")
@@ -292,6 +357,14 @@ def main(argv=None):
         os.unlink(out / "work.duckdb")
         shutil.rmtree(out / "tmp", ignore_errors=True)
 
+    sources = [("duckdb", {"db": db}), ("archive", {"archive": archive})]
+    if a.compact:
+        t0 = time.perf_counter()
+        nfiles = split_archive(archive, a.fetches_per_day)
+        log(f"archive cut into {nfiles:,} files ({a.fetches_per_day} per partition) "
+            f"in {time.perf_counter() - t0:.1f} s")
+        sources = [("duckdb", {"db": db}), ("archive, small files", {"archive": archive}),
+                   ("archive, compacted", {"archive": archive})]
     name_archive_files(archive)
     # The flaky node's last failure, and a node of the systemic regression.
     flaky = "node0000"
@@ -300,7 +373,14 @@ def main(argv=None):
     broken = worst[0]["nodes"][0] if worst else flaky
     con.close()
     results = {}
-    for label, kw in (("duckdb", {"db": db}), ("archive", {"archive": archive})):
+    for label, kw in sources:
+        if label == "archive, compacted":
+            from collector.compact import compact
+            t0 = time.perf_counter()
+            done = compact(archive, today="2099-01-01")
+            nfiles = sum(1 for _d, _s, fs in os.walk(archive) for f in fs if f.endswith(".parquet"))
+            log(f"\ncompacted {sum(r['inputs'] for r in done):,} files into {len(done):,} "
+                f"in {time.perf_counter() - t0:.1f} s ({nfiles:,} files now)")
         t0 = time.perf_counter()
         con = open_source(**kw)
         open_ms = (time.perf_counter() - t0) * 1000
@@ -346,10 +426,18 @@ def main(argv=None):
     log(f"  why (DuckDB) vs grep for the same answer (node's last failure + systemic): "
         f"{(g_node + g_all) / why_db:8.1f}x  (goal >= 50x)")
     log(f"  why (archive) vs the same grep:                                          "
-        f"{(g_node + g_all) / results[('archive', 'why')]:8.1f}x")
+        f"{(g_node + g_all) / results[(sources[1][0], 'why')]:8.1f}x")
     log(f"  why (DuckDB) vs grep of the node's own log only:                         "
         f"{g_node / why_db:8.2f}x  (that grep answers only 'last failure line': no cause "
         f"across nodes, no version change, no GPU, no node events)")
+    if a.compact:
+        log("\n== compaction (small-file archive time / compacted archive time)")
+        for name in ("why", "why (flaky node)", "audit job", "drains"):
+            before, after = results[("archive, small files", name)], results[("archive, compacted", name)]
+            log(f"  {name:<18} {before:8.1f} ms -> {after:8.1f} ms  {before / after:6.1f}x"
+                f"   (DuckDB store {results[('duckdb', name)]:8.1f} ms)")
+    if a.bounds:
+        date_bounds(archive, max(a.repeat, 5))
     if not a.keep:
         shutil.rmtree(out, ignore_errors=True)
     else:

@@ -39,10 +39,8 @@ def test_overview_asks_why_once_per_drain_group(con, monkeypatch):
     calls = []
     groups = [{"context": "prolog_slurmd", "script": f"/s{k}.sh", "sha256": "ab" * 32, "count": 40,
                "nodes": [f"n{k}-{i:03d}" for i in range(40)], "failures": ["exit 1"]} for k in range(8)]
-    real = data._queries
-    monkeypatch.setattr(data, "_queries", lambda m, n: (lambda *a, **k: groups) if n == "drains" else
-                        (lambda c, node, **k: calls.append(node) or {"verdict": f"{node}: broken"}) if n == "why"
-                        else real(m, n))
+    monkeypatch.setattr(data, "drain_groups", lambda *a, **k: groups)
+    monkeypatch.setattr(data, "why_node", lambda c, node, **k: calls.append(node) or {"verdict": f"{node}: broken"})
     o = data.overview(con)
     hook_rows = [p for p in o["problems"] if p["kind"] == "hook"]
     assert len(hook_rows) == data.MAX_GROUPS and all(len(p["nodes"]) == 40 for p in hook_rows)
@@ -141,4 +139,4 @@ def test_queries_library_is_the_real_package():
     """Guards the sys.path set-up: tests/queries must not shadow the package."""
     import queries.why
 
-    assert data._queries("why", "why") is queries.why.why
+    assert data.why_node is queries.why.why

@@ -36,16 +36,12 @@ def test_job_page_html_shows_the_verdict_escaped(con):
 
 
 def test_job_page_survives_a_failing_verdict(con, monkeypatch):
-    real = data._queries
+    from dashboards import jobdata
 
-    def broken(module, name):
-        if module == "jobwhy":
-            def boom(*a, **k):
-                raise RuntimeError("<b>kaput</b>")
-            return boom
-        return real(module, name)
+    def boom(*a, **k):
+        raise RuntimeError("<b>kaput</b>")
 
-    monkeypatch.setattr(data, "_queries", broken)
+    monkeypatch.setattr(jobdata, "why_job", boom)
     d = data.job(con, "1002")
     assert d["why"]["error"].startswith("why job failed") and d["hooks"]
     html = pages.job_page(d, pages.server_assets())

@@ -1,5 +1,5 @@
 """The README's dashboard screenshots, taken in real headless Debian chromium
-from the demo's own data (``python -m collector.demo``, the pipeline of
+from the demo's own data (``python -m dashboards.demo``, the pipeline of
 ``make demo``), and checked before they are written.
 
 Writes docs/img/dashboard.png (node003, the drained node: why, hooks, GPU
@@ -27,7 +27,7 @@ IMG = ROOT / "docs" / "img"
 def demo_server(tmp_path_factory):
     out = tmp_path_factory.mktemp("screenshot") / "demo"
     env = dict(os.environ, HOOKSCOPE_DEMO_DIR=str(out), HOOKSCOPE_DEMO_SERVE="0")
-    p = subprocess.run([sys.executable, "-m", "collector.demo"], env=env, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "dashboards.demo"], env=env, capture_output=True, text=True,
                        timeout=300, stdin=subprocess.DEVNULL, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     from dashboards.server import make_server

@@ -40,7 +40,7 @@ import xml.etree.ElementTree as ET
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from emitter import contract as c  # noqa: E402
-from emitter.gpu.base import detect  # noqa: E402
+from emitter.gpu import detect  # noqa: E402
 from emitter.gpu.jobs import JobMap, resolve_uuid, uuid_index_of  # noqa: E402
 from emitter.gpu.replay import parse_amd_smi_metric_json, parse_nvidia_smi_xml  # noqa: E402
 

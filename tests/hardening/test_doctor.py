@@ -239,3 +239,32 @@ def test_slurm_conf_timeout_must_cover_every_script(tmp_path):
     s.timeout_s = 8
     (t,) = [r for r in doctor.check_slurm_conf(s) if "Timeout" in r.message]
     assert t.status == doctor.OK
+
+
+def test_user_spools_are_checked_as_the_agent_will(tmp_path):
+    """The per-owner spools of non-root hook runs: missing parent (WARN), a
+    spool owned by another uid (FAIL), a sound one (OK)."""
+    import os
+
+    from emitter.doctor_spools import check_user_spools
+
+    if os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    journal = tmp_path / "journal"
+    journal.mkdir(mode=0o700)
+    s = doctor.Setup(journal_dir=str(journal))
+    (c,) = check_user_spools(s)
+    assert c.status == doctor.WARN and "journal.users" in c.message
+    parent = tmp_path / "journal.users"
+    parent.mkdir()
+    os.chmod(parent, 0o1733)
+    spool = parent / "1000"
+    spool.mkdir(mode=0o700)  # root's, but named for uid 1000: a forgery's shape
+    (c,) = check_user_spools(s)
+    assert c.status == doctor.FAIL and "not uid 1000" in c.message
+    os.chown(spool, 1000, 1000)
+    (c,) = check_user_spools(s)
+    assert c.status == doctor.OK and "1 per-uid spool" in c.message
+    os.chmod(parent, 0o777)  # writable by all without the sticky bit
+    (c,) = check_user_spools(s)
+    assert c.status == doctor.FAIL and "sticky" in c.message

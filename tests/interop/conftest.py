@@ -1,7 +1,7 @@
 """The interop tier: the Parquet archive read by engines nobody on the project
 wrote (Spark, polars, pyarrow), with their defaults, against DuckDB.
 
-The archives are made by the real pipeline: ``collector.demo`` (runner,
+The archives are made by the real pipeline: ``dashboards.demo`` (runner,
 agent, embedded nats-server, collector) for the demo archive, and the
 collector's own Batch + Archive write path for an archive whose clusters are
 named ``001`` and ``gpu-east``.
@@ -10,6 +10,7 @@ named ``001`` and ``gpu-east``.
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def demo(tmp_path_factory):
     """(archive root, DuckDB file) of one ``make demo`` run."""
     out = tmp_path_factory.mktemp("interop") / "demo"
     env = dict(os.environ, HOOKSCOPE_DEMO_DIR=str(out), HOOKSCOPE_DEMO_SERVE="0")
-    p = subprocess.run([sys.executable, "-m", "collector.demo"], env=env, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "dashboards.demo"], env=env, capture_output=True,
                        text=True, timeout=300, stdin=subprocess.DEVNULL, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     return str(out / "archive"), str(out / "hookscope.duckdb")
@@ -54,12 +55,12 @@ def odd_clusters(tmp_path_factory):
 
     from collector.archive import Archive
     from collector.columns import Batch
-    from collector.decode import decode_message, now_ns
+    from collector.decode import decode_message
 
     root = tmp_path_factory.mktemp("interop") / "odd"
     b = Batch("interop")
     seq = 0
-    now = now_ns()
+    now = time.time_ns()
     for cluster in ("001", "gpu-east"):
         node = Node("n1", cluster=cluster)
         for job, fail in (("7", None), ("8", 1)):

@@ -218,3 +218,59 @@ class TestArchiveSource(SourceContract):
         c = open_source(archive=scenario_archive)
         yield c
         c.close()
+
+
+@pytest.fixture(scope="module")
+def compacted_archive(scenario_archive, tmp_path_factory):
+    """The scenario's archive after ``hookscope compact`` (every day closed)."""
+    import shutil
+
+    from collector.compact import compact
+    root = str(tmp_path_factory.mktemp("compacted") / "archive")
+    shutil.copytree(scenario_archive, root)
+    assert compact(root, today="2099-01-01")
+    return root
+
+
+@pytest.fixture(scope="module")
+def half_compacted_archive(scenario_archive, tmp_path_factory):
+    """Every partition as a compaction killed after its rename leaves it: the
+    compacted file beside all of its inputs (readers must dedupe them)."""
+    import shutil
+
+    import duckdb
+
+    from collector import compact as cp
+    root = str(tmp_path_factory.mktemp("halfcompacted") / "archive")
+    shutil.copytree(scenario_archive, root)
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        if step == "renamed":
+            raise Stop
+    con, n = duckdb.connect(":memory:"), 0
+    for table in ("hook_runs", "script_runs", "journal", "node_events", "gpu_samples", "span_events"):
+        for d, files, _stale in list(cp._partitions(root, table)):
+            with pytest.raises(Stop):
+                cp._compact_dir(con, table, d, files, crash=stop)
+            n += 1
+    assert n
+    return root
+
+
+class TestCompactedArchiveSource(SourceContract):
+    @pytest.fixture
+    def con(self, compacted_archive):
+        c = open_source(archive=compacted_archive)
+        yield c
+        c.close()
+
+
+class TestHalfCompactedArchiveSource(SourceContract):
+    @pytest.fixture
+    def con(self, half_compacted_archive):
+        c = open_source(archive=half_compacted_archive)
+        yield c
+        c.close()

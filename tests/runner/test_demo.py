@@ -79,7 +79,7 @@ def test_replay_timeline_errors_name_the_round(tmp_path):
 
 
 def test_demo_gpu_timeline_puts_the_events_where_the_story_needs_them():
-    from collector import demo as pipeline
+    from dashboards import demo as pipeline
 
     t = pipeline.gpu_timeline("node003", 0.0)["rounds"]
     prolog_1002 = next(on for j, _, on, _, _ in pipeline.JOBS if j == "1002")

@@ -13,6 +13,10 @@ The GPU values are a *synthetic* load curve (emitter/gpu/replay.py timeline)
 laid over the 8x H100 fixture emitter/fixtures/gpu/nvidia-smi-q-x-8xH100.xml
 (nvidia-smi -q -x layout; docs/agent.md says it is constructed, not recorded):
 the timeline files say so, and so does the demo's output.
+
+It lives in dashboards/, the top of the package order (emitter <- collector <-
+queries <- dashboards), because it wires every package together; collector/
+must not import queries (docs/architecture.md).
 """
 
 from __future__ import annotations
