@@ -162,18 +162,21 @@ class Pump:
         self.background = {}  # fd -> is_out: run-parts style, held by a leftover
 
     def _read(self, fd, table, poller, current):
+        """One read of ``fd``: pass the chunk on, or close it at EOF.  False
+        when nothing is there yet (a non-blocking pipe with a live writer)."""
         try:
             data = os.read(fd, _READ)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             poller.unregister(fd)
             os.close(fd)
             del table[fd]
-            return
+            return True
         self.sink(table[fd], data, current)
+        return True
 
     def _poller(self, ch):
         poller = select.poll()
@@ -207,19 +210,8 @@ class Pump:
         """What is already in the pipes, without waiting for any writer."""
         for fd in list(ch.fds):
             os.set_blocking(fd, False)
-            while fd in ch.fds:
-                try:
-                    data = os.read(fd, _READ)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if not data:
-                    poller.unregister(fd)
-                    os.close(fd)
-                    del ch.fds[fd]
-                    break
-                self.sink(ch.fds[fd], data, True)
+            while fd in ch.fds and self._read(fd, ch.fds, poller, True):
+                pass
 
     def _note_leftovers(self, ch, poller, pgid, inodes):
         known = {lo.pid for lo in ch.leftovers}

@@ -21,6 +21,7 @@ import json
 import math
 from datetime import datetime, timezone
 
+from collector.decode import _int_or_none
 from emitter import contract as C
 
 MAX_PROBLEMS = 10_000
@@ -64,16 +65,8 @@ def load(text):
 
 
 # ---------------------------------------------------------------- expectations
-def _int(x):
-    """As decode._int_or_none: ints stay, numeric strings become ints."""
-    if x is None or type(x) is int:
-        return x
-    if type(x) is str:
-        try:
-            return int(x)
-        except ValueError:
-            return None
-    return None
+# What the collector stored for an integer field: the same rule, not a copy.
+_int = _int_or_none
 
 
 def _ms(dur):
