@@ -269,6 +269,93 @@ def _empty_sql(table: str) -> str:
     return f"SELECT {cols} WHERE false"
 
 
+#: (path, size, mtime_ns) -> the file's columns ("name type" sorted, joined):
+#: archive files never change once renamed into place (compaction writes a
+#: new name), so a file's footer is read once per process, or once ever
+#: where ``<root>/.shapes-<table>.json`` can be written.
+_SHAPES: dict[tuple, str] = {}
+
+
+def _shapes_file(table_dir: str) -> str:
+    """``<root>/.shapes-<table>.json``: beside the table directories, not in
+    them, so no engine reading ``<root>/<table>`` ever lists it."""
+    return os.path.join(os.path.dirname(table_dir), f".shapes-{os.path.basename(table_dir)}.json")
+
+
+def _table_dir(path: str) -> str | None:
+    """``<root>/<table>`` of a data file in either layout (the directory above
+    its first ``key=value`` directory); None when the path has none."""
+    segs = path.split(os.sep)
+    for i, seg in enumerate(segs):
+        if "=" in seg and i:
+            return os.sep.join(segs[:i])
+    return None
+
+
+def file_shapes(con, files: list[str]) -> dict[str, str]:
+    """Each file's column list (names and Parquet types), for deciding
+    whether a scan needs ``union_by_name``.  Reading every footer cost ~0.3 ms
+    a file at every open; here a file is read once: the answers are kept in
+    memory and, best effort, in ``<root>/.shapes-<table>.json`` (written
+    under a temporary name and renamed; a read-only archive just skips it)."""
+    out, todo, dirs = {}, [], {}
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            todo.append((f, None))
+            continue
+        key = (f, st.st_size, st.st_mtime_ns)
+        shape = _SHAPES.get(key)
+        if shape is None:
+            d = _table_dir(f)
+            if d is not None and d not in dirs:
+                dirs[d] = _load_shapes(d)
+                shape = _SHAPES.get(key)
+        if shape is None:
+            todo.append((f, key))
+        else:
+            out[f] = shape
+    if todo:
+        lst = "[" + ", ".join(_sql_str(f) for f, _ in todo) + "]"
+        got = dict(con.execute(
+            f"SELECT file_name, array_to_string(list(name || ' ' || coalesce(type, '') ORDER BY name), ',') "
+            f"FROM parquet_schema({lst}) GROUP BY file_name").fetchall())
+        for f, key in todo:
+            out[f] = got.get(f, "")
+            if key is not None and f in got:
+                _SHAPES[key] = got[f]
+        if len(_SHAPES) > 1_000_000:  # a very long-lived reader: start again
+            _SHAPES.clear()
+        for d in {_table_dir(f) for f, key in todo if key is not None} - {None}:
+            _save_shapes(d)
+    return out
+
+
+def _load_shapes(d: str) -> None:
+    import json
+    try:
+        with open(_shapes_file(d)) as fh:
+            for rel, (size, mtime, shape) in json.load(fh).items():
+                _SHAPES.setdefault((os.path.join(d, rel), size, mtime), shape)
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def _save_shapes(d: str) -> None:
+    import json
+    prefix = d + os.sep
+    data = {k[0][len(prefix):]: [k[1], k[2], v] for k, v in _SHAPES.items()
+            if k[0].startswith(prefix) and os.path.exists(k[0])}
+    try:
+        path = _shapes_file(d)
+        with replacing(path, tmp=f"{path}.tmp-{os.getpid()}") as tmp:
+            with open(tmp, "w") as fh:
+                json.dump(data, fh)
+    except OSError:
+        pass  # a read-only archive: the in-memory cache still serves this process
+
+
 def table_glob(root: str, table: str) -> str:
     """DuckDB glob of a table's files (both layouts; use :func:`read_sql` to read them)."""
     return os.path.join(root, table, "**", "*.parquet").replace("'", "''")

@@ -1,13 +1,17 @@
-"""``hookscope collect | rebuild``: a thin click layer over the collector library.
+"""``hookscope collect | rebuild | compact``: a thin click layer over the collector library.
 
 ``hookscope serve`` (collector + dashboard) is dashboards.serve: collector must
 not import dashboards; it reuses the options and ``_run`` defined here.
 
-Settings resolve once, here, by click: option, then environment variable
-(each option's ``envvar=``, shown in ``-h``), then the ``[collector]`` section
-of the config file (``emitter.config.load_config``), which an eager
-``--config`` turns into the command's ``default_map``, then the default.  The
-NATS password alone is never an option (it would show in ``ps``).
+Settings are resolved once, by the library (collector.config.resolve_settings):
+option, then environment variable, then the ``[collector]`` section of the
+config file, then the default, and validated there.  Here each option only
+declares its ``envvar=`` (shown in ``-h``) and its default (from
+collector.config.KEYS, for the help); what the user typed on the command
+line is passed on as the argument, the library resolves the rest.  The
+eager ``--config`` also turns the library's checked ``[collector]`` section
+into the command's ``default_map``, so ``ctx.params`` show what will be used.
+The NATS password alone is never an option (it would show in ``ps``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import os
 
 import click
+from click.core import ParameterSource
 
-from collector.config import DEFAULT_MEMORY_LIMIT
+from collector import config as cc
+from collector.config import DEFAULT_DB, DEFAULT_MEMORY_LIMIT
 from collector.errors import CollectorError
 
 try:
@@ -25,76 +31,36 @@ except ImportError:  # pragma: no cover
     EmitterError = CollectorError
 _ERRORS = (CollectorError, EmitterError)
 
-DEFAULT_DB = "/var/lib/hookscope/hookscope.duckdb"
-_AUTH = ("creds", "nkey", "user", "tls_ca", "tls_cert", "tls_key")
-_SECTION_KEYS = {"nats", "db", "archive", "metrics", "name", "batch", "replicas",
-                 "snapshot_interval", "nats_port", "ack_wait", "memory_limit", "password", *_AUTH}
 _SECTION = "hookscope.collector_section"
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-def _section(config_path):
-    try:
-        from emitter.config import load_config
-    except ImportError:
-        return {}
-    try:
-        cfg = load_config(config_path) or {}
-    except Exception as exc:  # ConfigError names the file and the fix
-        raise click.ClickException(str(exc))
-    sec = cfg.get("collector") or {}
-    if not isinstance(sec, dict):
-        raise click.ClickException("config: [collector] must be a table")
-    unknown = set(sec) - _SECTION_KEYS
-    if unknown:
-        raise click.ClickException(f"config: unknown key(s) in [collector]: {', '.join(sorted(unknown))} "
-                                   f"(known: {', '.join(sorted(_SECTION_KEYS))})")
-    return sec
-
-
 def _load_config(ctx, param, value):
-    """Eager ``--config`` callback: the ``[collector]`` section becomes the
-    command's ``default_map``, so click resolves option > environment >
-    config file > default for every option.  Each value is checked here with
-    its option's type, so a bad one names the file and the key."""
-    sec = _section(value)
-    ctx.meta[_SECTION] = sec
-    by_name = {p.name: p for p in ctx.command.params}
-    dm = {}
-    for key, v in sec.items():
-        opt = by_name.get(key)
-        if opt is None:  # password (never an option), or a key another command uses
-            continue
-        try:
-            opt.type_cast_value(ctx, v)
-        except click.BadParameter as exc:
-            from emitter.config import config_path
-            raise click.ClickException(f"hookscope config {config_path(value)[0]}: [collector] {key} = {v!r}: "
-                                       f"{exc.message}") from None
-        dm[key] = v
-    ctx.default_map = {**(ctx.default_map or {}), **dm}
+    """Eager ``--config`` callback: the library reads and checks the
+    ``[collector]`` section (a bad value names the file and the key) and it
+    becomes the command's ``default_map``."""
+    try:
+        path, sec = cc.load_section(value)
+    except CollectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx.meta[_SECTION] = (path, sec)
+    names = {p.name for p in ctx.command.params}
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in sec.items() if k in names}}
     return value
 
 
-def _settings(ctx, params):
-    """Derived values on top of what click resolved (option > env > config > default)."""
-    s = dict(params)
-    sec = ctx.meta.get(_SECTION, {})
-    s["db"] = os.path.abspath(s.get("db") or DEFAULT_DB)
-    if "archive" in s:
-        s["archive"] = os.path.abspath(s["archive"]) if s.get("archive") else os.path.join(
-            os.path.dirname(s["db"]), "archive")
-    # never a command-line option (it would show in ps): environment or config only,
-    # and only for a user (an agent's HOOKSCOPE_NATS_PASSWORD must not leak in)
-    s["password"] = (os.environ.get("HOOKSCOPE_NATS_PASSWORD") or sec.get("password")) if s.get("user") else None
-    for k in _AUTH:
-        if s.get(k) is not None and not isinstance(s[k], str):
-            raise click.ClickException(f"config: [collector] {k} must be a string")
-    return s
-
-
-def _auth(s) -> dict:
-    return {k: s.get(k) for k in (*_AUTH, "password")}
+def _settings(ctx, params) -> cc.CollectorSettings:
+    """The library's resolution of what was typed: an option on the command
+    line is the argument; the rest (environment, which click also read for
+    ``-h`` and ``ctx.params``, ``[collector]``, default) the library resolves."""
+    args = {k: v for k, v in params.items()
+            if k in cc.SECTION_KEYS and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    try:
+        return cc.resolve_settings(args, section=ctx.meta.get(_SECTION))
+    except cc.SettingsConflict as exc:
+        raise click.UsageError(str(exc)) from None
+    except CollectorError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _embedded(db, port, announce=True):
@@ -106,28 +72,24 @@ def _embedded(db, port, announce=True):
     return srv
 
 
-def _run(s, once, with_dashboard=None):
-    from collector.config import CollectorConfig
+def _run(s: cc.CollectorSettings, once, with_dashboard=None):
     from collector.consumer import run_collector
     server = None
-    url = s.get("nats")
+    url = s.nats
     if not url:
-        server = _embedded(s["db"], s.get("nats_port", 4222))
+        server = _embedded(s.db, s.nats_port)
         url = server.url
     try:
-        cfg = CollectorConfig(nats_url=url, db=s["db"], archive=s["archive"], batch=s["batch"],
-                              replicas=s["replicas"], snapshot_interval=s["snapshot_interval"],
-                              ack_wait=s.get("ack_wait", 60.0), memory_limit=s.get("memory_limit"),
-                              **_auth(s), **({"instance": s["name"]} if s.get("name") else {}))
+        cfg = s.collector_config(url)
         if with_dashboard is not None:
             with_dashboard(url)
-        stats = run_collector(cfg, once=once, metrics_addr=s.get("metrics"))
+        stats = run_collector(cfg, once=once, metrics_addr=s.metrics)
     finally:
         if server is not None:
             server.stop()  # SIGTERM: nats-server flushes JetStream and exits cleanly
     dead = sum(stats.get("dead_letters", {}).values())
     click.echo(f"stored {stats['messages']} messages ({stats['spans']} spans, {stats['gpu_samples']} GPU "
-               f"samples), {dead} dead-lettered, into {s['db']}", err=True)
+               f"samples), {dead} dead-lettered, into {s.db}", err=True)
 
 
 def _opt(*decls, env=None, **kw):
@@ -165,20 +127,25 @@ _common = [
     *_auth_options,
     _opt("--name", metavar="NAME", env="HOOKSCOPE_COLLECTOR_NAME", show_default="short hostname",
          help="collector instance name (ingest_state key, archive file prefix); unique per instance"),
-    _opt("--batch", type=click.IntRange(1, 10000), default=2048, help="messages per fetch/commit"),
-    _opt("--replicas", type=click.IntRange(1, 5), default=1, help="stream replicas when creating streams "
+    _opt("--batch", type=click.IntRange(1, 10000), default=cc.KEYS["batch"][1], help="messages per fetch/commit"),
+    _opt("--replicas", type=click.IntRange(1, 5), default=cc.KEYS["replicas"][1], help="stream replicas when creating streams "
          "(3 on a 3-node cluster)"),
-    _opt("--snapshot-interval", "snapshot_interval", type=float, default=1.0,
+    _opt("--snapshot-interval", "snapshot_interval", type=float, default=cc.KEYS["snapshot_interval"][1],
          help="seconds between read-only snapshots at most"),
     _opt("--metrics", metavar="HOST:PORT", env="HOOKSCOPE_COLLECTOR_METRICS", help="serve Prometheus /metrics here"),
-    _opt("--nats-port", "nats_port", type=click.IntRange(0, 65535), default=4222,
+    _opt("--nats-port", "nats_port", type=click.IntRange(0, 65535), default=cc.KEYS["nats_port"][1],
          help="port of the embedded nats-server, when there is no --nats (0: any free port)"),
-    _opt("--ack-wait", "ack_wait", type=float, default=60.0, help="seconds before JetStream redelivers a "
+    _opt("--ack-wait", "ack_wait", type=float, default=cc.KEYS["ack_wait"][1], help="seconds before JetStream redelivers a "
          "message fetched but not acked (e.g. by a killed collector)"),
     _opt("--memory-limit", "memory_limit", metavar="SIZE", env="HOOKSCOPE_COLLECTOR_MEMORY_LIMIT",
          default=DEFAULT_MEMORY_LIMIT, show_default=f"half the RAM or of the cgroup's memory limit, "
          f"at least 1 GiB: {DEFAULT_MEMORY_LIMIT} here",
          help="DuckDB memory limit, e.g. 512MB, 2GB; 'none': DuckDB's own default, 80% of RAM"),
+    _opt("--compact-files", "compact_files", type=click.IntRange(0, 100000), default=cc.KEYS["compact_files"][1],
+         help="automatic compaction: merge an open (table, day, cluster) partition's files once it holds "
+              "more than this many (0: off; `hookscope compact` by hand)"),
+    _opt("--compact-grace", "compact_grace", type=click.FloatRange(0, 604800), default=cc.KEYS["compact_grace"][1],
+         help="seconds after a UTC midnight before the collector compacts that day into one file"),
     _config_option,
 ]
 
@@ -193,15 +160,6 @@ def _auth_opts(fn):
     for opt in reversed(_auth_options):
         fn = opt(fn)
     return fn
-
-
-def _embedded_port_check(ctx, s):
-    """--nats-port configures the embedded server, which --nats replaces: refuse both."""
-    from click.core import ParameterSource
-    if s.get("nats") and ctx.get_parameter_source("nats_port") in (ParameterSource.COMMANDLINE,
-                                                                   ParameterSource.ENVIRONMENT):
-        raise click.UsageError("--nats-port is the embedded nats-server's port; with --nats URL "
-                               "there is no embedded server: drop one of them")
 
 
 @click.command(context_settings=CONTEXT)
@@ -219,7 +177,6 @@ def collect(ctx, once, **opts):
         hookscope collect --nats nats://nats1:4222 --db /var/lib/hookscope/hookscope.duckdb --metrics 127.0.0.1:9464
     """
     s = _settings(ctx, opts)
-    _embedded_port_check(ctx, s)
     try:
         _run(s, once)
     except _ERRORS as exc:
@@ -254,13 +211,12 @@ def rebuild(ctx, source, write_archive, quiet, **opts):
         raise click.UsageError("--write-archive goes with --from stream (--from archive reads the archive)")
     try:
         if source == "archive":
-            counts = rb.from_archive(s["archive"], s["db"], progress=not quiet)
+            counts = rb.from_archive(s.archive, s.db, progress=not quiet)
         else:
-            if not s.get("nats"):
+            if not s.nats:
                 raise click.ClickException("--from stream needs --nats URL (or HOOKSCOPE_NATS_URL)")
-            from collector.config import NatsAuth
-            counts = rb.from_stream(s["nats"], s["db"], s["archive"] if write_archive else None,
-                                    progress=not quiet, auth=NatsAuth(**_auth(s)))
+            counts = rb.from_stream(s.nats, s.db, s.archive if write_archive else None,
+                                    progress=not quiet, auth=s.checked_auth())
     except _ERRORS as exc:
         raise click.ClickException(str(exc))
     click.echo(" ".join(f"{t}={n}" for t, n in counts.items()))
@@ -293,7 +249,7 @@ def compact(ctx, include_today, quiet, **opts):
         if not quiet:
             click.echo(f"{r['dir']}: {r['inputs']} files -> 1 ({r['rows']} rows)")
     try:
-        done = run_compact(s["archive"], include_today=include_today, progress=tell)
+        done = run_compact(s.archive, include_today=include_today, progress=tell)
     except _ERRORS as exc:
         raise click.ClickException(str(exc))
     click.echo(f"compacted {len(done)} partitions, {sum(r['inputs'] for r in done)} files")

@@ -28,26 +28,39 @@ file name (``archive.file_name`` maps it to ``_``), so a batch can never
 overwrite a compacted file.
 
 Today's partitions (UTC), which the collector is still writing, are left
-alone unless ``include_today``; a redelivery that lands in a compacted day
-later writes a small file whose range overlaps the compacted one, read
-deduplicated, and folded in by the next compaction.  One compaction runs at a
-time per archive (an ``flock`` on ``<archive>/.compact.lock``).
+alone unless ``include_today`` or ``open_files``; a redelivery that lands in
+a compacted day later writes a small file whose range overlaps the compacted
+one, read deduplicated, and folded in by the next compaction.  One compaction
+runs at a time per archive (an ``flock`` on ``<archive>/.compact.lock``).
+
+Open partitions (``open_files=N``, what the collector's own compactor,
+:mod:`collector.autocompact`, passes) are bounded without rewriting the whole
+day at every step (:func:`plan`, size-tiered as in LSM stores): when more
+than N collector files sit in one, those files alone become one ``@compact``
+file; when :data:`FANOUT` ``@compact`` files of one size level (level =
+floor(log_FANOUT(bytes))) sit there, they become one file of the next level.
+So an open partition holds at most N files plus FANOUT - 1 per size level
+between passes (a day of 1 MB merges growing to 1 GB spans 5 levels), and
+each row is rewritten about once per level, not once per merge.
 """
 
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 from datetime import datetime, timezone
 
 from collector import schema
-from collector.archive import SCHEMA_DATE, SCHEMA_FILE, ArchiveError, _fsync_dir, partition_key
+from collector.archive import SCHEMA_DATE, SCHEMA_FILE, ArchiveError, _fsync_dir, file_name, partition_key
 
 #: Rows per row group of a compacted file: small enough that a ``node = ?``
 #: filter over files sorted by node skips most groups, large enough that a
 #: scan is not dominated by per-group overhead.
 ROW_GROUP_ROWS = 16_384
+#: ``@compact`` files of one size level that an open partition's pass merges into one.
+FANOUT = 4
 PREFIX = "@compact"
 _RANGE = re.compile(r"-(\d{12})-(\d{12})\.parquet$")
 _TMP = ".@compact"
@@ -63,6 +76,7 @@ SORT = {
     "journal": ("node", "chain", "seq"),
     "chain_heads": ("node", "chain", "seq", "ts"),
     "dead_letters": ("received_ts", "stream_seq"),
+    "raw": ("stream_seq",),  # the messages as received: no node column
 }
 
 
@@ -70,9 +84,69 @@ def compacted_name(first: int, last: int) -> str:
     return f"{PREFIX}-{first:012d}-{last:012d}.parquet"
 
 
-def _partitions(root: str, table: str):
+def level(size: int, fanout: int = FANOUT) -> int:
+    """A file's size level: files within a factor ``fanout`` share one."""
+    return int(math.log(max(size, 1), fanout))
+
+
+def plan(names: list[str], *, open_files: int | None = None, sizes: dict | None = None,
+         fanout: int = FANOUT) -> list[str] | None:
+    """The files of one partition directory to merge now (None: leave it).
+
+    ``open_files`` None: a closed day, everything becomes one file.  Else an
+    open partition: its collector files once there are more than
+    ``open_files`` of them, or the ``@compact`` files of the lowest size
+    level (``sizes``: name -> bytes) holding ``fanout`` of them.  A
+    directory holding a file without a sequence range (not written by a collector: readers dedupe such files by
+    key across the table, and a range would hide them) is left alone."""
+    if not names or not all(_RANGE.search(n) for n in names):
+        return None
+    comp = [n for n in names if n.startswith(PREFIX)]
+    if open_files is None:
+        return None if len(names) == 1 and comp else list(names)
+    small = [n for n in names if not n.startswith(PREFIX)]
+    if len(small) > open_files:
+        return small
+    by_level: dict[int, list[str]] = {}
+    for n in comp:
+        by_level.setdefault(level((sizes or {}).get(n, 1), fanout), []).append(n)
+    for lv in sorted(by_level):
+        if len(by_level[lv]) >= fanout:
+            return by_level[lv]
+    return None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 1
+
+
+def _dated_dirs(root: str, table: str, since: str | None):
+    """The directories under a table to walk: all, or (``since``) only the
+    ``date=`` directories of that day or later, so a pass over open
+    partitions does not list a year of closed ones (the old layout,
+    ``cluster=``/``date=``, is always walked whole)."""
+    top = os.path.join(root, table)
+    if since is None:
+        return [top]
+    try:
+        entries = os.listdir(top)
+    except FileNotFoundError:
+        return []
+    return [os.path.join(top, e) for e in sorted(entries)
+            if not e.startswith("date=") or (e[5:] >= since and e[5:] != SCHEMA_DATE)]
+
+
+def _partitions(root: str, table: str, since: str | None = None):
     """(directory, [data files]) of a table, schema file and hidden files left out."""
-    for dirpath, _dirs, files in os.walk(os.path.join(root, table)):
+    for top in _dated_dirs(root, table, since):
+        yield from _walk(top)
+
+
+def _walk(top: str):
+    for dirpath, _dirs, files in os.walk(top):
         data = sorted(os.path.join(dirpath, f) for f in files
                       if f.endswith(".parquet") and not f.startswith(".") and f != SCHEMA_FILE)
         stale = [os.path.join(dirpath, f) for f in files if f.startswith(_TMP)]
@@ -105,7 +179,7 @@ def _read_partition(con, table: str, files: list[str]):
     # In the old layout ``cluster`` is only in the path: constant in a directory.
     keys = ", ".join(f'"{k}"' for k in schema.KEYS[table] if k in have) or "1"
     order = ' ORDER BY "stream_seq"' if "stream_seq" in have else ""
-    sort = ", ".join(f'"{c}"' for c in SORT[table] if c in have) or "1"
+    sort = ", ".join(f'"{c}"' for c in SORT.get(table, schema.KEYS[table]) if c in have) or "1"
     tb = con.sql(f"SELECT {star} FROM {src} "
                      f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1 "
                      f"ORDER BY {sort}").to_arrow_table()
@@ -122,6 +196,10 @@ def _compact_dir(con, table: str, d: str, files: list[str], crash=None) -> dict:
     first = min(int(m.group(1)) for m in ranges)
     last = max(int(m.group(2)) for m in ranges)
     out = os.path.join(d, compacted_name(first, last))
+    if out not in files and os.path.exists(out):
+        # A partial merge (open partition) named like a file it does not
+        # read: the rename would drop that file's rows, so read it too.
+        files = [*files, out]
     tb = _read_partition(con, table, files)
     tmp = os.path.join(d, f"{_TMP}-{first:012d}-{last:012d}.tmp-{os.getpid()}")
     try:
@@ -154,17 +232,26 @@ def _step(crash, name):
 
 
 def compact(root: str | os.PathLike, *, include_today: bool = False, tables=None,
-            today: str | None = None, crash=None, progress=None) -> list[dict]:
+            today: str | None = None, crash=None, progress=None,
+            open_files: int | None = None, closed: bool = True, skip=None,
+            on_error=None, own: str | None = None) -> list[dict]:
     """Compact every closed day's partitions of the archive at ``root``.
 
     Returns one dict per compacted directory (table, dir, inputs, rows,
     file).  A directory with one file already compacted, or with files not
     named by the collector (no sequence range: readers dedupe those by key
     across the table, and a range would hide them), is left alone.
-    ``crash(step)`` is called after each step (tests kill the process there).
+    ``today``: the first open day (default: today, UTC).  ``open_files``:
+    bound open partitions too (:func:`plan`); ``closed=False``: only them.
+    ``skip(name)``: a file name not to touch (a batch whose DuckDB commit has
+    not succeeded yet).  ``on_error(exc)``: called with a directory's
+    :class:`ArchiveError`, then the next directory is tried (default: raise).
+    ``own``: a collector instance name: in open partitions only its own
+    files (and ``@compact`` ones) are merged, for another collector sharing
+    the archive may yet delete a batch file its store refused.
+    ``crash(step)`` is called after each step (tests
+    kill the process there).
     """
-    import duckdb
-
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ArchiveError(f"archive {root} does not exist: pass the --archive the collector writes")
@@ -176,30 +263,106 @@ def compact(root: str | os.PathLike, *, include_today: bool = False, tables=None
         except OSError:
             raise ArchiveError(f"another compaction of {root} is running "
                                f"(it holds {root}/.compact.lock): wait for it to finish") from None
-        con = duckdb.connect(":memory:")
-        con.execute("SET TimeZone = 'UTC'")
-        done = []
-        for table in tables or schema.ARCHIVE_TABLES:
-            for d, files, stale in _partitions(root, table):
-                for f in stale:  # a killed compaction's hidden file: never read
-                    os.unlink(f)
-                _cluster, date = partition_key(os.path.join(d, "x"))
-                if date in ("", SCHEMA_DATE) or (date >= today and not include_today):
-                    continue
-                if len(files) == 1 and os.path.basename(files[0]).startswith(PREFIX):
-                    continue  # already compacted
-                if not files or not all(_RANGE.search(os.path.basename(f)) for f in files):
-                    continue
-                try:
-                    res = _compact_dir(con, table, d, files, crash)
-                except (OSError, duckdb.Error) as exc:
-                    raise ArchiveError(f"cannot compact {d}: {exc}; the archive is unchanged "
-                                       "or read deduplicated; free space or fix permissions "
-                                       "and run compact again") from exc
-                done.append(res)
-                if progress:
-                    progress(res)
-        con.close()
-        return done
+        con = _LazyConnection()  # most automatic passes merge nothing: no DuckDB start-up
+        try:
+            return _compact_all(con, root, tables or schema.ARCHIVE_TABLES, today, crash, progress,
+                                None if include_today else open_files, closed, include_today, skip,
+                                on_error, _own_files(own))
+        finally:
+            con.close()
     finally:
         lock.close()
+
+
+class _LazyConnection:
+    """An in-memory DuckDB connection opened at its first use (~25 ms)."""
+
+    def __init__(self):
+        self._con = None
+
+    def sql(self, query):
+        if self._con is None:
+            import duckdb
+            self._con = duckdb.connect(":memory:")
+            self._con.execute("SET TimeZone = 'UTC'")
+        return self._con.sql(query)
+
+    def close(self):
+        if self._con is not None:
+            self._con.close()
+
+
+def _own_files(own: str | None):
+    """A pattern matching the file names collector ``own`` writes (None: any)."""
+    if own is None:
+        return None
+    prefix = file_name(own, 0, 0)[:-len("000000000000-000000000000.parquet")]
+    return re.compile(re.escape(prefix) + r"\d{12}-\d{12}\.parquet$")
+
+
+#: Touched after every merge: long-lived readers (the dashboard) hold views
+#: over explicit file lists, and reopen when this file's mtime moves.
+MARKER = ".compacted"
+
+
+def touch_marker(root: str) -> None:
+    path = os.path.join(root, MARKER)
+    with open(path, "a"):
+        pass
+    os.utime(path, None)
+
+
+def _compact_all(con, root, tables, today, crash, progress, open_files, closed, include_today,
+                 skip, on_error, own) -> list[dict]:
+    done = []
+    for table in tables:
+        for d, files, stale in _partitions(root, table, None if closed else today):
+            for f in stale:  # a killed compaction's hidden file: never read
+                os.unlink(f)
+            _cluster, date = partition_key(os.path.join(d, "x"))
+            if date in ("", SCHEMA_DATE):
+                continue
+            is_open = date >= today and not include_today
+            if (is_open and open_files is None) or (not is_open and not closed):
+                continue
+            names = [os.path.basename(f) for f in files]
+            # an open partition may need a second merge (a new file completes
+            # a size level): merge until the plan says nothing is due
+            while names:
+                res = _merge_due(con, table, d, names, is_open and open_files, skip, own, crash, on_error)
+                if res is None:
+                    break
+                done.append(res)
+                touch_marker(root)
+                if progress:
+                    progress(res)
+                if not is_open:
+                    break
+                names = [n for n in sorted(os.listdir(d)) if n.endswith(".parquet")
+                         and not n.startswith(".") and n != SCHEMA_FILE]
+    return done
+
+
+def _merge_due(con, table, d, names, open_files, skip, own, crash, on_error) -> dict | None:
+    """Merge what :func:`plan` says is due in directory ``d`` (None: nothing,
+    or an error reported to ``on_error``)."""
+    import duckdb
+
+    if skip is not None:
+        names = [n for n in names if not skip(n)]
+    if open_files and own is not None:
+        names = [n for n in names if n.startswith(PREFIX) or own.match(n)]
+    sizes = {n: _size(os.path.join(d, n)) for n in names if n.startswith(PREFIX)} if open_files else None
+    todo = plan(names, open_files=open_files or None, sizes=sizes)
+    if not todo:
+        return None
+    try:
+        return _compact_dir(con, table, d, [os.path.join(d, n) for n in todo], crash)
+    except (OSError, ValueError, duckdb.Error) as exc:  # pyarrow: ArrowInvalid is a ValueError
+        err = ArchiveError(f"cannot compact {d}: {exc}; the archive is unchanged "
+                           "or read deduplicated; free space or fix permissions "
+                           "and run compact again")
+        if on_error is None:
+            raise err from exc
+        on_error(err)
+        return None

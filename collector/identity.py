@@ -55,10 +55,11 @@ _IDENTITY_TABLES = ("journal", "gpu_samples", "chain_heads")
 
 def check_decoded(subject: str, dec) -> str | None:
     """check_rows over every (cluster, node) a decoded message would store."""
+    rows = dec.rows
     pairs = set()
     for t in _IDENTITY_TABLES:
-        for r in dec.rows.get(t, ()):
-            pairs.add((r[0], r[1]))
+        if t in rows:
+            pairs.update([(r[0], r[1]) for r in rows[t]])
     return check_rows(subject, pairs)
 
 

@@ -130,7 +130,10 @@ class Metrics:
         yield counter("dead_letters_total", "Messages dead-lettered, by reason.", labels=["reason"],
                       samples=[([r], n) for r, n in sorted(dead.items())] or [(["none"], 0)])
         yield counter("errors_total", "Errors by kind (the batch is retried).", labels=["kind"],
-                      samples=[([k], c[k]) for k in ("nats_errors", "store_errors", "deadletter_publish_errors")])
+                      samples=[([k], c.get(k, 0)) for k in ("nats_errors", "store_errors",
+                                                             "deadletter_publish_errors", "compact_errors")])
+        yield counter("compactions_total", "Archive partitions compacted by the collector.",
+                      c.get("compacted_partitions", 0))
         yield GaugeMetricFamily(p + "consumer_lag_messages", "Messages pending in the durable consumer.", lag)
         yield GaugeMetricFamily(p + "last_stream_seq", "Highest stream sequence committed.", last_seq)
         cum, buckets = 0, []

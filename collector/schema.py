@@ -227,7 +227,9 @@ def snapshot_path(db_path: str) -> str:
     """Read-only snapshot the collector publishes next to its live DuckDB file.
 
     DuckDB allows one writing process per file and no readers beside it, so
-    readers (queries, dashboard) open this copy when the live file is locked.
+    readers (queries, dashboard) open this file when the live file is locked:
+    a small DuckDB catalog of views over Parquet parts cut from the live
+    tables (``collector.snapshot``; the parts are in ``<base>.snapshot.d``).
     ``/var/lib/hookscope/hookscope.duckdb`` -> ``.../hookscope.snapshot.duckdb``.
     """
     base = db_path[:-len(".duckdb")] if db_path.endswith(".duckdb") else db_path

@@ -6,10 +6,12 @@ and ``ingest_state`` moves in the SAME transaction as the rows: after a crash
 the file holds either the whole batch and its sequence, or neither.
 
 Readers: DuckDB lets one process open a file for writing and nobody else at
-the same time, so the store publishes a read-only copy next to it
-(``schema.snapshot_path``) after a CHECKPOINT, renamed into place atomically,
-at most every ``snapshot_interval`` seconds and when ingest goes idle.  See
-docs/store.md for the freshness bound.
+the same time, so the store publishes a read-only snapshot next to it
+(``schema.snapshot_path``: a catalog of views over Parquet parts cut from the
+live tables, ``collector.snapshot``) at most every ``snapshot_interval``
+seconds and when ingest goes idle.  A publication cuts only the rows since the
+last sealed part, so its cost does not grow with history.  See docs/store.md
+for the freshness bound.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ import duckdb
 
 from collector import schema
 from collector.columns import NAMES
+from collector.snapshot import SEAL_ROWS, SplitSnapshot, snapshot_dir
 from collector.errors import CollectorError
-from emitter.fsutil import replacing
+
+
+#: WAL size at which a snapshot publication checkpoints first (DuckDB's own
+#: default threshold; the store sets DuckDB's to 1GB so that no commit
+#: checkpoints in the middle of a batch).
+CHECKPOINT_WAL_BYTES = 16 << 20
 
 
 class StoreError(CollectorError):
@@ -44,7 +52,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, consumer: str = "collector",
                  snapshot_interval: float = 2.0, threads: int | None = None,
-                 memory_limit: str | None = None):
+                 memory_limit: str | None = None, seal_rows: int = SEAL_ROWS):
         self.path = os.fspath(path)
         self.consumer = consumer
         self.snapshot_interval = float(snapshot_interval)
@@ -89,13 +97,18 @@ class Store:
         self.con.execute("SET checkpoint_threshold = '1GB'")
         schema.create_all(self.con)
         # POSIX record locks (DuckDB's single-writer lock) are dropped when the
-        # process closes ANY descriptor of the file, so the snapshot copy reads
-        # through this one descriptor, opened once and closed after DuckDB.
+        # process closes ANY descriptor of the file: never open the live path
+        # again while DuckDB holds it.  This one descriptor, opened once and
+        # closed after DuckDB, identifies the file (its inode) for the snapshot.
         self.con.execute("CHECKPOINT")
         self._fd = os.open(self.path, os.O_RDONLY)
         self._sql = {t: _insert_sql(t) for t in NAMES if t != "raw"}
         self._lock = threading.Lock()
-        self._dirty = False
+        self.seal_rows = seal_rows
+        self._split: SplitSnapshot | None = None  # made at the first publication
+        # A previous run's catalog names a hot part this run will collect:
+        # publish at the first chance (the idle check) even with nothing new.
+        self._dirty = os.path.isdir(snapshot_dir(self.path))
         self._last_snapshot = 0.0
         self.last_commit_s = 0.0
 
@@ -113,7 +126,8 @@ class Store:
         except duckdb.OutOfMemoryException:
             # Under memory_limit, what DuckDB cannot evict is the part of the
             # key indexes (ART) written since the last CHECKPOINT: the snapshot
-            # checkpoints every few seconds, but a burst can outgrow that.
+            # checkpoints every CHECKPOINT_WAL_BYTES of WAL, but a burst can
+            # outgrow the limit before that.
             # Checkpoint (the index becomes evictable) and try once more.
             with self._lock:
                 self.con.execute("CHECKPOINT")
@@ -155,6 +169,12 @@ class Store:
         with self._lock:
             return {t: self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in schema.TABLES}
 
+    def _wal_bytes(self) -> int:
+        try:  # stat by path opens nothing (see the lock note in __init__)
+            return os.stat(self.path + ".wal").st_size
+        except OSError:
+            return 0
+
     def size_bytes(self) -> int:
         total = 0
         for p in (self.path, self.path + ".wal"):
@@ -176,19 +196,37 @@ class Store:
         return True
 
     def snapshot(self) -> str:
-        """CHECKPOINT, copy the file, fsync, rename over the previous snapshot.
+        """Cut the new rows, publish the catalog (renamed into place).
 
-        Readers that still have the old snapshot open keep reading it (the
-        rename replaces the name, not the file).
+        Readers that still have the old catalog open keep reading it (its
+        parts stay for ``snapshot.GRACE_S`` seconds).
         """
         dst = schema.snapshot_path(self.path)
         t0 = time.monotonic()
         with self._lock:
-            self.con.execute("CHECKPOINT")
-            with replacing(dst, lambda exc: StoreError(f"cannot publish the snapshot {dst}: {exc}")) as tmp:
-                _copy_fd(self._fd, tmp)
+            # The cut reads committed rows through this connection: it needs
+            # no CHECKPOINT.  A checkpoint keeps the WAL short and the key
+            # index evictable (see commit), but its cost grows with the key
+            # indexes (docs/store.md): once per CHECKPOINT_WAL_BYTES of WAL,
+            # not at every publication.
+            if self._wal_bytes() >= CHECKPOINT_WAL_BYTES:
+                self.con.execute("CHECKPOINT")
+            try:
+                if self._split is None:
+                    st = os.fstat(self._fd)
+                    self._split = SplitSnapshot(self.con, self.path, (st.st_dev, st.st_ino),
+                                                seal_rows=self.seal_rows)
+                self._split.publish()
+            except duckdb.FatalException:
+                raise  # the store itself is invalidated: the collector stops on it
+            except (OSError, duckdb.Error) as exc:
+                # Never a "row refused" error (consumer_errors._is_data_error):
+                # the batch was committed; nothing here is about its rows.
+                raise StoreError(f"cannot publish the snapshot {dst}: {exc}; free space or fix "
+                                 "permissions (the live store is unaffected)") from exc
             self._dirty = False
-        # A big store makes copies expensive: space them out in proportion.
+        # A publication is bounded by seal_rows, but a slow disk still gets
+        # its interval stretched rather than the writer stalled.
         took = time.monotonic() - t0
         self._last_snapshot = time.monotonic()
         self.snapshot_interval = max(self.snapshot_interval, 5 * took)
@@ -205,6 +243,8 @@ class Store:
         except duckdb.FatalException:
             pass  # invalidated: the WAL holds every committed batch; reopening replays it
         finally:
+            if self._split is not None:
+                self._split.close()
             self.con.close()
             self.con = None
             os.close(self._fd)
@@ -250,27 +290,3 @@ def _create(path: str) -> None:
         for p in (tmp, tmp + ".wal"):
             if os.path.exists(p):
                 os.unlink(p)
-
-
-def _copy_fd(src_fd: int, dst: str) -> None:
-    """Copy the whole file behind ``src_fd`` to ``dst`` (fsynced) without
-    opening or closing the source path (see the lock note in Store)."""
-    size = os.fstat(src_fd).st_size
-    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        off = 0
-        while off < size:
-            try:
-                n = os.copy_file_range(src_fd, out, size - off, off, off)
-            except OSError:
-                n = 0
-            if n <= 0:  # not supported here: plain reads
-                chunk = os.pread(src_fd, min(8 << 20, size - off), off)
-                if not chunk:
-                    break
-                os.pwrite(out, chunk, off)
-                n = len(chunk)
-            off += n
-        os.fsync(out)
-    finally:
-        os.close(out)

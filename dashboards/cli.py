@@ -1,34 +1,47 @@
 """``hookscope dashboard`` and ``hookscope report``: thin click commands over
-dashboards.server and dashboards.report."""
+dashboards.server and dashboards.report.
 
-import os
+Settings are resolved once, by dashboards.settings (option, then environment
+variable, then ``[dashboard]`` of the config file, then the default) and
+validated there.  Each option here declares its ``envvar=`` (shown in ``-h``);
+what was typed on the command line is passed on as the argument, the rest
+the library resolves.
+"""
+
 import sys
 
 import click
+from click.core import ParameterSource
 
 from dashboards import DashboardError
+from dashboards import settings as ds
+from dashboards.settings import ARCHIVE_ENV as ENV_ARCHIVE
+from dashboards.settings import DB_ENV as ENV_DB
+from dashboards.settings import DEFAULT_PORT  # noqa: F401  (also hookscope serve's: dashboards.serve)
 
-ENV_DB = "HOOKSCOPE_DB"
-ENV_ARCHIVE = "HOOKSCOPE_ARCHIVE"
-DEFAULT_PORT = 8765  # also hookscope serve's (dashboards.serve)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-def _source(db, archive):
-    if db and archive:
-        # An environment variable must not silently win over an explicit flag.
-        if os.environ.get(ENV_ARCHIVE) == archive:
-            archive = None
-        elif os.environ.get(ENV_DB) == db:
-            db = None
-        else:
-            raise click.UsageError("give one store: --db FILE or --archive DIR, not both")
-    if not db and not archive:
-        raise click.UsageError(f"give the store with --db FILE or --archive DIR (or set {ENV_DB} / {ENV_ARCHIVE})")
-    return db, archive
+def _settings(ctx, resolve=ds.resolve_dashboard):
+    """The library's resolution of what was typed (a value click read from an
+    option's environment variable is left to the library, which reads the
+    same variable in the same order)."""
+    args = {k: v for k, v in ctx.params.items()
+            if k in ds.KEYS and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if args.get("db") and args.get("archive"):
+        raise click.UsageError("give one store: --db FILE or --archive DIR, not both")
+    try:
+        return resolve(args, config=ctx.params.get("config"))
+    except ds.NoStore as exc:
+        raise click.UsageError(str(exc)) from None
+    except DashboardError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _source_options(fn):
+    fn = click.option("--config", metavar="FILE", envvar=ds.CONFIG_ENV, show_envvar=True,
+                      help="hookscope.toml: its [dashboard] section gives defaults for these options "
+                           "(default: /etc/hookscope/hookscope.toml, if present).")(fn)
     fn = click.option("--archive", type=click.Path(file_okay=False), envvar=ENV_ARCHIVE, show_envvar=True,
                       help="The Parquet archive root instead of --db.")(fn)
     fn = click.option("--db", type=click.Path(dir_okay=False), envvar=ENV_DB, show_envvar=True,
@@ -43,11 +56,12 @@ def _source_options(fn):
               help="Address to bind. Anything but loopback needs --token (or --no-auth).")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0: pick a free one).")
-@click.option("--token", envvar="HOOKSCOPE_DASHBOARD_TOKEN", show_envvar=True,
+@click.option("--token", envvar=ds.TOKEN_ENV, show_envvar=True,
               help="Bearer token every request must carry (header, ?token= once, then a cookie).")
 @click.option("--no-auth", is_flag=True, help="Serve a non-loopback address without a token, on purpose.")
 @click.option("--verbose", is_flag=True, help="Log every request on stderr.")
-def dashboard(db, archive, host, port, token, no_auth, verbose):
+@click.pass_context
+def dashboard(ctx, db, archive, config, host, port, token, no_auth, verbose):
     """Serve the read-only web dashboard: overview, job, node and script pages,
     each with a JSON twin (append .json or ?format=json).
 
@@ -58,10 +72,9 @@ def dashboard(db, archive, host, port, token, no_auth, verbose):
     """
     from dashboards.server import make_server
 
-    db, archive = _source(db, archive)
+    s = _settings(ctx)
     try:
-        srv = make_server(db=db, archive=archive, host=host, port=port, token=token,
-                          allow_no_token=no_auth, quiet=not verbose)
+        srv = make_server(settings=s, quiet=not verbose)
     except DashboardError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"hookscope dashboard on {srv.url}" + (" (token required)" if srv.token else ""), err=True)
@@ -99,10 +112,11 @@ def _report_cmd(kind, argname, example):
     @_source_options
     @click.option("--base-url", help="Dashboard URL to make the report's links point to (default: no links).")
     @window
-    def cmd(output, db, archive, base_url, since=None, until=None, **kw):
+    @click.pass_context
+    def cmd(ctx, output, db, archive, config, base_url, since=None, until=None, **kw):
         from dashboards.report import write_report
 
-        db, archive = _source(db, archive)
+        db, archive = _settings(ctx, ds.resolve_store)  # a report binds nothing: the store alone
         try:
             path = write_report(kind, kw[argname], output, db=db, archive=archive, base_url=base_url,
                                 since=since, until=until)

@@ -6,11 +6,11 @@ neither imports the other back.
 
 import math
 import os
-import re
 from datetime import date, datetime, timedelta, timezone
 
 from dashboards import DashboardError
-from queries.source import open_source
+from queries.source import TimeSpecError, open_source
+from queries.source import parse_time as _parse_time
 
 
 class NotFound(DashboardError):
@@ -87,27 +87,13 @@ def _one(con, sql, params=()):
     return rows[0] if rows else None
 
 
-_REL = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_time(value, now=None):
-    """ISO-8601 (naive = UTC) or relative (``24h``, ``7d``: that long before ``now``)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    s = str(value).strip()
-    m = _REL.match(s)
-    if m:
-        base = now or datetime.now(timezone.utc)
-        return base - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    """queries.source.parse_time (the one set of rules: ISO-8601, ``now``, or an
+    age such as 30m, 30min, 24h, 7d), its error an HTTP 400 here."""
     try:
-        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"cannot read the time {s!r}: use ISO-8601 (2026-12-01T08:00Z) "
-                         "or a relative time like 24h or 7d") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        return _parse_time(value, now=now)
+    except TimeSpecError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _window(con, since, until, table="hook_runs", where="", params=()):

@@ -9,10 +9,8 @@ Content-Security-Policy with no inline script.
 """
 
 import hmac
-import ipaddress
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -24,8 +22,8 @@ from importlib import resources
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from dashboards import DashboardError, data, pages
+from dashboards.settings import TOKEN_ENV, AuthConfigError, DashboardSettings, resolve_dashboard  # noqa: F401
 
-TOKEN_ENV = "HOOKSCOPE_DASHBOARD_TOKEN"
 COOKIE = "hookscope_token"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -38,11 +36,6 @@ STATIC = {
 }
 RELOAD_CHECK_S = 5.0
 RETRY_OPEN_S = 2.0
-_TOKEN_OK = re.compile(r"[A-Za-z0-9._~-]{16,256}")
-
-
-class AuthConfigError(DashboardError):
-    """A non-loopback bind without a token."""
 
 
 def load_static():
@@ -70,12 +63,17 @@ class Store:
             self._error = str(exc)
 
     def _files_stamp(self):
-        if not self.db:
+        if not self.db and not self.archive:
             return None
+        from collector.compact import MARKER
         from collector.schema import snapshot_path
 
         out = []
-        for p in (self.db, snapshot_path(self.db)):
+        # An archive's views name its files: reopen after a compaction
+        # (collector.compact touches MARKER after every merge).
+        paths = ([self.db, snapshot_path(self.db)] if self.db else []) + \
+            ([os.path.join(self.archive, MARKER)] if self.archive else [])
+        for p in paths:
             try:
                 out.append(os.stat(p).st_mtime_ns)
             except OSError:
@@ -96,7 +94,7 @@ class Store:
                 if self._con is None:
                     raise data.StoreUnavailable(f"the store is not readable yet: {self._error}")
                 return self._con.cursor()
-            if self.db and now - self._checked > RELOAD_CHECK_S:
+            if (self.db or self.archive) and now - self._checked > RELOAD_CHECK_S:
                 self._checked = now
                 stamp = self._files_stamp()
                 if stamp != self._stamp:
@@ -115,15 +113,6 @@ class Store:
         with self._lock:
             if self._con is not None:
                 self._con.close()
-
-
-def _is_loopback(host):
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -146,27 +135,23 @@ class DashboardServer(ThreadingHTTPServer):
 
 
 def make_server(db=None, archive=None, host="127.0.0.1", port=0, token=None, allow_no_token=False,
-                quiet=True):
+                quiet=True, settings: DashboardSettings | None = None):
     """A ready-to-serve dashboard; call ``serve_forever()``, then ``shutdown()`` and ``server_close()``.
 
-    ``token``: argument, else $HOOKSCOPE_DASHBOARD_TOKEN, else none.  Binding a
-    non-loopback address without a token is refused unless ``allow_no_token``.
+    ``settings``: resolved by the caller (the CLI); else resolved here from
+    the arguments (dashboards.settings: argument, then $HOOKSCOPE_DB /
+    $HOOKSCOPE_ARCHIVE / $HOOKSCOPE_DASHBOARD_TOKEN, then ``[dashboard]``).
+    Binding a non-loopback address without a token is refused unless
+    ``allow_no_token``.
     """
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    if not token and not _is_loopback(host) and not allow_no_token:
-        raise AuthConfigError(
-            f"refusing to serve the dashboard on {host} without a token: anyone who can reach "
-            f"this address could read every job's hook output. Pass --token (or set {TOKEN_ENV}), "
-            "bind 127.0.0.1 and use an SSH tunnel, or pass --no-auth to do it anyway")
-    if token and not _TOKEN_OK.fullmatch(token):
-        raise AuthConfigError("the dashboard token must be 16 to 256 characters of A-Z a-z 0-9 - _ . ~ "
-                              "(e.g. from 'openssl rand -hex 24')")
-    store = Store(db=db, archive=archive)
+    s = settings or resolve_dashboard(db=db, archive=archive, host=host, port=port, token=token,
+                                      no_auth=allow_no_token or None)
+    store = Store(db=s.db, archive=s.archive)
     try:
-        return DashboardServer((host, int(port)), store, token, quiet=quiet)
+        return DashboardServer((s.host, int(s.port)), store, s.token, quiet=quiet)
     except OSError as exc:
         store.close()
-        raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+        raise DashboardError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}; "
                              "pick another --port or stop what is using it") from exc
 
 

@@ -1,16 +1,17 @@
 """The node agent: ship the journal as OTLP spans, sample GPUs, never lose a record.
 
 Loop: scan the journal, ship every complete or abandoned file in the node's
-sequence order (one ExportTraceServiceRequest per file, through the SDK
-``SpanExporter``), delete a file only after its JetStream PubAck.  When NATS
-is unreachable the round stops at the first failure (order is kept), waits
-with exponential backoff and tries again; the runner keeps the journal within
+sequence order (one ExportTraceServiceRequest per file, published as built
+by ``exporter.TraceExporter``), delete a file only after its JetStream
+PubAck.  When NATS is unreachable the round stops at the first failure
+(order is kept), waits with exponential backoff and tries again; the runner keeps the journal within
 its bound meanwhile.  A crash between PubAck and delete re-publishes the same
 ``Nats-Msg-Id``, which the stream's duplicate window drops.
 
 GPU sampling runs in its own thread behind ``gpu.base.TimedBackend``, so a
 hung driver never delays span export.  Settings: ``AgentSettings.resolve``
-(argument > environment > ``[agent]`` of the config file > default).
+(emitter/agentsettings.py: argument > environment > ``[agent]`` of the config
+file > default; re-exported here).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from hashlib import sha256
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 from emitter import EmitterError
 from emitter import contract as c
-from emitter import agentreports, chainheads, natsio, otlp, spool
-from emitter.exporter import JetStreamPublisher, NatsSpanExporter, log_stderr
+from emitter import agentreports, chainheads, otlp, spool
+from emitter.agentsettings import AgentConfigError, AgentSettings
+from emitter.exporter import JetStreamPublisher, TraceExporter, log_stderr
 from emitter.fsutil import replacing
 from emitter.gpu.jobs import JobMap, job_gpus
 from emitter.nodestate import BAD_STATE_FLAGS, bad_flags, parse_scontrol_node  # noqa: F401 - re-exported
@@ -42,143 +44,6 @@ STUCK_RETRY_S = 300.0  # job map, survives agent restarts (not a journal file)
 
 def _sha256(data: bytes) -> str:
     return sha256(data).hexdigest()
-
-
-class AgentConfigError(EmitterError):
-    """An [agent] setting, argument or environment variable is invalid."""
-
-
-@dataclass
-class AgentSettings:
-    nats: str = "nats://127.0.0.1:4222"
-    creds: str | None = None
-    nkey: str | None = None
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    journal: str = c.JOURNAL_DIR_DEFAULT
-    node: str = ""
-    cluster: str = ""
-    replicas: int = 1
-    create_streams: bool = True
-    connect_timeout_s: float = 2.0
-    publish_timeout_s: float = 5.0
-    max_reconnect_attempts: int = 3
-    poll_interval_s: float = 1.0
-    backoff_min_s: float = 0.5
-    backoff_max_s: float = 30.0
-    abandon_grace_s: float = 5.0
-    stale_after_s: float = 6 * 3600.0
-    gpu: str = "auto"  # auto | nvml | amdsmi | replay | none
-    gpu_replay: str | None = None
-    gpu_replay_block_s: float = 0.0  # replay only: simulate a hung driver (tests)
-    gpu_interval_s: float = 10.0
-    gpu_timeout_s: float = 2.0
-    dcgm_job_map_dir: str | None = None
-    metrics_backlog: int = 360  # metric rounds kept in memory while NATS is down
-    node_state_interval_s: float = 0.0  # >0: watch `scontrol show node` for drain/down
-    node_state_cmd: str = "scontrol show node {node} -o"
-    batch_files: int = 64  # journal files per pipelined export
-    batch_bytes: int = 4 * 1024 * 1024
-    head_interval_s: float = 60.0  # signed chain heads, when one moved (and at stop); 0: only at stop
-    extra: dict = field(default_factory=dict)
-
-    #: environment variable for each setting that has one
-    ENV = {
-        "nats": "HOOKSCOPE_NATS_URL", "creds": "HOOKSCOPE_NATS_CREDS", "nkey": "HOOKSCOPE_NATS_NKEY",
-        "user": "HOOKSCOPE_NATS_USER", "password": "HOOKSCOPE_NATS_PASSWORD",
-        "token": "HOOKSCOPE_NATS_TOKEN", "tls_ca": "HOOKSCOPE_NATS_TLS_CA",
-        "tls_cert": "HOOKSCOPE_NATS_TLS_CERT", "tls_key": "HOOKSCOPE_NATS_TLS_KEY",
-        "journal": "HOOKSCOPE_JOURNAL", "node": "HOOKSCOPE_NODE", "cluster": "HOOKSCOPE_CLUSTER",
-        "gpu": "HOOKSCOPE_GPU", "gpu_replay": "HOOKSCOPE_GPU_REPLAY",
-    }
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls) if f.name != "extra"]
-
-    @classmethod
-    def resolve(cls, cfg: dict | None = None, env=None, **args) -> "AgentSettings":
-        """argument (not None) > environment > [agent] section > [runner] journal/node/cluster > default."""
-        env = os.environ if env is None else env
-        cfg = cfg or {}
-        section = cfg.get("agent", {})
-        if not isinstance(section, dict):
-            raise AgentConfigError("config: [agent] must be a table")
-        known = set(cls.keys())
-        for k in section:
-            if k not in known:
-                raise AgentConfigError(f"config: unknown key agent.{k}; use one of: {', '.join(sorted(known))}")
-        runner = cfg.get("runner", {}) if isinstance(cfg.get("runner"), dict) else {}
-        defaults = cls()
-        values = {}
-        for name in cls.keys():
-            v = args.get(name)
-            if v is None and name in cls.ENV and env.get(cls.ENV[name]):
-                v = env[cls.ENV[name]]
-            if v is None and name == "journal" and env.get("HOOKSCOPE_JOURNAL_DIR"):
-                v = env["HOOKSCOPE_JOURNAL_DIR"]  # the runner's variable
-            if v is None and name in section:
-                v = section[name]
-            if v is None and name == "journal" and runner.get("journal_dir"):
-                v = runner["journal_dir"]
-            if v is None and name in ("node", "cluster") and runner.get(name):
-                v = runner[name]
-            values[name] = getattr(defaults, name) if v is None else v
-        s = cls(**values)
-        s._validate()
-        return s
-
-    def _validate(self) -> None:
-        d = type(self)()
-        for name in self.keys():
-            want, v = type(getattr(d, name)), getattr(self, name)
-            if v is None or getattr(d, name) is None:
-                if v is not None and not isinstance(v, str):
-                    raise AgentConfigError(f"agent.{name} must be a string, not {v!r}")
-                continue
-            if want is bool and not isinstance(v, bool):
-                if str(v).lower() in ("1", "true", "yes", "0", "false", "no"):
-                    v = str(v).lower() in ("1", "true", "yes")
-                else:
-                    raise AgentConfigError(f"agent.{name} must be true or false, not {v!r}")
-            elif want in (int, float) and not isinstance(v, bool):
-                try:
-                    v = want(v)
-                except (TypeError, ValueError):
-                    raise AgentConfigError(f"agent.{name} must be a number, not {v!r}") from None
-                if v < 0:
-                    raise AgentConfigError(f"agent.{name} must not be negative ({v})")
-            elif want is str and isinstance(v, list) and name == "nats":
-                v = ",".join(map(str, v))
-            elif want is str and not isinstance(v, str):
-                raise AgentConfigError(f"agent.{name} must be a string, not {v!r}")
-            setattr(self, name, v)
-        if self.gpu not in ("auto", "nvml", "amdsmi", "replay", "none"):
-            raise AgentConfigError(f"agent.gpu = {self.gpu!r}: use auto, nvml, amdsmi, replay or none")
-        if self.gpu == "replay" and not self.gpu_replay:
-            raise AgentConfigError("agent.gpu = 'replay' needs agent.gpu_replay (a recorded "
-                                   "nvidia-smi -q -x or amd-smi metric --json file)")
-        if self.gpu_interval_s < 0.05:
-            raise AgentConfigError("agent.gpu_interval_s must be at least 0.05 seconds")
-        self.node = self.node or os.uname().nodename.split(".")[0]
-        self.cluster = self.cluster or os.environ.get("SLURM_CLUSTER_NAME", "")
-        try:
-            self.nats_options()
-        except natsio.NatsConfigError as exc:
-            raise AgentConfigError(str(exc)) from None
-
-    def nats_options(self) -> natsio.NatsOptions:
-        return natsio.NatsOptions(
-            servers=self.nats, creds=self.creds, nkey_seed=self.nkey, user=self.user,
-            password=self.password, token=self.token, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
-            tls_key=self.tls_key, connect_timeout=self.connect_timeout_s,
-            max_reconnect_attempts=max(1, int(self.max_reconnect_attempts)),
-            request_timeout=self.publish_timeout_s, name=f"hookscope-agent-{self.node}",
-            inbox_prefix=c.inbox_prefix(self.node))
 
 
 @dataclass
@@ -202,7 +67,7 @@ class Agent:
         self.publisher = publisher or JetStreamPublisher(settings.nats_options(),
                                                          create_streams=settings.create_streams,
                                                          replicas=settings.replicas, log=log)
-        self.exporter = NatsSpanExporter(self.publisher, timeout=settings.publish_timeout_s)
+        self.exporter = TraceExporter(self.publisher, timeout=settings.publish_timeout_s)
         self.stats = Stats()
         self.jobs = JobMap()
         self._load_state()
@@ -311,19 +176,19 @@ class Agent:
                 out.append(s.as_dict(job.get("job_id")))
         return out
 
-    def _spans_of(self, jf: spool.JournalFile) -> list:
+    def _request_of(self, jf: spool.JournalFile):
         abandoned = jf.mtime_ns if jf.state == spool.ABANDONED else None
         req = otlp.fitted_trace(jf.entries, abandoned_ts=abandoned, gpu_snapshots=self._snapshots(jf))
         for rs in req.resource_spans:  # who wrote it: the spool's owner as stat()ed, not the records
             otlp._attrs(rs.resource.attributes, {c.A_ATTESTED_UID: int(jf.attested_uid)})
-        return otlp.sdk_spans(req)
+        return req
 
     def ship_files(self, files: list) -> bool:
-        """Export the spans of several files in one SpanExporter call (one
-        message per file, pipelined); delete them all after every PubAck.
+        """Publish the OTLP requests of several files in one exporter call (one
+        message per hook, pipelined); delete them all after every PubAck.
         False: nothing deleted, try again later (acked ones are then duplicates
         the stream drops)."""
-        spans, todo = [], []
+        requests, todo = [], []
         for jf in files:
             jf = spool.load_full(jf)
             if jf is None:
@@ -339,12 +204,11 @@ class Agent:
             if not jf.entries:
                 spool.remove(jf.path, jf.spool_ident)  # nothing readable; the damage report says so
                 continue
-            spans.extend(self._spans_of(jf))
+            requests.append(self._request_of(jf))
             todo.append(jf)
         if not todo:
             return True
-        result = self.exporter.export(spans)
-        if result.name != "SUCCESS":
+        if not self.exporter.export(requests):
             self.stats.failures += 1
             self._note_outage(self.exporter.last_error)
             return False
@@ -555,5 +419,4 @@ class Agent:
         self._gpu_trigger.set()
         if self.gpu is not None:
             self.gpu.backend.close()  # unblocks a replay 'hang'; real drivers: abandoned thread
-        self.exporter.shutdown()
         self.publisher.close()

@@ -9,6 +9,7 @@ import sys
 import click
 
 from emitter import EmitterError
+from emitter.config import JOURNAL_ENV, JOURNAL_ENV_OLD
 
 
 def _opt(*decls, env=None, **kw):
@@ -20,7 +21,7 @@ def _opt(*decls, env=None, **kw):
 
 #: the runner's name for the journal directory is the one name; the agent's old
 #: HOOKSCOPE_JOURNAL is still read (after it), with a deprecation note
-JOURNAL_ENV, JOURNAL_ENV_OLD = "HOOKSCOPE_JOURNAL_DIR", "HOOKSCOPE_JOURNAL"
+#: (the order: emitter.config.journal_dir)
 
 
 @click.command("agent", context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,8 +125,5 @@ def _check_trusted(settings) -> None:
     root must not obey, or ship as evidence, what a user could have planted."""
     from emitter.config import check_trusted
 
-    for what, path in (("NATS creds file", settings.creds), ("NATS nkey seed file", settings.nkey),
-                       ("TLS key", settings.tls_key), ("TLS certificate", settings.tls_cert),
-                       ("TLS CA file", settings.tls_ca), ("journal directory", settings.journal)):
-        if path:
-            check_trusted(path, what)
+    settings.auth.check_trusted()  # the one NatsAuth check, as the collector's
+    check_trusted(settings.journal, "journal directory")

@@ -1,7 +1,9 @@
 """The hookscope configuration file: one TOML file per node.
 
 Resolution, once, at start: the ``path`` argument, then ``$HOOKSCOPE_CONFIG``,
-then ``/etc/hookscope/hookscope.toml``.  A missing *default* file is an empty
+then ``/etc/hookscope/hookscope.toml``.  The runner's settings object built
+from it is :class:`RunnerSettings` (the agent's:
+:class:`emitter.agentsettings.AgentSettings`).  A missing *default* file is an empty
 configuration; a missing or invalid *explicit* file is a ConfigError naming the
 file.  Sections: ``[runner]`` (validated here), ``[runner.dirs]``, and
 ``[agent]``, ``[collector]``, ``[dashboard]`` (each parsed by its owner).
@@ -227,42 +229,6 @@ def _parse(p, data):
     return cfg
 
 
-def salvage_config(path=None):
-    """What of a config file that failed ``load_config`` is still usable.
-
-    A typo in one key must not stop the hook from running the site's own
-    directories (a failing hook drains the node): keep every [runner] key that
-    validates on its own, drop the rest.  An unparsable file gives ``{}``.
-    """
-    p, _ = config_path(path)
-    if os.geteuid() == 0 and os.path.exists(p) and _untrusted(p):
-        # Never obey a file another user could have written, not even in part:
-        # its [runner.dirs] would choose what root runs.
-        return _cache_last(p) or {}
-    try:
-        with open(p, "rb") as f:
-            data = f.read()
-    except OSError:  # missing or unreadable: nothing to salvage, and no tomllib to pay for
-        return {}
-    try:
-        import tomllib
-
-        cfg = tomllib.loads(data.decode("utf-8"))
-    except ValueError:  # not UTF-8, invalid TOML
-        return {}
-    section = cfg.get("runner")
-    good = {}
-    if isinstance(section, dict):
-        for key, value in section.items():
-            try:
-                validate_runner({key: value}, p)
-            except ConfigError:
-                continue
-            good[key] = value
-    cfg["runner"] = good
-    return cfg
-
-
 def validate_runner(section, path="<config>"):
     """Raise ConfigError for unknown keys, wrong types or bad values in [runner].
 
@@ -351,7 +317,9 @@ def name_ok(name):
 
 
 def runner_settings(cfg=None, *, env=None, context=None, **overrides):
-    """The resolved [runner] settings: overrides (not None) > file > defaults.
+    """:class:`RunnerSettings` from overrides (not None) > file > defaults, without
+    the environment or argument checks of :meth:`RunnerSettings.resolve` (the
+    resolver every command uses); for tests and the demo.
 
     ``node`` is resolved here, once (see :func:`resolve_node`): an explicit
     override wins, then the node name Slurm gives the hook, then the file's,
@@ -367,7 +335,111 @@ def runner_settings(cfg=None, *, env=None, context=None, **overrides):
     if not overrides.get("node"):
         env = os.environ if env is None else env
         out["node"] = resolve_node(out["node"], context or env.get("SLURM_SCRIPT_CONTEXT"), env)
-    return out
+    return RunnerSettings(out)
+
+
+class RunnerSettings:
+    """The runner's resolved, validated [runner] settings; frozen.  Read as
+    attributes (``s.timeout_s``) or as a mapping (``s["timeout_s"]``,
+    ``s.get("dirs", {})``); :meth:`replace` gives a validated copy.  A class
+    with ``__slots__``, not a dataclass: it is on the hook's hot path."""
+
+    __slots__ = ("_v",)
+
+    def __init__(self, values):
+        object.__setattr__(self, "_v", dict(values))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"RunnerSettings is frozen: use .replace({name}=...)")
+
+    __delattr__ = __setattr__
+
+    def __setitem__(self, key, value):
+        raise TypeError(f"RunnerSettings is frozen: use .replace({key}=...)")
+
+    def __getattr__(self, name):
+        try:
+            return self._v[name]
+        except KeyError:
+            raise AttributeError(f"no runner setting {name!r}") from None
+
+    def __getitem__(self, key):
+        return self._v[key]
+
+    def get(self, key, default=None):
+        return self._v.get(key, default)
+
+    def __contains__(self, key):
+        return key in self._v
+
+    def __iter__(self):
+        return iter(self._v)
+
+    def keys(self):
+        return self._v.keys()
+
+    def as_dict(self):
+        return dict(self._v)
+
+    def __eq__(self, other):
+        return self._v == (other._v if isinstance(other, RunnerSettings) else other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"RunnerSettings({self._v!r})"
+
+    def replace(self, **changes):
+        validate_runner(changes, "<arguments>")
+        return RunnerSettings({**self._v, **changes})
+
+    @classmethod
+    def resolve(cls, cfg=None, *, env=None, context=None, validate_args=True, **args):
+        """argument (not None) > environment > ``cfg["runner"]`` (validated by
+        :func:`load_config`) > default; ``args`` are [runner] keys, checked
+        here as ``<arguments>``.  ``env``/``context`` default to the process's."""
+        env = os.environ if env is None else env
+        args = {k: v for k, v in args.items() if v is not None}
+        path, source = journal_dir(cfg, env, args.get("journal_dir"), reader="runner")
+        if source in ("argument", JOURNAL_ENV):  # the file's value and the default: runner_settings
+            args["journal_dir"] = path
+        if validate_args and args:
+            validate_runner(args, "<arguments>")
+        return runner_settings(cfg, env=env, context=context, **args)
+
+
+#: The journal directory's environment variable, for every component.
+JOURNAL_ENV = "HOOKSCOPE_JOURNAL_DIR"
+#: The agent's old name for it: still read (after JOURNAL_ENV) by the agent and the doctor, deprecated.
+JOURNAL_ENV_OLD = "HOOKSCOPE_JOURNAL"
+
+
+def journal_dir(cfg=None, env=None, arg=None, reader="agent"):
+    """(path, source) of the journal directory, the one rule (docs/config.md):
+    the argument, ``$HOOKSCOPE_JOURNAL_DIR``, ``$HOOKSCOPE_JOURNAL``
+    (deprecated) and ``[agent] journal`` (these two for ``reader="agent"``:
+    the agent and the doctor), ``[runner] journal_dir``, the default.
+    ``source`` names the step ("argument", "HOOKSCOPE_JOURNAL_DIR", ...)."""
+    env = os.environ if env is None else env
+    if arg:
+        return str(arg), "argument"
+    if env.get(JOURNAL_ENV):
+        return env[JOURNAL_ENV], JOURNAL_ENV
+    if reader == "agent":
+        if env.get(JOURNAL_ENV_OLD):
+            return env[JOURNAL_ENV_OLD], JOURNAL_ENV_OLD
+        v = _table(cfg, "agent").get("journal")
+        if v:
+            return v, "[agent] journal"
+    v = _table(cfg, "runner").get("journal_dir")
+    if v:
+        return v, "[runner] journal_dir"
+    return contract.JOURNAL_DIR_DEFAULT, "default"
+
+
+def _table(cfg, name):
+    sec = (cfg or {}).get(name)
+    return sec if isinstance(sec, dict) else {}
 
 
 #: Hook contexts run by slurmctld: the record's node is the controller.

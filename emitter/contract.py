@@ -295,123 +295,32 @@ E_GPU_SNAPSHOT = "hookscope.gpu.snapshot"
 EA_OUTPUT_TEXT = "hookscope.output.text"
 EA_OUTPUT_TRUNCATED = "hookscope.output.truncated"
 
-# GPU metrics.  The keys of a GPU sample's ``metrics`` and, where a name maps
-# one to one, the OTLP metric name: OpenTelemetry hardware semantic
-# conventions (SEMCONV_SCHEMA_URL) where they exist, hookscope's own facts
-# under hookscope.gpu.*.  Instrument kinds, units and extra attributes:
-# GPU_OTLP below; the names before this (hw.gpu.power, ...) in
-# LEGACY_GPU_METRICS, which readers still accept (docs/contract.md).
-M_GPU_UTILIZATION = "hw.gpu.utilization"  # ratio 0..1
-M_GPU_MEMORY_USAGE = "hw.gpu.memory.usage"  # bytes
-M_GPU_MEMORY_LIMIT = "hw.gpu.memory.limit"  # bytes
-M_GPU_POWER = "hw.power"  # watts, hw.type=gpu
-M_GPU_TEMPERATURE = "hw.temperature"  # celsius, hw.type=gpu
-M_GPU_CLOCK_SM = "hookscope.gpu.clock.sm"  # MHz
-# The two ECC counts are one OTLP metric, hw.errors, told apart by error.type:
-# these two keys name them inside a sample (and in the span's GPU snapshot).
-M_GPU_ECC_SBE = "hookscope.gpu.ecc.corrected"  # count, volatile
-M_GPU_ECC_DBE = "hookscope.gpu.ecc.uncorrected"
-M_GPU_XID = "hookscope.gpu.xid"  # last XID / RAS event code seen, 0 if none
-M_GPU_RETIRED_PAGES = "hookscope.gpu.retired_pages"  # retired pages or remapped rows
-M_GPU_THROTTLE = "hookscope.gpu.throttle_reasons"  # bitmask as reported by the driver
-GPU_METRICS = (
-    M_GPU_UTILIZATION, M_GPU_MEMORY_USAGE, M_GPU_MEMORY_LIMIT, M_GPU_POWER,
-    M_GPU_TEMPERATURE, M_GPU_CLOCK_SM, M_GPU_ECC_SBE, M_GPU_ECC_DBE,
-    M_GPU_XID, M_GPU_RETIRED_PAGES, M_GPU_THROTTLE,
-)
-# GPU data point attributes.
-A_GPU_INDEX = "hookscope.gpu.index"  # minor number: what CUDA_VISIBLE_DEVICES names in Prolog/Epilog
-A_GPU_ID = "hw.id"  # UUID
-A_GPU_MODEL = "hw.model"
-A_GPU_VENDOR = "hw.vendor"
-A_GPU_SOURCE = "hookscope.gpu.source"  # nvml | amdsmi | replay
-A_GPU_MIG = "hookscope.gpu.mig"  # MIG mode (bool), where the GPU has one
-A_HW_TYPE = "hw.type"  # "gpu" on every GPU data point
-A_ERROR_TYPE = "error.type"  # hw.errors: "corrected" | "uncorrected"
-HW_TYPE_GPU = "gpu"
-M_HW_ERRORS = "hw.errors"
-#: Semantic conventions version the GPU metric names follow (schema_url).
-SEMCONV_SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
-#: sample key -> (OTLP metric name, instrument, unit, extra data point attributes).
-#: instrument: "gauge" | "updowncounter" (Sum, not monotonic) | "counter" (Sum, monotonic);
-#: both Sums are cumulative.
-GPU_OTLP = {
-    M_GPU_UTILIZATION: ("hw.gpu.utilization", "gauge", "1", {}),
-    M_GPU_MEMORY_USAGE: ("hw.gpu.memory.usage", "updowncounter", "By", {}),
-    M_GPU_MEMORY_LIMIT: ("hw.gpu.memory.limit", "updowncounter", "By", {}),
-    M_GPU_POWER: ("hw.power", "gauge", "W", {}),
-    M_GPU_TEMPERATURE: ("hw.temperature", "gauge", "Cel", {}),
-    M_GPU_CLOCK_SM: ("hookscope.gpu.clock.sm", "gauge", "MHz", {}),
-    M_GPU_ECC_SBE: (M_HW_ERRORS, "counter", "{error}", {A_ERROR_TYPE: "corrected"}),
-    M_GPU_ECC_DBE: (M_HW_ERRORS, "counter", "{error}", {A_ERROR_TYPE: "uncorrected"}),
-    M_GPU_XID: ("hookscope.gpu.xid", "gauge", "1", {}),
-    M_GPU_RETIRED_PAGES: ("hookscope.gpu.retired_pages", "gauge", "{page}", {}),
-    M_GPU_THROTTLE: ("hookscope.gpu.throttle_reasons", "gauge", "1", {}),
-}
-#: OTLP metric names of schema version 1 before the semantic-conventions
-#: rename -> the sample key they carried; readers accept both (stored data).
-LEGACY_GPU_METRICS = {
-    "hw.gpu.power": M_GPU_POWER,
-    "hw.gpu.temperature": M_GPU_TEMPERATURE,
-    "hw.gpu.clock.sm": M_GPU_CLOCK_SM,
-    "hw.gpu.ecc.errors.corrected": M_GPU_ECC_SBE,
-    "hw.gpu.ecc.errors.uncorrected": M_GPU_ECC_DBE,
-    "hw.gpu.xid": M_GPU_XID,
-    "hw.gpu.retired_pages": M_GPU_RETIRED_PAGES,
-    "hw.gpu.throttle_reasons": M_GPU_THROTTLE,
-}
-LEGACY_A_GPU_INDEX = "hw.gpu.index"
 
-# ---------------------------------------------------------------- NATS
-SUBJECT_PREFIX = "hookscope"
-SIGNAL_SPANS = "spans"
-SIGNAL_METRICS = "metrics"
-SUBJECT_DEADLETTER = "hookscope.deadletter"
-STREAM_NAME = "HOOKSCOPE"
-STREAM_SUBJECTS = ("hookscope.spans.>", "hookscope.metrics.>")
-#: Signed chain heads (emitter.chainheads): JSON, not OTLP, in the same stream
-#: (natsio.ensure_streams adds the subject; OTLP consumers read STREAM_SUBJECTS).
-SIGNAL_HEADS = "heads"
-HEADS_SUBJECTS = ("hookscope.heads.>",)
-DLQ_STREAM_NAME = "HOOKSCOPE_DLQ"
-DLQ_STREAM_SUBJECTS = ("hookscope.deadletter.>",)
-DURABLE_CONSUMER = "hookscope-collector"
-HDR_MSG_ID = "Nats-Msg-Id"
-HDR_SCHEMA = "Hookscope-Schema"
-HDR_CONTENT_TYPE = "Content-Type"
-CONTENT_TYPE_TRACES = "application/x-protobuf; otlp=traces"
-CONTENT_TYPE_METRICS = "application/x-protobuf; otlp=metrics"
-CONTENT_TYPE_HEADS = "application/json; hookscope=heads"
-#: Largest message we publish (NATS default max_payload is 1 MiB).
-MAX_MESSAGE_BYTES = 1024 * 1024
+# ---------------------------------------------------------------- GPU metrics, NATS
+# Two parts of the contract have modules of their own: emitter.contract_gpu
+# (GPU metric names, units, the names readers still accept) and
+# emitter.contract_nats (subjects, stream settings, headers, message IDs).
+# Their names are read through this module all the same (``contract.X``,
+# ``from emitter.contract import X``), loaded on first use: the hook's hot
+# path imports this module and needs neither.
+def _load_parts():
+    from emitter import contract_gpu, contract_nats
 
-#: Stream settings (documented in docs/contract.md).  Replicas is 1 on a single
-#: server and 3 on a 3-node cluster; everything else is fixed.
-STREAM_SETTINGS = {
-    "storage": "file",
-    "retention": "limits",
-    "discard": "old",
-    "duplicate_window_s": 2 * 3600,
-    "max_age_s": 30 * 86400,
-    "max_bytes": 20 * 1024**3,
-    "max_msg_size": MAX_MESSAGE_BYTES,
-}
-
-_NAME_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+    for part in (contract_gpu, contract_nats):
+        globals().update((k, v) for k, v in vars(part).items() if not k.startswith("_"))
 
 
-def subject_token(name):
-    """A NATS subject token for a cluster or node name (no dots, no wildcards)."""
-    return "".join(c if c in _NAME_SAFE else "_" for c in str(name)) or "_"
+def __getattr__(name):
+    if not name.startswith("__"):
+        _load_parts()
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def subject(signal, cluster, node):
-    """hookscope.<signal>.<cluster>.<node>, e.g. hookscope.spans.gpu1.node001."""
-    return f"{SUBJECT_PREFIX}.{signal}.{subject_token(cluster)}.{subject_token(node)}"
-
-
-def deadletter_subject(reason):
-    return f"{SUBJECT_DEADLETTER}.{subject_token(reason)}"
+def __dir__():
+    _load_parts()
+    return sorted(globals())
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -519,16 +428,6 @@ def script_span_id(hook_id, index):
     return hashlib.sha256(f"{hook_id}:{index}".encode("ascii")).hexdigest()[:16]
 
 
-def message_id(cluster, node, signal, key):
-    """Nats-Msg-Id: stable across retries so JetStream drops the duplicates.
-
-    ``key`` is a content digest (``records_digest`` for spans, the sha256 of
-    the payload for metrics), so a duplicate is the same node's same content:
-    another node can neither predict the ID nor use it without the collector
-    dead-lettering its message (``identity_mismatch``, docs/security.md)."""
-    return f"{subject_token(cluster)}.{subject_token(node)}.{signal}.{key}"
-
-
 def records_digest(texts):
     """sha256 hex of a message's journal lines: the A_RECORDS value of every
     span, in message order, joined by "\n" (the spans' Nats-Msg-Id key; the
@@ -536,13 +435,3 @@ def records_digest(texts):
     import hashlib
 
     return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
-
-
-def inbox_prefix(node):
-    """Reply-inbox prefix of a node's NATS connection (nats-py ``inbox_prefix``).
-
-    Per-node so the server can let node X receive only its own PubAcks
-    (subscribe ``_INBOX_<node>.>``) and never the collector's deliveries on
-    ``_INBOX.>``; see deploy/nats/gen_auth.py and docs/security.md.
-    """
-    return f"_INBOX_{subject_token(node)}"

@@ -28,30 +28,15 @@ class _Deadline(Exception):
 
 
 def _settings(config):
-    """NATS settings: environment > config [agent] > defaults (as the agent)."""
+    """NATS settings: environment > config [agent] > defaults, by the agent's own rules
+    (emitter.natsauth: nats_url and NatsAuth.resolve); a plain dict for _Conn."""
+    from emitter.natsauth import NatsAuth, nats_url, split_urls
+
     agent = {}
     if isinstance(config, dict):
         agent = config.get("agent", config) if isinstance(config.get("agent", config), dict) else {}
-    env = os.environ
-
-    def pick(key, var):
-        v = env.get(var) if var else None
-        return v if v else agent.get(key)
-
-    url = pick("nats", "HOOKSCOPE_NATS_URL") or DEFAULT_URL
-    if isinstance(url, list):
-        url = ",".join(url)
-    return {
-        "servers": [u.strip() for u in str(url).split(",") if u.strip()],
-        "user": pick("user", "HOOKSCOPE_NATS_USER"),
-        "password": pick("password", "HOOKSCOPE_NATS_PASSWORD"),
-        "token": pick("token", "HOOKSCOPE_NATS_TOKEN"),
-        "creds": pick("creds", "HOOKSCOPE_NATS_CREDS"),
-        "nkey": pick("nkey", "HOOKSCOPE_NATS_NKEY"),
-        "tls_ca": pick("tls_ca", "HOOKSCOPE_NATS_TLS_CA"),
-        "tls_cert": pick("tls_cert", "HOOKSCOPE_NATS_TLS_CERT"),
-        "tls_key": pick("tls_key", "HOOKSCOPE_NATS_TLS_KEY"),
-    }
+    return {"servers": split_urls(nats_url(agent, default=DEFAULT_URL)),
+            **NatsAuth.resolve(agent).as_dict()}
 
 
 class _Conn:

@@ -4,9 +4,10 @@ Library first: every check is a function returning a list of :class:`Check`
 (status OK/WARN/FAIL, what is wrong, how to fix it); :func:`run_checks` runs
 them all, each guarded so a crashing check reports FAIL instead of killing the
 doctor; the click command only prints.  Every network call has a deadline.
-This module reads the configuration (hookscope.toml into a :class:`Setup`,
-slurm.conf's hook lines); the node checks live in :mod:`emitter.doctor_checks`
-and are re-exported here.
+This module fills a :class:`Setup` from the components' own settings objects
+(``RunnerSettings``, ``AgentSettings``: no resolver of its own, so it checks
+what they would use) and reads slurm.conf's hook lines; the node checks live
+in :mod:`emitter.doctor_checks` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
-from emitter import contract
+from emitter import natsauth
+from emitter.natsauth import split_urls
 # Re-exported: callers and tests keep using emitter.doctor.<name>.
 from emitter.doctor_checks import (  # noqa: F401
     FAIL, OK, WARN, Check, Setup, _call_with_deadline, check_credentials, check_gpu,
@@ -30,29 +32,20 @@ HOOK_KEYS = ("Prolog", "Epilog", "PrologSlurmctld", "EpilogSlurmctld", "TaskProl
 HOOK_BINARY = "hookscope-hook"
 
 
-def _first(*vals):
-    for v in vals:
-        if v not in (None, ""):
-            return v
-    return None
-
-
-def _get(section: dict, *keys):
-    return _first(*(section.get(k) for k in keys))
-
-
 def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=None,
             hook_dirs=(), deadline_s=2.0, skip_nats=False) -> tuple[Setup, list[Check]]:
     """Build the Setup; the config check's results come back with it."""
     checks: list[Check] = []
     s = Setup(deadline_s=deadline_s, skip_nats=skip_nats)
-    explicit = _first(config_path, os.environ.get("HOOKSCOPE_CONFIG"))
-    s.config_path = explicit or DEFAULT_CONFIG
+    from emitter.config import config_path as _config_path
+    from emitter.config import load_config
+
+    s.config_path, explicit = _config_path(config_path)  # the file every component reads
     try:
-        s.config = _load_config(explicit)
+        s.config = load_config(config_path)
         if s.config:
             checks.append(Check("config", OK, f"{s.config_path} parsed"))
-        elif explicit is None and not os.path.exists(DEFAULT_CONFIG):
+        elif not explicit and not os.path.exists(DEFAULT_CONFIG):
             checks.append(Check("config", WARN, f"no config file at {DEFAULT_CONFIG}; built-in defaults apply",
                                 f"copy docs/config.md's example to {DEFAULT_CONFIG} to set hook dirs and NATS"))
         else:
@@ -66,35 +59,27 @@ def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=No
         else:
             checks.append(Check("config", FAIL, f"{s.config_path}: {exc}",
                                 "fix the file (TOML syntax, known keys only), then run 'hookscope doctor' again"))
-    runner = s.config.get("runner", {}) if isinstance(s.config.get("runner"), dict) else {}
-    agent = s.config.get("agent", {}) if isinstance(s.config.get("agent"), dict) else {}
     s.slurm_conf = slurm_conf
-    s.journal_dir = str(_first(journal, os.environ.get("HOOKSCOPE_JOURNAL_DIR"), os.environ.get("HOOKSCOPE_JOURNAL"),
-                               _get(runner, "journal_dir"), _get(agent, "journal", "journal_dir"),
-                               contract.JOURNAL_DIR_DEFAULT))
-    url = _first(nats, os.environ.get("HOOKSCOPE_NATS_URL"), _get(agent, "nats"), DEFAULT_NATS)
-    s.nats_urls = [u.strip() for u in (url if isinstance(url, list) else str(url).split(",")) if u.strip()]
-    s.creds = _first(creds, os.environ.get("HOOKSCOPE_NATS_CREDS"), _get(agent, "creds"))
-    s.nkey = _first(os.environ.get("HOOKSCOPE_NATS_NKEY"), _get(agent, "nkey"))
-    s.user = _first(os.environ.get("HOOKSCOPE_NATS_USER"), _get(agent, "user"))
-    s.password = _first(os.environ.get("HOOKSCOPE_NATS_PASSWORD"), _get(agent, "password"))
-    s.tls_ca = _first(os.environ.get("HOOKSCOPE_NATS_TLS_CA"), _get(agent, "tls_ca"))
-    s.tls_cert = _first(os.environ.get("HOOKSCOPE_NATS_TLS_CERT"), _get(agent, "tls_cert"))
-    s.tls_key = _first(os.environ.get("HOOKSCOPE_NATS_TLS_KEY"), _get(agent, "tls_key"))
-    checks += _check_agent_section(s.config)
-    s.layout = runner.get("layout")
-    s.node = str(_first(os.environ.get("HOOKSCOPE_NODE"), runner.get("node"), _get(agent, "node"),
-                        os.uname().nodename.split(".")[0]))
-    t = _get(runner, "timeout_s", "timeout")
-    s.timeout_s = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+    runner = _runner_settings(s.config, checks)
+    agent = _agent_settings(s.config, checks, journal=journal, nats=nats, creds=creds)
+    s.journal_dir = str(agent["journal"])
+    if not journal:
+        from emitter.config import journal_dir
+
+        checks += _spool_agreement(s.journal_dir, journal_dir(s.config, reader="runner")[0])
+    s.nats_urls = split_urls(agent["nats"] or DEFAULT_NATS)
+    for k in natsauth.FIELDS:  # the login the agent would use (Setup.auth)
+        setattr(s, k, agent[k])
+    s.node = str(agent["node"] or os.uname().nodename.split(".")[0])
+    s.layout, s.strict = runner["layout"], runner["strict"]
+    s.timeout_s = float(runner["timeout_s"]) or None
     # The runner ends a script as slurmd does: SIGTERM, then SIGKILL 10 ms
     # later (kill_grace_s is deprecated and ignored), so plan and doctor ask
     # slurm.conf for the same timeout.
     from emitter.process import KILL_AFTER_S
 
     s.kill_grace_s = KILL_AFTER_S
-    s.strict = runner.get("strict", "auto")
-    dirs = runner.get("dirs", {}) if isinstance(runner.get("dirs"), dict) else {}
+    dirs = dict(runner["dirs"])
     if not dirs and not hook_dirs:  # the runner's defaults, where they exist on this node
         dirs = {ctx: d for ctx, d in _default_dirs().items() if os.path.isdir(d)}
     for ctx, d in dirs.items():
@@ -104,19 +89,45 @@ def resolve(config_path=None, slurm_conf=None, journal=None, nats=None, creds=No
     return s, checks
 
 
-def _check_agent_section(cfg: dict) -> list[Check]:
-    """[agent] as the agent itself will read it (unknown keys, bad values)."""
-    if not isinstance(cfg.get("agent"), dict):
-        return []
+def _runner_settings(cfg: dict, checks: list[Check]):
+    """The runner's own settings object (emitter.config.RunnerSettings), as hookscope-hook resolves it."""
+    from emitter.config import RunnerSettings
+
     try:
-        from emitter.agent import AgentSettings
-    except ImportError:
-        return []
+        return RunnerSettings.resolve(cfg)
+    except Exception as exc:  # ConfigError names the key; the checks go on with the defaults
+        checks.append(Check("config", FAIL, f"[runner]: {exc}", "fix the [runner] section (see docs/config.md)"))
+        return RunnerSettings.resolve({})
+
+
+def _agent_settings(cfg: dict, checks: list[Check], **args) -> dict:
+    """The agent's values, from the agent's own resolver (emitter.agentsettings).
+
+    A setting the agent would refuse is a FAIL naming the key; the checks then
+    go on with the same precedence, unvalidated (AgentSettings.gather).  The
+    credential files themselves are checked in detail by check_credentials.
+    """
+    from emitter.agentsettings import AgentSettings
+
     try:
-        AgentSettings.resolve(cfg, env={})
+        st = AgentSettings.resolve(cfg, check_files=False, **args)
+        return {k: getattr(st, k) for k in AgentSettings.keys()}
     except Exception as exc:  # AgentConfigError names the key and the fix
-        return [Check("config", FAIL, f"[agent]: {exc}", "fix the [agent] section (see docs/agent.md)")]
-    return []
+        checks.append(Check("config", FAIL, f"[agent]: {exc}", "fix the [agent] section (see docs/agent.md)"))
+        vals = AgentSettings.gather(cfg, **args)
+        if isinstance(vals.get("nats"), list):
+            vals["nats"] = ",".join(map(str, vals["nats"]))
+        return {k: (v if v is None or isinstance(v, str) else str(v)) for k, v in vals.items()}
+
+
+def _spool_agreement(agent_dir: str, runner_dir: str) -> list[Check]:
+    """The agent ships one spool; the runner must write to that one."""
+    if os.path.abspath(agent_dir) == os.path.abspath(runner_dir):
+        return []
+    return [Check("journal", WARN, f"the runner writes {runner_dir} but the agent ships {agent_dir} ([agent] "
+                                   f"journal or HOOKSCOPE_JOURNAL applies to the agent alone): hook records in "
+                                   f"{runner_dir} are never shipped",
+                  "remove [agent] journal (the agent then follows [runner] journal_dir), or make the two equal")]
 
 
 def _default_dirs() -> dict:
@@ -125,22 +136,6 @@ def _default_dirs() -> dict:
     except ImportError:
         return {}
     return dict(DEFAULT_DIRS)
-
-
-def _load_config(path):
-    try:
-        from emitter.config import load_config
-    except ImportError:  # runner's config module absent: read TOML directly
-        p = path or DEFAULT_CONFIG
-        if not os.path.exists(p):
-            if path:
-                raise FileNotFoundError(f"config file {p} does not exist")
-            return {}
-        import tomllib
-
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    return load_config(path)
 
 
 # ------------------------------------------------------------------ slurm.conf
@@ -261,7 +256,8 @@ def _make_command():
                   show_envvar=True, help="hookscope.toml (default /etc/hookscope/hookscope.toml)")
     @click.option("--slurm-conf", type=click.Path(dir_okay=False), help="slurm.conf to inspect (default /etc/slurm/slurm.conf or the configless cache)")
     @click.option("--journal", type=click.Path(file_okay=False), envvar=["HOOKSCOPE_JOURNAL_DIR", "HOOKSCOPE_JOURNAL"],
-                  show_envvar=True, help="journal directory (default from config; HOOKSCOPE_JOURNAL is deprecated)")
+                  show_envvar=True, help="journal directory (default: as the agent resolves it, [agent] journal then "
+                                           "[runner] journal_dir; HOOKSCOPE_JOURNAL is deprecated)")
     @click.option("--nats", envvar="HOOKSCOPE_NATS_URL", show_envvar=True,
                   help="NATS URL(s), comma separated (default from config)")
     @click.option("--creds", type=click.Path(dir_okay=False), envvar="HOOKSCOPE_NATS_CREDS", show_envvar=True,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emitter import contract
+from emitter.natsauth import NatsAuth
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -36,7 +37,8 @@ class Check:
 
 @dataclass
 class Setup:
-    """What the doctor looks at, resolved once: option, env var, config, default."""
+    """What the doctor looks at, filled by emitter.doctor.resolve from the runner's and
+    the agent's settings objects (option, env var, config, default)."""
     config_path: str | None = None
     config: dict = field(default_factory=dict)
     slurm_conf: str | None = None
@@ -46,6 +48,7 @@ class Setup:
     nkey: str | None = None
     user: str | None = None
     password: str | None = None
+    token: str | None = None
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -57,6 +60,12 @@ class Setup:
     strict: object = "auto"
     deadline_s: float = 2.0
     skip_nats: bool = False
+
+    @property
+    def auth(self) -> NatsAuth:
+        """The NATS login the agent would use (the one NatsAuth type)."""
+        return NatsAuth(creds=self.creds, nkey=self.nkey, user=self.user, password=self.password,
+                        token=self.token, tls_ca=self.tls_ca, tls_cert=self.tls_cert, tls_key=self.tls_key)
 
 
 # ------------------------------------------------------------------ files
@@ -218,9 +227,7 @@ def _secret_file(name: str, path: str, kind: str) -> tuple[Check | None, str | N
         return Check("creds", FAIL, f"{kind} {path}: {exc.strerror or exc}",
                      f"check the path in the config and that root can read {path}"), None
     if os.geteuid() == 0:
-        from emitter.trust import file_problems
-
-        problems = file_problems(path, 0, kind)
+        problems = NatsAuth.trust_problems(path, kind)  # what NatsAuth.check refuses as root
         if problems:
             # As root, the agent refuses it (config.check_trusted): another user could swap the identity.
             return Check("creds", FAIL, f"{'; '.join(problems)}; the agent refuses it as root",
@@ -301,17 +308,6 @@ def _check_tls(s: Setup) -> list[Check]:
     return out
 
 
-def _tls_context(s: Setup):
-    if not (s.tls_ca or s.tls_cert):
-        return None
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=s.tls_ca) if s.tls_ca else ssl.create_default_context()
-    if s.tls_cert and s.tls_key:
-        ctx.load_cert_chain(s.tls_cert, s.tls_key)
-    return ctx
-
-
 # ------------------------------------------------------------------ NATS
 def _server_info(url: str, deadline_s: float) -> dict:
     import json
@@ -374,15 +370,8 @@ def _check_nats_login(s: Setup, urls: list[str]) -> list[Check]:
         # the node's own inbox prefix: per-node auth only lets it read replies there
         kw = dict(connect_timeout=s.deadline_s, allow_reconnect=False, max_reconnect_attempts=0,
                   inbox_prefix=contract.inbox_prefix(s.node))
-        if s.creds:
-            kw["user_credentials"] = s.creds
-        if s.nkey:
-            kw["nkeys_seed"] = s.nkey
-        if s.user:
-            kw.update(user=s.user, password=s.password)
-        tls = _tls_context(s)
-        if tls:
-            kw["tls"] = tls
+        kw.update(s.auth.connect_kwargs(urls))  # the agent's login, through the one NatsAuth
+        if "tls" in kw:
             kw["tls_hostname"] = None
 
         async def quiet(_e):

@@ -82,9 +82,12 @@ def exec_main(argv):
         sys.stderr.write(f"hookscope exec: {exc}{note}\n")
         over = {k: v for k, v in opts.items() if k not in ("config", "context")}
         over.update(layout="exec", passthrough=True)
-        if "journal_dir" not in over and os.environ.get("HOOKSCOPE_JOURNAL_DIR"):
-            over["journal_dir"] = os.environ["HOOKSCOPE_JOURNAL_DIR"]
-        settings, context = cf.runner_settings(cf.salvage_config(opts.get("config")), **over), opts.get("context")
+        from emitter.configsalvage import salvage_config
+
+        # The same resolver on what is valid of the file; the arguments are not checked again: the
+        # script runs whatever our settings say (runner_settings still refuses an unknown key).
+        settings = cf.RunnerSettings.resolve(salvage_config(opts.get("config")), validate_args=False, **over)
+        context = opts.get("context")
     ended, status = run_one(settings, context or os.environ.get("SLURM_SCRIPT_CONTEXT") or "", command)
     sig = ended.get("signal") if ended else None
     if sig:

@@ -1,14 +1,16 @@
-"""Publishing to JetStream: a small synchronous publisher and the SDK exporter.
+"""Publishing to JetStream: a synchronous publisher, the agent's trace exporter, the SDK's.
 
 ``JetStreamPublisher`` owns one NATS connection on a private asyncio loop in a
 daemon thread, so callers (the agent loop, the SDK's span processors) stay
 synchronous.  Every call has a deadline; a dead server costs at most that
 deadline, never a hang (nats-py would otherwise wait on reconnects forever).
 
-``NatsSpanExporter`` is the OpenTelemetry ``SpanExporter``: one
-``ExportTraceServiceRequest`` per ``export()`` call, published with a stable
-``Nats-Msg-Id``; it returns SUCCESS only after the JetStream PubAck, so the
-agent deletes a journal file only once the stream has it.
+``TraceExporter`` publishes the OTLP requests the agent builds from journal
+files, as built (no second encoding), with a stable ``Nats-Msg-Id``; it
+reports success only after the JetStream PubAcks, so the agent deletes a
+journal file only once the stream has it.  ``NatsSpanExporter`` is the
+OpenTelemetry ``SpanExporter`` for SDK users: the SDK's own encoder, then the
+same publishing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 from typing import Sequence
 
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from emitter import EmitterError
@@ -28,6 +31,10 @@ from emitter import natsio, otlp
 
 class PublishError(EmitterError):
     """A publish got no PubAck within its deadline, or NATS refused it."""
+
+
+class MessageTooLarge(PublishError):
+    """One message is over the exporter's ``max_bytes``: nothing was sent."""
 
 
 class JetStreamPublisher:
@@ -184,17 +191,71 @@ class JetStreamPublisher:
         self._thread.join(timeout)
 
 
+class TraceExporter:
+    """Publishes OTLP trace requests as built: one message per hook.
+
+    Each request is split as :func:`emitter.otlp.split_requests` does (a hook
+    span with its script spans, or one standalone span), published on
+    ``hookscope.spans.<cluster>.<node>`` (from the request's resource) with
+    ``Nats-Msg-Id`` from the records it carries, so a retry after a crash is
+    dropped by the stream's duplicate window.  The messages of one call are
+    pipelined; ``export()`` is True only when every one was acked.  It never
+    raises: ``last_error`` says why the last call failed ("... over the
+    N-byte limit" or "... max_payload ..." for a message too large to ship,
+    which the agent reports instead of retrying).  The agent ships the
+    requests it builds from journal files through this, and
+    :class:`NatsSpanExporter` the SDK's spans once encoded.
+    """
+
+    def __init__(self, publisher: JetStreamPublisher, *, timeout: float = 5.0,
+                 max_bytes: int = c.MAX_MESSAGE_BYTES):
+        self.publisher = publisher
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.last_error: str | None = None
+        self.last_ack = None
+        self.last_acks: list = []
+
+    def messages(self, requests) -> list:
+        """[(subject, data, msg_id, content_type)] of the requests; MessageTooLarge
+        when one message is over ``max_bytes``."""
+        items = []
+        for req in requests:
+            for key, part in otlp.split_requests(req):
+                data = part.SerializeToString()
+                if len(data) > self.max_bytes:
+                    raise MessageTooLarge(f"message {key} is {len(data)} bytes, over the "
+                                          f"{self.max_bytes}-byte limit")
+                cluster, node = otlp.resource_of(part)
+                items.append((c.subject(c.SIGNAL_SPANS, cluster, node), data,
+                              c.message_id(cluster, node, c.SIGNAL_SPANS, key), c.CONTENT_TYPE_TRACES))
+        return items
+
+    def export(self, requests) -> bool:
+        try:
+            self.last_acks, self.last_ack = [], None
+            items = self.messages(requests)
+            if items:
+                self.last_acks = self.publisher.publish_many(items, self.timeout)
+                self.last_ack = self.last_acks[-1]
+            self.last_error = None
+            return True
+        except Exception as exc:  # noqa: BLE001 - callers count failures, never crash on them
+            self.last_error = str(exc) if isinstance(exc, MessageTooLarge) else f"{type(exc).__name__}: {exc}"
+            return False
+
+
 class NatsSpanExporter(SpanExporter):
     """OpenTelemetry SpanExporter publishing OTLP protobuf to JetStream.
 
-    ``export()`` sends one ``ExportTraceServiceRequest`` message per hook (the
-    hook span and its script spans) or per standalone span, on
-    ``hookscope.spans.<cluster>.<node>`` (from the spans' resource), with
-    ``Nats-Msg-Id`` from the hook ID, so a retry after a crash is dropped by
-    the stream's duplicate window.  The messages of one call are pipelined
-    and the call returns SUCCESS only when every one was acked.  Never
-    raises; every call is bounded by ``timeout`` seconds.  ``last_error``
-    says why the last export failed (the agent logs it).
+    The spans of one ``export()`` call are encoded by the SDK's own OTLP
+    encoder (``opentelemetry-exporter-otlp-proto-common``, the one the SDK's
+    gRPC and HTTP exporters use) and published by :class:`TraceExporter`:
+    one message per hook or standalone span, on
+    ``hookscope.spans.<cluster>.<node>`` (from the spans' resource), with a
+    stable ``Nats-Msg-Id``.  SUCCESS only after every JetStream PubAck.
+    Never raises; every call is bounded by ``timeout`` seconds;
+    ``last_error`` says why the last export failed.
     """
 
     def __init__(self, publisher: JetStreamPublisher | None = None, *,
@@ -204,37 +265,33 @@ class NatsSpanExporter(SpanExporter):
         if publisher is None:
             publisher = JetStreamPublisher(options or natsio.NatsOptions())
         self.publisher = publisher
-        self.timeout = timeout
-        self.max_bytes = max_bytes
-        self.last_error: str | None = None
-        self.last_ack = None
-        self.last_acks: list = []
+        self.traces = TraceExporter(publisher, timeout=timeout, max_bytes=max_bytes)
         self._shutdown = False
+
+    @property
+    def last_error(self) -> str | None:
+        return self.traces.last_error
+
+    @property
+    def last_acks(self) -> list:
+        return self.traces.last_acks
+
+    @property
+    def last_ack(self):
+        return self.traces.last_ack
 
     def export(self, spans: Sequence) -> SpanExportResult:
         if self._shutdown:
-            self.last_error = "exporter is shut down"
+            self.traces.last_error = "exporter is shut down"
             return SpanExportResult.FAILURE
         if not spans:
             return SpanExportResult.SUCCESS
         try:
-            items = []
-            for key, req in otlp.split_requests(otlp.encode_sdk_spans(spans)):
-                data = req.SerializeToString()
-                cluster, node = otlp.resource_of(req)
-                if len(data) > self.max_bytes:
-                    self.last_error = (f"message {key} is {len(data)} bytes, over the "
-                                       f"{self.max_bytes}-byte limit")
-                    return SpanExportResult.FAILURE
-                items.append((c.subject(c.SIGNAL_SPANS, cluster, node), data,
-                              c.message_id(cluster, node, c.SIGNAL_SPANS, key), c.CONTENT_TYPE_TRACES))
-            self.last_acks = self.publisher.publish_many(items, self.timeout)
-            self.last_ack = self.last_acks[-1]
-            self.last_error = None
-            return SpanExportResult.SUCCESS
+            req = encode_spans(spans)
         except Exception as exc:  # the SDK contract: never raise into the caller
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.traces.last_error = f"{type(exc).__name__}: {exc}"
             return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS if self.traces.export([req]) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         self._shutdown = True

@@ -35,11 +35,12 @@ def main():
         msg = str(exc) if isinstance(exc, cf.UntrustedError) else f"{exc} -- ignoring what is invalid until it is fixed"
         say(f"hookscope-hook: {msg}\n")
         warnings.append(msg)
-        cfg = cf.salvage_config()
+        from emitter.configsalvage import salvage_config
+
+        cfg = salvage_config()
     warnings += cf.deprecations(cfg)
-    settings = cf.runner_settings(cfg)
-    if os.environ.get("HOOKSCOPE_JOURNAL_DIR"):
-        settings["journal_dir"] = os.environ["HOOKSCOPE_JOURNAL_DIR"]
+    # env > file > default, validated once (config.RunnerSettings); the context's dirs from the same object
+    settings = cf.RunnerSettings.resolve(cfg, context=context)
     dirs = cf.context_dirs(settings, context)
     from emitter import runner
 

@@ -12,24 +12,25 @@ before the spawn.  Trouble (full disk, read-only spool, corrupt chain.head)
 never raises into the runner: records are counted as lost in ``<dir>/lost``
 (preallocated, rewritten in place) and one line goes to stderr.
 
-Hot path: stdlib C modules only.  Records are encoded by ``dumps`` below, which
-tests prove byte-identical to ``contract.canonical_json`` (importing json
-costs ~5 ms, more than a no-op hook script).
+Hot path: stdlib C modules only.  The encoding, ``seal`` and the chain head
+are in emitter/journal_chain.py (re-exported here); eviction and reading a
+file back, which a hook seldom or never needs, in emitter/journal_files.py.
 """
 
 import os
-import sys
 
 from emitter import EmitterError
 from emitter import contract as c
-
-try:  # the builtin module, not hashlib (which loads OpenSSL: ~2 ms)
-    if sys.version_info >= (3, 12):
-        from _sha2 import sha256 as _sha256
-    else:
-        from _sha256 import sha256 as _sha256
-except ImportError:  # pragma: no cover - a build without the builtin modules
-    from hashlib import sha256 as _sha256
+from emitter.journal_chain import (  # noqa: F401 (seal, dumps, _sha256: this module's public names)
+    _chain_append,
+    _open_head,
+    _sha256,
+    default_cluster,
+    default_node,
+    dumps,
+    file_name,
+    seal,
+)
 
 LOST_FILE = "lost"
 # The spool bound is checked by scanning the directory (a stat per file), which
@@ -69,263 +70,6 @@ class JournalError(EmitterError):
     """A standalone journal file could not be written (names the directory)."""
 
 
-# ------------------------------------------------------------------ encoding
-_ESC = {i: "\\u%04x" % i for i in range(32)}
-_ESC.update({0x22: '\\"', 0x5C: "\\\\", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x08: "\\b", 0x0C: "\\f"})
-
-
-def _enc(o, out):
-    t = type(o)
-    if t is str:
-        out.append('"' + o.translate(_ESC) + '"')
-    elif o is None:
-        out.append("null")
-    elif o is True:
-        out.append("true")
-    elif o is False:
-        out.append("false")
-    elif t is int:
-        out.append(int.__repr__(o))
-    elif t is dict:
-        out.append("{")
-        first = True
-        for k in sorted(o):
-            if type(k) is not str:
-                raise TypeError(f"journal keys must be str, not {k!r}")
-            if not first:
-                out.append(",")
-            first = False
-            out.append('"' + (k if k.isidentifier() else k.translate(_ESC)) + '":')
-            _enc(o[k], out)
-        out.append("}")
-    elif t is list or t is tuple:
-        out.append("[")
-        for i, v in enumerate(o):
-            if i:
-                out.append(",")
-            _enc(v, out)
-        out.append("]")
-    elif t is float:
-        if o != o or o in (float("inf"), float("-inf")):
-            raise ValueError("journal records hold no NaN/Infinity")
-        out.append(float.__repr__(o))
-    elif isinstance(o, (str, int, float)):  # subclasses (e.g. IntEnum): plain value
-        _enc((str if isinstance(o, str) else int if isinstance(o, int) else float)(o), out)
-    else:
-        raise TypeError(f"cannot journal {type(o).__name__} {o!r}")
-
-
-_HOOK_KEY = b'"' + c.R_HOOK_ID.encode("ascii") + b'":'
-
-
-def _py_dumps(obj):
-    out = []
-    _enc(obj, out)
-    return "".join(out)
-
-
-def _no_default(o):
-    raise TypeError(f"cannot journal {type(o).__name__} {o!r}")
-
-
-try:  # the C encoder json.dumps itself uses, without importing json (~5 ms)
-    from _json import encode_basestring as _c_str
-    from _json import make_encoder as _c_make_encoder
-
-    # json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    _C_ENCODE = _c_make_encoder(None, _no_default, _c_str, None, ":", ",", True, False, False)
-except ImportError:  # pragma: no cover - a build without _json
-    _C_ENCODE = None
-
-
-def dumps(obj):
-    """canonical_json without importing json: sorted keys, no spaces, UTF-8.
-
-    CPython's C encoder (what json.dumps calls) where it accepts the record;
-    the pure-Python encoder otherwise, which names what cannot be journaled."""
-    if _C_ENCODE is not None:
-        try:
-            return "".join(_C_ENCODE(obj, 0))
-        except (TypeError, ValueError):
-            pass
-    return _py_dumps(obj)
-
-
-def _clean(o):
-    """Replace lone surrogates (undecodable file names) so the line is UTF-8."""
-    if isinstance(o, str):
-        return o.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if isinstance(o, dict):
-        return {_clean(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
-
-
-def _splice_ok(record):
-    """True when the top-level "hook" key directly follows where "hash" goes
-    and no object or array before it could hold a nested "hook" key."""
-    if c.R_HOOK_ID not in record:
-        return False
-    for k, v in record.items():
-        if k < c.R_HOOK_ID and (k > c.R_HASH or type(v) in (dict, list, tuple)):
-            return False
-    return True
-
-
-def _digests(record):
-    """{path: sha256 hex} of the record's long strings (``contract.R_DIGESTS``):
-    top-level values and the job's, longer than DIGEST_MIN_CHARS.  None: none."""
-    out = None
-    lim = c.DIGEST_MIN_CHARS
-    for k, v in record.items():
-        if type(v) is str and len(v) > lim:
-            if out is None:
-                out = {}
-            out[k] = _sha256(v.encode("utf-8")).hexdigest()
-    job = record.get(c.R_JOB)
-    if type(job) is dict:
-        for k, v in job.items():
-            if type(v) is str and len(v) > lim:
-                if out is None:
-                    out = {}
-                out[f"{c.R_JOB}.{k}"] = _sha256(v.encode("utf-8")).hexdigest()
-    return out
-
-
-def _hash_body(record):
-    """The bytes the hash covers (contract.record_hash): long values by their
-    digest, so a value cut in transit keeps the record verifiable."""
-    record.pop(c.R_DIGESTS, None)
-    record.pop(c.R_CUT, None)
-    dg = _digests(record)
-    if dg is None:
-        return dumps(record).encode("utf-8"), False
-    record[c.R_DIGESTS] = dg
-    return dumps(c.digest_form(record)).encode("utf-8"), True
-
-
-def seal(record):
-    """Add the ``hash`` and return the line bytes (record is updated in place)."""
-    record.pop(c.R_HASH, None)
-    try:
-        body, digested = _hash_body(record)
-    except UnicodeEncodeError:
-        record.update(_clean(record))
-        body, digested = _hash_body(record)
-    h = _sha256(body).hexdigest()
-    record[c.R_HASH] = h
-    if digested:  # the line holds the full values, not the hashed form
-        return dumps(record).encode("utf-8") + b"\n"
-    # "hash" sorts right before "hook", which every record has at the top
-    # level; an unescaped '"hook":' can only be that key (quotes inside
-    # strings are escaped and no nested object sorts before it).  Splicing
-    # halves the encoding cost; tests check it equals canonical_json.
-    i = body.find(_HOOK_KEY) if _splice_ok(record) else -1
-    if i < 0:
-        return dumps(record).encode("utf-8") + b"\n"
-    return b"".join((body[:i], b'"hash":"', h.encode("ascii"), b'",', body[i:], b"\n"))
-
-
-# ------------------------------------------------------------------ chain head
-_HEX = frozenset("0123456789abcdef")
-
-
-def _new_chain():
-    return os.urandom(8).hex()
-
-
-def _parse_head(data):
-    """(seq, hash, chain) from chain.head bytes; None if corrupt.
-
-    Empty (new or deleted head): a new chain at seq 0.  The two-token form
-    written before chain ids existed keeps its seq/hash and gets a chain id
-    (the append writes the three-token form back, so this happens once).
-    """
-    if not data:
-        return 0, c.CHAIN_GENESIS, _new_chain()
-    try:
-        parts = data.decode("ascii").split()
-        seq = int(parts[0])
-        h = parts[1]
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
-    if seq < 0 or len(h) != 64 or not _HEX.issuperset(h):
-        return None
-    if len(parts) == 2:
-        return seq, h, _new_chain()
-    if len(parts) != 3 or len(parts[2]) != 16 or not _HEX.issuperset(parts[2]):
-        return None
-    return seq, h, parts[2]
-
-
-def _chain_append(head_fd, records, write, on_reset):
-    """Assign chain/seq/prev/hash to ``records`` under the lock and ``write`` their lines.
-
-    ``write(lines)`` must raise OSError on failure, in which case the head is
-    put back (the records never existed).  A missing or corrupt head
-    starts a new chain (new id, seq 1, prev GENESIS) so the store keeps the
-    old chain's records apart from the new one's (same seq numbers).
-
-    The head moves BEFORE the lines are written: a runner SIGKILLed between
-    the two (slurmd kills 10 ms after its SIGTERM, while the runner writes its
-    last records) leaves a gap that ``audit verify`` names, never two records
-    with one seq, of which the store could keep only one.
-    """
-    import fcntl
-
-    fcntl.flock(head_fd, fcntl.LOCK_EX)
-    try:
-        data = os.pread(head_fd, 256, 0)
-        head = _parse_head(data)
-        if head is None:
-            on_reset(data)
-            head = (0, c.CHAIN_GENESIS, _new_chain())
-        seq, prev, chain = head
-        lines = []
-        for r in records:
-            seq += 1
-            r[c.R_CHAIN] = chain
-            r[c.R_SEQ] = seq
-            r[c.R_PREV] = prev
-            lines.append(seal(r))
-            prev = r[c.R_HASH]
-        new = b"%d %s %s\n" % (seq, prev.encode("ascii"), chain.encode("ascii"))
-        _put_head(head_fd, new, len(data))
-        try:
-            write(b"".join(lines))
-        except OSError:
-            try:
-                _put_head(head_fd, data, len(new))
-            except OSError:
-                pass  # the head stays ahead: a gap, reported as lost below
-            raise
-    finally:
-        fcntl.flock(head_fd, fcntl.LOCK_UN)
-
-
-def _put_head(head_fd, data, old_len):
-    os.pwrite(head_fd, data, 0)
-    if old_len > len(data):
-        os.ftruncate(head_fd, len(data))
-
-
-def _open_head(directory):
-    return os.open(os.path.join(directory, c.CHAIN_HEAD_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
-def default_node():
-    return os.uname().nodename.split(".")[0]
-
-
-def default_cluster():
-    return os.environ.get("SLURM_CLUSTER_NAME", "")
-
-
-def file_name(ts_ns, hook_id):
-    return f"{ts_ns:020d}-{hook_id}{c.JOURNAL_SUFFIX}"
-
-
 # ------------------------------------------------------------------ lost counter
 def _read_lost(directory):
     """(count, since_ns, fd or None).  The fd stays open to reset/add in place."""
@@ -345,36 +89,6 @@ def _lost_bytes(n, since):
 
 
 # ------------------------------------------------------------------ eviction
-def _file_summary(path, size):
-    """(complete, first_seq, last_seq) by scanning the canonical text, no json."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False, None, None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    else:
-        return False, None, None  # torn tail: incomplete by definition
-    if not lines:
-        return False, None, None
-
-    def seq(line):
-        i = line.find(b',"seq":')
-        if i < 0:
-            return None
-        j = i + 7
-        k = j
-        while k < len(line) and 48 <= line[k] <= 57:
-            k += 1
-        return int(line[j:k]) if k > j else None
-
-    started = b'"kind":"' + c.K_HOOK_STARTED.encode() + b'"' in data
-    complete = (b'"kind":"' + c.K_HOOK_ENDED.encode() + b'"' in lines[-1]) or not started
-    return complete, seq(lines[0]), seq(lines[-1])
-
-
 def evict_due(directory, interval=EVICT_CHECK_S):
     """True (and the marker touched) when the spool bound should be checked now."""
     marker = os.path.join(directory, EVICT_MARKER)
@@ -392,50 +106,6 @@ def evict_due(directory, interval=EVICT_CHECK_S):
     except OSError:
         pass  # a full or read-only spool: check every time rather than never
     return True
-
-
-def evict(directory, max_bytes, keep=()):
-    """Delete oldest COMPLETE journal files until the spool is under 90 % of the bound.
-
-    Returns None when nothing was evicted, else (files, bytes, [first_seq, last_seq]).
-    """
-    files, total = [], 0
-    with os.scandir(directory) as it:
-        for e in it:
-            if e.name.endswith(c.JOURNAL_SUFFIX) and not e.name.startswith("."):
-                try:
-                    size = e.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
-                files.append((e.name, size))
-                total += size
-    if total <= max_bytes:
-        return None
-    target = max_bytes * 9 // 10
-    files.sort()
-    n = nbytes = 0
-    first = last = None
-    for name, size in files:
-        if total <= target:
-            break
-        if name in keep:
-            continue
-        path = os.path.join(directory, name)
-        complete, s0, s1 = _file_summary(path, size)
-        if not complete:
-            continue
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            continue  # another runner or the agent got it first
-        total -= size
-        n += 1
-        nbytes += size
-        if s0 is not None:
-            first = s0 if first is None else min(first, s0)
-        if s1 is not None:
-            last = s1 if last is None else max(last, s1)
-    return (n, nbytes, [first, last]) if n else None
 
 
 # ------------------------------------------------------------------ the writer
@@ -503,6 +173,8 @@ class Journal:
             self._lost_fd = lfd
         evicted = None
         if spool_max_bytes and evict_due(self.dir, evict_interval):
+            from emitter.journal_files import evict
+
             try:
                 evicted = evict(self.dir, spool_max_bytes)
             except OSError:
@@ -662,36 +334,7 @@ def write_standalone(journal_dir, records, node=None, cluster=None):
 
 # ------------------------------------------------------------------ reading
 def read_records(path):
-    """(records, damage) of one journal file.  Pure except for the read.
+    """(records, damage) of one journal file (emitter/journal_files.py)."""
+    from emitter.journal_files import read_records as read
 
-    A torn last line (runner killed mid-write) or a bad line is reported in
-    ``damage`` (list of str naming the line) and skipped; hashes are verified
-    per record (the chain across files is the store's job).
-    """
-    import json
-
-    with open(path, "rb") as f:
-        data = f.read()
-    records, damage = [], []
-    lines = data.split(b"\n")
-    torn = lines[-1] != b""
-    if not torn:
-        lines.pop()
-    for i, line in enumerate(lines, 1):
-        last = i == len(lines)
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            what = "torn last line (writer killed mid-record)" if last and torn else f"invalid JSON ({exc})"
-            damage.append(f"{path}: line {i}: {what}")
-            continue
-        if last and torn:
-            damage.append(f"{path}: line {i}: no final newline (writer killed mid-record)")
-            continue
-        if c.record_hash(rec) != rec.get(c.R_HASH):
-            damage.append(f"{path}: line {i}: hash mismatch (record altered)")
-            continue
-        records.append(rec)
-    return records, damage
+    return read(path)

@@ -31,7 +31,13 @@ import sys
 _READ_MASKS = ("while read -r k v; do case $k in SigBlk:) b=$v;; SigIgn:) i=$v; break;; esac; "
                "done </proc/self/status")
 
-_HOOK_PY = ("import sys; sys.path.insert(0, {root!r}); from emitter import process; "
+#: The cyclic garbage collector is off for the hook's life (``gc.disable()``):
+#: a hook creates no reference cycles per script (tests/runner/test_runner.py
+#: checks), and the collections that the imports trigger cost 0.3-0.4 ms of CPU
+#: (bench_runner.py --profile; docs/runner.md "Speed").  The process ends by os._exit.
+_NO_GC = "import gc; gc.disable(); "
+
+_HOOK_PY = (_NO_GC + "import sys; sys.path.insert(0, {root!r}); from emitter import process; "
             "process.LAUNCHED = sys.argv[1:4]; del sys.argv[1:4]; from emitter.hook import main, exit_now; "
             "exit_now(main())")
 
@@ -42,7 +48,7 @@ HOOK_TEMPLATE = """#!/bin/sh
 exit $?
 """
 
-_CLI_LEAN_PY = ("import sys; sys.path.insert(0, {root!r}); from emitter import process; "
+_CLI_LEAN_PY = (_NO_GC + "import sys; sys.path.insert(0, {root!r}); from emitter import process; "
                 "process.LAUNCHED = sys.argv[1:4]; del sys.argv[1:4]; sys.argv[0] = 'hookscope'; "
                 "from emitter.cli import main; from emitter.hook import exit_now; exit_now(main())")
 _CLI_FULL_PY = ("import sys; sys.path.insert(0, {root!r}); import site; "

@@ -13,16 +13,12 @@ updated of) existing ones.
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from dataclasses import dataclass, field
 
 from emitter import EmitterError
 from emitter import contract as c
-
-
-class NatsConfigError(EmitterError):
-    """Connection options are invalid (missing creds file, bad URL, TLS files)."""
+from emitter.natsauth import NatsAuth, NatsConfigError  # noqa: F401 - NatsConfigError re-exported
 
 
 class NatsUnavailable(EmitterError):
@@ -69,17 +65,9 @@ class NatsOptions:
             if "://" not in url:
                 raise NatsConfigError(f"NATS URL {url!r} has no scheme: write nats://{url} "
                                       "(or tls://... for TLS)")
-        for label, path in (("creds file", self.creds), ("nkey seed file", self.nkey_seed),
-                            ("TLS CA file", self.tls_ca), ("TLS certificate", self.tls_cert),
-                            ("TLS key", self.tls_key)):
-            if path and not os.path.isfile(path):
-                raise NatsConfigError(f"{label} {path} does not exist or is not a file: "
-                                      "fix the path in --creds/--tls-* or the [agent] config")
-            if path and not os.access(path, os.R_OK):
-                raise NatsConfigError(f"{label} {path} is not readable by uid {os.getuid()}")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise NatsConfigError("TLS client auth needs both a certificate and a key "
-                                  "(--tls-cert and --tls-key)")
+        # The file checks (exists, readable, cert with key) are NatsAuth's, for every component;
+        # the root-ownership check is the caller's (NatsAuth.check), as it depends on who runs.
+        self.auth.check(trust=False)
         if self.max_reconnect_attempts <= 0:
             # 0 or negative mean "forever" in nats-py: exactly what we must not do.
             raise NatsConfigError("max_reconnect_attempts must be >= 1 (nats-py treats "
@@ -88,13 +76,20 @@ class NatsOptions:
             if getattr(self, name) <= 0:
                 raise NatsConfigError(f"{name} must be > 0 seconds")
 
+    @property
+    def auth(self) -> NatsAuth:
+        """The credential fields as the one :class:`emitter.natsauth.NatsAuth`."""
+        return NatsAuth(creds=self.creds, nkey=self.nkey_seed, user=self.user, password=self.password,
+                        token=self.token, tls_ca=self.tls_ca, tls_cert=self.tls_cert, tls_key=self.tls_key)
+
+    @classmethod
+    def from_auth(cls, auth: NatsAuth, **kw) -> "NatsOptions":
+        """Options logging in as ``auth`` (the rest from ``kw``)."""
+        return cls(creds=auth.creds, nkey_seed=auth.nkey, user=auth.user, password=auth.password,
+                   token=auth.token, tls_ca=auth.tls_ca, tls_cert=auth.tls_cert, tls_key=auth.tls_key, **kw)
+
     def tls_context(self) -> ssl.SSLContext | None:
-        if not (self.tls_ca or self.tls_cert) and not any(u.startswith("tls://") for u in self.servers):
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca)
-        if self.tls_cert:
-            ctx.load_cert_chain(self.tls_cert, self.tls_key)
-        return ctx
+        return self.auth.tls_context(self.servers)
 
     def connect_kwargs(self) -> dict:
         kw = dict(
@@ -109,18 +104,7 @@ class NatsOptions:
         )
         if self.inbox_prefix:
             kw["inbox_prefix"] = self.inbox_prefix
-        if self.creds:
-            kw["user_credentials"] = self.creds
-        if self.nkey_seed:
-            kw["nkeys_seed"] = self.nkey_seed
-        if self.user:
-            kw["user"] = self.user
-            kw["password"] = self.password or ""
-        if self.token:
-            kw["token"] = self.token
-        tls = self.tls_context()
-        if tls is not None:
-            kw["tls"] = tls
+        kw.update(self.auth.connect_kwargs(self.servers))
         kw.update(self.extra)
         return kw
 

@@ -13,8 +13,8 @@ alone; every record of the file lands in exactly one span:
   ``node_event`` -> SPAN_NODE_EVENT, ``journal_error``/other -> SPAN_JOURNAL.
 
 GPU samples become one ``ExportMetricsServiceRequest`` of gauges
-(:mod:`emitter.otlp_metrics`); the conversion to and from SDK ReadableSpans
-is in :mod:`emitter.otlp_sdk`; one request into messages (and their
+(:mod:`emitter.otlp_metrics`); the conversion to SDK ReadableSpans (for
+tests and SDK users) is in :mod:`emitter.otlp_sdk`; one request into messages (and their
 ``Nats-Msg-Id`` keys) in :mod:`emitter.otlp_split`.  All are re-exported here.
 
 Both encoders take plain dicts so the collector and tests can use them without
@@ -39,7 +39,7 @@ from emitter.otlp_values import (  # noqa: F401
 # modules share with this one live in emitter.otlp_values (no import cycle).
 from emitter.otlp_metrics import (  # noqa: F401
     GPU_UNITS, decode_metrics, encode_metrics, metrics_request, samples_from_metrics)
-from emitter.otlp_sdk import encode_sdk_spans, sdk_spans  # noqa: F401
+from emitter.otlp_sdk import sdk_spans  # noqa: F401
 from emitter.otlp_split import (  # noqa: F401
     _ENVELOPE, HEADER_ROOM, _records_texts, journal_lines, message_key, records_key, resource_of,
     split_requests)

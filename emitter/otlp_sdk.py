@@ -1,11 +1,12 @@
-"""OTLP trace protobuf <-> opentelemetry-sdk ReadableSpans.
+"""OTLP trace protobuf -> opentelemetry-sdk ReadableSpans.
 
-The agent hands journal files to the SDK's SpanExporter interface as
-ReadableSpans; these two functions convert both ways so that
-encode_sdk_spans(sdk_spans(trace_request(x))) == trace_request(x) (tested).
+The agent publishes the requests it builds as they are
+(:class:`emitter.exporter.TraceExporter`); SDK users export ReadableSpans
+through :class:`emitter.exporter.NatsSpanExporter`, which encodes them with
+the SDK's own encoder.  :func:`sdk_spans` gives the ReadableSpans equivalent
+to a request, so tests can put the same hook through both paths.
 opentelemetry.sdk is imported here only, lazily: direct mode never needs it.
-The value helpers are shared with :mod:`emitter.otlp`, which re-exports
-:func:`sdk_spans` and :func:`encode_sdk_spans`.
+Re-exported by :mod:`emitter.otlp`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from emitter.otlp_values import _attrs, _event, attributes_dict
+from emitter.otlp_values import attributes_dict
 
 
 def sdk_spans(req: ExportTraceServiceRequest) -> list:
@@ -44,44 +45,3 @@ def sdk_spans(req: ExportTraceServiceRequest) -> list:
                     start_time=sp.start_time_unix_nano, end_time=sp.end_time_unix_nano,
                     instrumentation_scope=scope))
     return out
-
-
-def encode_sdk_spans(spans) -> ExportTraceServiceRequest:
-    """ReadableSpans -> one request, grouped by resource then scope (OTLP's shape)."""
-    req = ExportTraceServiceRequest()
-    by_res: dict = {}
-    for span in spans:
-        res_key = tuple(sorted((k, str(v)) for k, v in span.resource.attributes.items()))
-        if res_key not in by_res:
-            rs = req.resource_spans.add()
-            _attrs(rs.resource.attributes, dict(span.resource.attributes))
-            by_res[res_key] = (rs, {})
-        rs, scopes = by_res[res_key]
-        sc = span.instrumentation_scope
-        sc_key = (sc.name, sc.version) if sc else ("", None)
-        if sc_key not in scopes:
-            ss = rs.scope_spans.add()
-            ss.scope.name = sc_key[0]
-            if sc_key[1]:
-                ss.scope.version = sc_key[1]
-            scopes[sc_key] = ss
-        p = scopes[sc_key].spans.add()
-        ctx = span.get_span_context()
-        p.trace_id = ctx.trace_id.to_bytes(16, "big")
-        p.span_id = ctx.span_id.to_bytes(8, "big")
-        if span.parent is not None:
-            p.parent_span_id = span.parent.span_id.to_bytes(8, "big")
-        p.name = span.name
-        p.kind = span.kind.value + 1  # SDK INTERNAL=0 -> OTLP SPAN_KIND_INTERNAL=1
-        p.start_time_unix_nano = span.start_time or 0
-        p.end_time_unix_nano = span.end_time or 0
-        _attrs(p.attributes, {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in (span.attributes or {}).items()})
-        for ev in span.events:
-            _event(p, ev.name, ev.timestamp, {k: (list(v) if isinstance(v, tuple) else v)
-                                              for k, v in (ev.attributes or {}).items()})
-        if span.status.status_code.value:
-            p.status.code = span.status.status_code.value
-            if span.status.description:
-                p.status.message = span.status.description
-    return req

@@ -57,6 +57,11 @@ def _read(path, limit=1 << 22):
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return b""
+    return _read_fd(fd, limit)
+
+
+def _read_fd(fd, limit=1 << 22):
+    """Up to ``limit`` bytes of ``fd`` (b"" on a read error), which is closed."""
     try:
         chunks, n = [], 0
         while n < limit:
@@ -150,8 +155,7 @@ def _environ(pid):
         fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    os.close(fd)
-    data = _read(f"/proc/{pid}/environ")
+    data = _read_fd(fd)
     return data.split(b"\0")[:-1] if data else []
 
 

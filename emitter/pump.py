@@ -1,5 +1,6 @@
 """Reading a script's output and ending it: slurmd's run_command_poll_child
-and run-parts' waitpid, plus the evidence of what a script left behind.
+and run-parts' waitpid, plus the evidence of what a script left behind (found
+by emitter/leftovers.py, imported only when a script leaves something).
 
 Every chunk read goes to ``sink(is_out, data, current)``; ``current`` is False
 for output of an earlier script's leftover (run-parts style), which is passed
@@ -12,17 +13,13 @@ import time
 
 import _signal
 
-from emitter.process import KILL_AFTER_S, _read, kill_group, killpg
+from emitter.process import KILL_AFTER_S, kill_group, killpg
 
 _SIGTERM, _SIGKILL = _signal.SIGTERM, _signal.SIGKILL
 _READ = 65536
 _STOP_GRACE_S = 0.005
-_CMD_MAX = 256
-_LEFTOVERS_MAX = 16
-_SCAN_READLINKS_MAX = 20000
 
 
-# ------------------------------------------------------------------ leftovers
 # ------------------------------------------------------------------ output
 class Tail:
     """The last ``limit`` bytes of a stream, without unbounded growth (O(1) amortized per byte)."""
@@ -72,77 +69,6 @@ class TaskParser:
                 name = line[6:].strip()
                 if name:
                     self.unset.append(name.decode("utf-8", "replace"))
-
-
-def cmdline(pid):
-    raw = _read(f"/proc/{pid}/cmdline", 4096).rstrip(b"\0").replace(b"\0", b" ")
-    if not raw:
-        raw = b"[" + _read(f"/proc/{pid}/comm", 64).strip() + b"]"
-    return raw.decode("utf-8", "replace")[:_CMD_MAX]
-
-
-def find_leftovers(pgid, inodes):
-    """[(pid, in_group)] of processes in group ``pgid`` or holding one of the
-    pipes ``inodes``.  Only called when a script has exited and its output pipe
-    is still open, or its group is not empty: a scan of /proc, bounded."""
-    me = {os.getpid(), os.getppid()}
-    names = [p for p in (n for n in _listdir("/proc")) if p.isdigit() and int(p) not in me]
-    found, budget = [], _SCAN_READLINKS_MAX
-    want = {f"pipe:[{i}]" for i in inodes}
-    for p in names:
-        stat = _read(f"/proc/{p}/stat", 1024)
-        fields = stat.rsplit(b")", 1)[-1].split()
-        if len(fields) > 2 and fields[0] != b"Z" and pgid is not None and fields[2] == str(pgid).encode():
-            found.append((int(p), True))
-        elif want and budget > 0:
-            fdnames = _listdir(f"/proc/{p}/fd")
-            budget -= len(fdnames)
-            for fdn in fdnames:
-                try:
-                    if os.readlink(f"/proc/{p}/fd/{fdn}") in want:
-                        found.append((int(p), False))
-                        break
-                except OSError:
-                    pass
-        if len(found) >= _LEFTOVERS_MAX:
-            break
-    return found
-
-
-def _listdir(path):
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-class Leftover:
-    """A process the script left behind: it held the output pipe after the
-    script exited, or it was still in the script's group at the end."""
-
-    __slots__ = ("pid", "cmd", "pidfd", "since", "gone_at", "fate", "in_group", "held_ns")
-
-    def __init__(self, pid, since, in_group):
-        self.pid, self.cmd, self.since, self.gone_at, self.fate = pid, cmdline(pid), since, None, None
-        self.in_group, self.held_ns = in_group, None
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self.pidfd = None
-
-    def alive(self):
-        if self.pidfd is not None:
-            return not select.select([self.pidfd], [], [], 0)[0]
-        try:
-            stat = _read(f"/proc/{self.pid}/stat", 1024)
-            return bool(stat) and stat.rsplit(b")", 1)[-1].split()[0] != b"Z"
-        except IndexError:
-            return False
-
-    def close(self):
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
 
 
 def poll_ms(deadline, now):
@@ -214,6 +140,8 @@ class Pump:
                 pass
 
     def _note_leftovers(self, ch, poller, pgid, inodes):
+        from emitter.leftovers import Leftover, find_leftovers  # only when a script left something
+
         known = {lo.pid for lo in ch.leftovers}
         for pid, in_group in find_leftovers(pgid, inodes):
             if pid in known:
@@ -309,6 +237,10 @@ class Pump:
         kill_group(ch.pgid)
 
     def _settle(self, ch):
+        if not ch.leftovers:
+            return
+        from emitter.leftovers import cmdline
+
         eof = ch.eof_at
         for lo in ch.leftovers:
             alive = lo.alive()

@@ -153,7 +153,7 @@ def resolve(opts, require_context=True):
 
     Order: option, then environment, then config file, then default.
     """
-    from emitter.config import ConfigError, context_dirs, load_config, runner_settings, validate_runner
+    from emitter.config import ConfigError, RunnerSettings, context_dirs, load_config
 
     cfg = load_config(opts.get("config"))
     context = opts.get("context") or os.environ.get("SLURM_SCRIPT_CONTEXT")
@@ -162,10 +162,7 @@ def resolve(opts, require_context=True):
                           f"use one of: {', '.join(c.CONTEXTS)}")
     overrides = {k: v for k, v in opts.items() if k not in ("config", "context", "dirs", "slurm_conf",
                                                             "from_slurm_conf")}
-    if "journal_dir" not in overrides and os.environ.get("HOOKSCOPE_JOURNAL_DIR"):
-        overrides["journal_dir"] = os.environ["HOOKSCOPE_JOURNAL_DIR"]
-    validate_runner(overrides, "<arguments>")
-    settings = runner_settings(cfg, context=context, **overrides)
+    settings = RunnerSettings.resolve(cfg, context=context, **overrides)
     dirs = opts.get("dirs")
     if not dirs:
         if context is None:

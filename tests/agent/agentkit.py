@@ -1,23 +1,23 @@
 """Helpers for the agent tests: journals written by the real runner code,
-real runner processes, and reading back what reached a real JetStream."""
+real runner processes, and reading back what reached a real JetStream.
+
+The command lines of the stages (runner, agent, collector) and hook dirs are
+the pipeline's: tests.helpers.pipeline (run_cmd, agent_cmd, write_scripts)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from emitter import contract as c
-
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
-HOOKSCOPE = [PY, "-m", "emitter.cli"]
+from tests.helpers.pipeline import ROOT, run_cmd
 
 
 def job_env(job_id, cluster="c1", **extra):
+    """The whole environment of a hook of ``job_id`` as the agent tests run
+    it: ours without SLURM_*, the job's SLURM_* and ``extra``, PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update({"SLURM_JOB_ID": str(job_id), "SLURM_CLUSTER_NAME": cluster, "SLURM_JOB_USER": "alice",
                 "SLURM_JOB_UID": "1000", "SLURM_JOB_PARTITION": "gpu"})
@@ -26,22 +26,11 @@ def job_env(job_id, cluster="c1", **extra):
     return env
 
 
-def make_hooks(d: Path, scripts: dict) -> Path:
-    """scripts: name -> shell body; written 0755."""
-    d.mkdir(parents=True, exist_ok=True)
-    for name, body in scripts.items():
-        p = d / name
-        p.write_text("#!/bin/sh\n" + body + "\n")
-        p.chmod(0o755)
-    return d
-
-
 def run_hook(hooks: Path, journal: Path, context="prolog_slurmd", node="n1", env=None, extra=(),
              timeout=30):
     """Really run `hookscope run` (the runner) and return the CompletedProcess."""
-    cmd = HOOKSCOPE + ["run", "--layout", "slurm", "--dir", str(hooks), "--journal", str(journal),
-                       "--context", context, "--node", node, "--no-strict", *extra]
-    return subprocess.run(cmd, env=env or job_env(1), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(run_cmd(hooks, journal, context, node, "--no-strict", *extra), env=env or job_env(1),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def write_hooks_fast(journal: Path, n: int, node="n1", cluster="c1", scripts=2, job_base=1000):
@@ -99,20 +88,6 @@ async def _stream_messages(url, stream=c.STREAM_NAME, subject_prefix=None):
 def stream_messages(url, subject_prefix="hookscope.spans."):
     """Every message stored in the HOOKSCOPE stream (subject, headers, data)."""
     return asyncio.run(_stream_messages(url, subject_prefix=subject_prefix))
-
-
-def wait_for(pred, timeout=20.0, interval=0.05, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def agent_cmd(url, journal, *extra):
-    return HOOKSCOPE + ["agent", "--nats", url, "--journal", str(journal), "--gpu", "none", *extra]
 
 
 def spans_of(msgs):

@@ -10,8 +10,10 @@ import subprocess
 import time
 
 import pytest
-from agentkit import (HOOKSCOPE, ROOT, agent_cmd, job_env, journal_files, make_hooks, run_hook, spans_of,
-                      stream_messages, wait_for, write_hooks_fast)
+from tests.agent.agentkit import job_env, journal_files, run_hook, spans_of, stream_messages, write_hooks_fast
+from tests.helpers.pipeline import HOOKSCOPE, ROOT, agent_cmd
+from tests.helpers.pipeline import write_scripts as make_hooks
+from tests.helpers import wait_for
 
 from emitter import contract as c
 from emitter import otlp
@@ -138,9 +140,18 @@ def test_restart_nats_mid_stream_exact_count_no_duplicates(tmp_path, nats_server
     proc = start_agent(nats_server.url, j, cfg, log=tmp_path / "agent.log")
     try:
         wait_for(lambda: len(journal_files(j)) < n * 0.95, interval=0.005, what="first messages shipped")
-        nats_server.kill()  # a crash, not a clean shutdown
-        assert journal_files(j), "the agent finished before the restart: nothing tested"
-        time.sleep(2.0)  # longer than the publish deadline: the agent must see the outage
+        # hold the agent while the server crashes: the journal is read while
+        # nothing ships from it, so the crash lands mid-stream for certain
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            nats_server.kill()  # a crash, not a clean shutdown
+            assert journal_files(j), "the agent finished before the restart: nothing tested"
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        # the agent must see the outage (a publish past its deadline) before
+        # the server is back: wait for it to say so, not for a guessed time
+        log = tmp_path / "agent.log"
+        wait_for(lambda: "cannot ship to NATS" in log.read_text(), timeout=60, what="the agent to see the outage")
         nats_server.start()
         wait_for(lambda: not journal_files(j), timeout=60, what="journal drained after the restart")
     finally:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from agentkit import HOOKSCOPE, ROOT
+from tests.helpers.pipeline import HOOKSCOPE, ROOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the trust check applies to root only")
 

@@ -4,9 +4,11 @@ subjects, read only its own inbox) can ship, from the agent and direct mode."""
 import asyncio
 import subprocess
 
-from agentkit import agent_cmd, job_env, journal_files, stream_messages, wait_for, write_hooks_fast
+from tests.agent.agentkit import job_env, journal_files, stream_messages, write_hooks_fast
+from tests.helpers.pipeline import agent_cmd
+from tests.helpers.servers import NatsServer
+from tests.helpers import wait_for
 
-from collector.embedded import NatsServer
 from emitter import contract as c
 from emitter import direct, natsio
 

@@ -13,7 +13,9 @@ import json
 import subprocess
 import time
 
-from agentkit import agent_cmd, job_env, journal_files, make_hooks, run_hook, stream_messages
+from tests.agent.agentkit import job_env, journal_files, run_hook, stream_messages
+from tests.helpers.pipeline import agent_cmd
+from tests.helpers.pipeline import write_scripts as make_hooks
 
 from collector.decode import Decoded, decode_message
 from emitter import contract as c
@@ -100,7 +102,7 @@ def test_agent_once_ships_the_big_hook_and_leaves_nothing(nats_server, tmp_path)
 def test_agent_once_exits_1_and_records_why_when_a_file_cannot_ship(nats_server, tmp_path):
     """A file that cannot fit even cut (here: a server max_payload far below
     ours) stays, is explained by a journal_error, and --once says so (1)."""
-    from collector.embedded import NatsServer
+    from tests.helpers.servers import NatsServer
 
     srv = NatsServer(store_dir=tmp_path / "tiny", config="max_payload: 2048\n").start()
     try:

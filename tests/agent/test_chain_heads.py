@@ -13,12 +13,12 @@ from types import SimpleNamespace
 
 import nkeys
 
-from agentkit import wait_for, write_hooks_fast
+from tests.agent.agentkit import write_hooks_fast
+from tests.helpers import wait_for
 
 from emitter import chainheads
 from emitter import contract as c
 from emitter.agent import Agent, AgentSettings
-from emitter.journal import read_records
 
 
 class Recorder:
@@ -48,8 +48,11 @@ class Recorder:
 
 
 def _last(journal):
-    recs = [r for p in journal.glob("*.jsonl") for r in read_records(p)[0]]
-    return max(recs, key=lambda r: r[c.R_SEQ])
+    """The journal's last record (seq, hash, chain) from its chain head file,
+    not from the journal files: a live agent may already have shipped and
+    deleted those."""
+    seq, hash_, chain = (journal / c.CHAIN_HEAD_FILE).read_text().split()
+    return {c.R_SEQ: int(seq), c.R_HASH: hash_, c.R_CHAIN: chain}
 
 
 def _agent(tmp_path, **kw):

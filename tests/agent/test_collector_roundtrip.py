@@ -2,7 +2,7 @@
 
 import time
 
-from test_otlp import hook_records, rec
+from tests.agent.test_otlp import hook_records, rec
 
 from collector import decode
 from emitter import contract as c

@@ -4,7 +4,7 @@ import socket
 import threading
 import time
 
-from agentkit import journal_files, stream_messages, write_hooks_fast
+from tests.agent.agentkit import journal_files, stream_messages, write_hooks_fast
 
 from emitter import otlp
 from emitter import direct

@@ -11,6 +11,7 @@ from emitter.gpu import detect
 from emitter.gpu.base import GpuError, TimedBackend
 from emitter.gpu.jobs import JobMap, parse_gpu_list
 from emitter.gpu.replay import ReplayBackend, parse_amd_smi_metric_json, parse_nvidia_smi_xml
+from tests.helpers import wait_for
 
 FIX = Path(__file__).resolve().parents[2] / "emitter" / "fixtures" / "gpu"
 NV = FIX / "nvidia-smi-q-x-8xH100.xml"
@@ -73,8 +74,8 @@ def test_hung_backend_times_out_marks_unhealthy_and_recovers():
     assert time.monotonic() - t < 0.05 and backend.calls == 1
     backend.block = None
     backend.close()  # the hung call returns
-    time.sleep(0.05)
-    got = tb.sample()
+    # [] while the hung thread has not finished yet: wait on that, not a guess
+    got = wait_for(tb.sample, 10, what="the hung GPU call to return")
     assert len(got) == 8 and tb.healthy and all(s.ts for s in got)
     assert any("unhealthy" in m for m in logs)
 

@@ -1,6 +1,7 @@
 """Connection options and stream set-up against a real nats-server."""
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -79,7 +80,7 @@ def test_unreachable_server_fails_fast():
 
 def test_exporter_never_raises_and_respects_deadline_when_nats_is_down():
     from emitter import otlp
-    from test_otlp import hook_records
+    from tests.agent.test_otlp import hook_records
 
     pub = JetStreamPublisher(natsio.NatsOptions(servers="nats://127.0.0.1:9", connect_timeout=0.3,
                                                 max_reconnect_attempts=1, request_timeout=0.5))
@@ -99,10 +100,10 @@ def test_exporter_never_raises_and_respects_deadline_when_nats_is_down():
 
 
 def test_exporter_publishes_with_msg_id_and_dedupes(nats_server):
-    from agentkit import stream_messages
+    from tests.agent.agentkit import stream_messages
 
     from emitter import otlp
-    from test_otlp import HOOK, hook_records
+    from tests.agent.test_otlp import HOOK, hook_records
 
     pub = JetStreamPublisher(natsio.NatsOptions(servers=nats_server.url))
     ex = NatsSpanExporter(pub)
@@ -120,3 +121,67 @@ def test_exporter_publishes_with_msg_id_and_dedupes(nats_server):
     assert HOOK not in m.headers[c.HDR_MSG_ID]  # not guessable from the hook ID
     assert m.headers[c.HDR_SCHEMA] == str(c.SCHEMA_VERSION)
     assert m.headers[c.HDR_CONTENT_TYPE] == c.CONTENT_TYPE_TRACES
+
+
+# ---------------------------------------------------------------- issue 13: one NatsAuth
+def test_nats_auth_precedence_argument_env_section():
+    from emitter.natsauth import NatsAuth
+
+    section = {"creds": "/sec.creds", "user": "secuser", "password": "secpw", "nats": "nats://s:1"}
+    env = {"HOOKSCOPE_NATS_USER": "envuser", "HOOKSCOPE_NATS_TOKEN": ""}
+    a = NatsAuth.resolve(section, env, creds="/arg.creds")
+    assert (a.creds, a.user, a.password, a.token) == ("/arg.creds", "envuser", "secpw", None)
+    assert NatsAuth.resolve({}, {}) == NatsAuth()
+    assert "secpw" not in repr(NatsAuth.resolve(section, {}))  # secrets stay out of logs
+    with pytest.raises(TypeError, match="tls_cafile"):
+        NatsAuth.resolve({}, {}, tls_cafile="/x")
+    with pytest.raises(AttributeError, match="frozen"):
+        a.user = "x"
+
+
+def test_nats_auth_check_names_the_file_the_key_and_the_fix(tmp_path):
+    from emitter.natsauth import NatsAuth, NatsConfigError
+
+    with pytest.raises(NatsConfigError, match=r"NATS creds file .*nope.creds cannot be read \(it does not exist.*\[collector\] creds"):
+        NatsAuth(creds=str(tmp_path / "nope.creds"), section="collector").check()
+    key = tmp_path / "k.pem"
+    key.write_text("x")
+    with pytest.raises(NatsConfigError, match=r"both a certificate and a key.*\[agent\] tls_cert"):
+        NatsAuth(tls_key=str(key)).check()
+    with pytest.raises(NatsConfigError, match="user 'u' has no password"):
+        NatsAuth(user="u").check(need_password=True)
+    with pytest.raises(NatsConfigError, match="no user: add --user"):
+        NatsAuth(password="p").check(need_password=True)
+    assert NatsAuth(user="u").check().connect_kwargs() == {"user": "u", "password": ""}
+    with pytest.raises(NatsConfigError, match="agent.creds must be a string"):
+        NatsAuth(creds=5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ownership check applies to root")
+def test_nats_auth_refuses_a_file_another_user_can_swap_as_root(tmp_path):
+    from emitter.config import UntrustedError
+    from emitter.natsauth import NatsAuth
+
+    d = tmp_path / "keys"
+    d.mkdir()
+    os.chmod(tmp_path, 0o755)
+    seed = d / "node.nk"
+    seed.write_text("SU...\n")
+    os.chown(seed, 65534, 65534)
+    with pytest.raises(UntrustedError, match=r"node.nk.*owned by uid 65534"):
+        NatsAuth(nkey=str(seed)).check()
+    NatsAuth(nkey=str(seed)).check(trust=False)  # presence only (NatsOptions)
+    NatsAuth(nkey=str(seed)).check(euid=1000)  # not root: nothing to refuse
+
+
+def test_nats_options_log_in_through_nats_auth(tmp_path):
+    from emitter.natsauth import NatsAuth
+
+    creds = tmp_path / "n.creds"
+    creds.write_text("x")
+    auth = NatsAuth(creds=str(creds), token="t")
+    o = natsio.NatsOptions.from_auth(auth, servers="nats://a:1")
+    assert o.auth == auth
+    kw = o.connect_kwargs()
+    assert kw["user_credentials"] == str(creds) and kw["token"] == "t" and kw["servers"] == ["nats://a:1"]
+    assert natsio.NatsConfigError is __import__("emitter.natsauth").natsauth.NatsConfigError

@@ -2,7 +2,7 @@
 
 import stat
 
-from agentkit import journal_files
+from tests.agent.agentkit import journal_files
 
 from emitter import contract as c
 from emitter import spool

@@ -134,14 +134,104 @@ def test_oversized_outputs_are_cut_to_fit_and_marked():
     assert len(otlp.journal_lines(req)) == len(recs)  # nothing dropped
 
 
-def test_sdk_round_trip_is_identical():
+def _without_sdk_flags(req):
+    """``req`` less what the SDK's encoder adds to every span: ``flags``
+    (SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE) and an empty ``status`` when unset."""
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                sp.ClearField("flags")
+                if not sp.status.code and not sp.status.message:
+                    sp.ClearField("status")
+    return req
+
+
+def test_sdk_encoder_carries_the_same_spans():
+    """The same hook as ReadableSpans, encoded by the SDK's own encoder (the
+    NatsSpanExporter path), gives the request the agent builds and publishes."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
     for kw in ({}, {"abandoned_ts": 7000}):
         recs = hook_records(end=not kw)
         req = otlp.trace_request(recs, gpu_snapshots=[{"index": 0, "uuid": "GPU-1", "model": "H100",
                                                        "metrics": {c.M_GPU_POWER: 500.5}, "ts": 1001}], **kw)
-        again = otlp.encode_sdk_spans(otlp.sdk_spans(req))
-        assert again == req
+        again = encode_spans(otlp.sdk_spans(req))
+        assert _without_sdk_flags(again) == req
+        assert [k for k, _ in otlp.split_requests(again)] == [k for k, _ in otlp.split_requests(req)]
     assert otlp.message_key(req) == HOOK and otlp.resource_of(req) == ("c1", "n1")
+
+
+class _Recorder:
+    """publish_many/publish like JetStreamPublisher, acking everything."""
+
+    def __init__(self):
+        self.msgs = []
+
+    def publish_many(self, items, timeout=None):
+        from types import SimpleNamespace
+
+        self.msgs += [(s, d, m) for s, d, m, _ in items]
+        return [SimpleNamespace(duplicate=False, seq=i) for i, _ in enumerate(items)]
+
+    def publish(self, subject, data, msg_id, content_type, timeout=None):
+        return self.publish_many([(subject, data, msg_id, content_type)])[0]
+
+    def close(self):
+        pass
+
+
+def _messages(req):
+    cluster, node = otlp.resource_of(req)
+    return [(c.subject(c.SIGNAL_SPANS, cluster, node), part.SerializeToString(),
+             c.message_id(cluster, node, c.SIGNAL_SPANS, key)) for key, part in otlp.split_requests(req)]
+
+
+def test_agent_publishes_the_request_it_builds(tmp_path):
+    """One encoding: the agent's messages are the split of the request built
+    from each journal file (plus the spool owner), byte for byte."""
+    from emitter import spool
+    from emitter.agent import Agent, AgentSettings
+    from tests.agent.agentkit import write_hooks_fast
+
+    write_hooks_fast(tmp_path / "j", 3, scripts=3)
+    want = []
+    for jf in spool.scan(str(tmp_path / "j")):
+        req = otlp.fitted_trace(jf.entries)
+        for rs in req.resource_spans:
+            otlp._attrs(rs.resource.attributes, {c.A_ATTESTED_UID: 0})
+        want += _messages(req)
+    s = AgentSettings.resolve({}, env={}, journal=str(tmp_path / "j"), node="n1", cluster="c1", gpu="none")
+    rec = _Recorder()
+    assert Agent(s, publisher=rec, log=lambda m: None).run(once=True) == 0
+    assert [m for m in rec.msgs if m[0].startswith("hookscope.spans.")] == want and len(want) == 3
+
+
+def test_exporters_publish_exactly_the_encoded_requests():
+    """TraceExporter publishes the requests as given; NatsSpanExporter
+    publishes what the SDK's encode_spans gives for its spans, split the same
+    way.  A message over max_bytes sends nothing and says why."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from emitter.exporter import NatsSpanExporter, TraceExporter
+
+    hook = otlp.trace_request(hook_records())
+    standalone = otlp.trace_request([rec(c.K_NODE_EVENT, 20, 2000, state="DRAIN", reason="x", source="scontrol"),
+                                     rec(c.K_JOURNAL_ERROR, 21, 2100, path="/j/x", reason="bad")])
+    rec_pub = _Recorder()
+    tx = TraceExporter(rec_pub)
+    assert tx.export([hook, standalone]) and tx.last_error is None
+    assert rec_pub.msgs == _messages(hook) + _messages(standalone) and len(rec_pub.msgs) == 3
+
+    spans = otlp.sdk_spans(otlp.trace_request(hook_records(job_id="78")))
+    rec_pub.msgs = []
+    ex = NatsSpanExporter(rec_pub)
+    assert ex.export(spans).name == "SUCCESS"
+    assert rec_pub.msgs == _messages(encode_spans(spans)) and len(rec_pub.msgs) == 1
+
+    rec_pub.msgs = []
+    small = TraceExporter(rec_pub, max_bytes=100)
+    assert not small.export([hook]) and rec_pub.msgs == []
+    assert "over the 100-byte limit" in small.last_error and small.last_error.startswith("message ")
 
 
 def test_metrics_round_trip():

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from agentkit import write_hooks_fast
+from tests.agent.agentkit import write_hooks_fast
 
 from emitter import contract as c
 from emitter import spool

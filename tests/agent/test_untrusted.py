@@ -11,9 +11,10 @@ import stat
 import subprocess
 
 import pytest
-from agentkit import agent_cmd, job_env, journal_files, stream_messages, write_hooks_fast
+from tests.agent.agentkit import job_env, journal_files, stream_messages, write_hooks_fast
+from tests.helpers.pipeline import agent_cmd
+from tests.helpers.servers import NatsServer
 
-from collector.embedded import NatsServer
 from emitter import contract as c
 from emitter import natsio, otlp, spool
 

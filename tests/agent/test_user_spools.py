@@ -16,7 +16,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from agentkit import ROOT, agent_cmd, job_env, journal_files, make_hooks, stream_messages, write_hooks_fast
+from tests.agent.agentkit import job_env, journal_files, stream_messages, write_hooks_fast
+from tests.helpers.pipeline import ROOT, agent_cmd
+from tests.helpers.pipeline import write_scripts as make_hooks
 
 from emitter import contract as c
 from emitter import otlp, userspool

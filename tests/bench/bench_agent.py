@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "agent"))
+sys.path.insert(0, str(ROOT))  # run as a script: the repo's packages and tests.*
 
-from agentkit import journal_files, write_hooks_fast  # noqa: E402
+from tests.agent.agentkit import journal_files, write_hooks_fast  # noqa: E402
 
 from collector.embedded import NatsServer  # noqa: E402
 from emitter import contract as c  # noqa: E402

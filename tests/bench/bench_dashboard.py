@@ -175,8 +175,7 @@ def main(argv=None):
         if a.history == "own":
             generate(db, rows)
         else:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            import bench_queries
+            from tests.bench import bench_queries
 
             os.makedirs(os.path.dirname(db), exist_ok=True)
             work_path = os.path.join(os.path.dirname(db), "work.duckdb")

@@ -20,7 +20,10 @@ interpreter start-up no Python runner can go below.
 
 The second floor row is the same ``python -I -S -c pass`` started the way the
 ``hookscope-hook`` launcher starts Python (a /bin/sh that reads the original
-signal masks, then forks Python): the launcher's own cost.
+signal masks, then forks Python): the launcher's own cost.  The third is the
+least any Python runner can do (``_MINIMAL``: import os, posix_spawn and reap
+each script; no launcher, journal, pipes or fidelity): where its ratio is at
+or above a goal, no Python runner can meet that goal on this machine.
 
 Run: make bench   (or .venv/bin/python tests/bench/bench_runner.py [--reps N] [--only a|b|c]
 [--also LABEL=VENV]).  --also adds another tree's lean launcher as one more row,
@@ -141,6 +144,16 @@ def clean_journal(j):
             p.unlink()
 
 
+#: The least any Python runner does (issue 11's reference): ``os``, then each
+#: script started with posix_spawn and reaped, in run-parts order; no
+#: launcher, config, journal, output pipe or process-state fidelity.
+_MINIMAL = ("import os, sys; d = sys.argv[1]\n"
+            "for n in sorted(os.listdir(d)):\n"
+            "    p = os.path.join(d, n); pid = os.posix_spawn(p, [p], {})\n"
+            "    if os.waitpid(pid, 0)[1]: os._exit(1)\n"
+            "os._exit(0)")
+
+
 def bench_case(label, hook_dir, base, reps, warmup=5):
     journal = base / f"journal-{hook_dir.name}"
     cfg = base / f"{hook_dir.name}.toml"
@@ -161,6 +174,8 @@ def bench_case(label, hook_dir, base, reps, warmup=5):
     cmds = {
         "floor: python -I -S -c pass": ([str(VENV_BIN / "python"), "-I", "-S", "-c", "pass"], base_env),
         "floor through the /bin/sh launcher": ([str(floor_sh)], base_env),
+        "floor: minimal Python runner": ([str(VENV_BIN / "python"), "-I", "-S", "-c", _MINIMAL, str(hook_dir)],
+                                         base_env),
         "run-parts --exit-on-error": ([run_parts, "--exit-on-error", str(hook_dir)], base_env),
         "hookscope-hook (slurm.conf)": ([str(VENV_BIN / "hookscope-hook")], hook_env),
         "hookscope-hook, fsync = false": ([str(VENV_BIN / "hookscope-hook")],
@@ -191,11 +206,13 @@ def bench_case(label, hook_dir, base, reps, warmup=5):
         q = statistics.quantiles(times[name], n=10)
         print(f"  {name:<36} {m * 1000:8.2f} ms   {q[0] * 1000:7.2f}  {q[-1] * 1000:7.2f}   "
               f"{m / ref:5.2f}x   {cmed[name] * 1000:7.2f} ms  {cmed[name] / cref:5.2f}x")
-    return med["hookscope-hook (slurm.conf)"] / ref, med["hookscope run --layout run-parts"] / ref
+    return (med["hookscope-hook (slurm.conf)"] / ref, med["hookscope run --layout run-parts"] / ref,
+            med["floor: minimal Python runner"] / ref)
 
 
 # ------------------------------------------------------------------ --profile
 _PHASES = r"""
+import gc; gc.disable()  # as the lean launchers do (emitter/launcher.py)
 import sys, time
 clock = time.process_time if sys.argv[1] == "cpu" else time.perf_counter
 T = [clock()]
@@ -264,13 +281,62 @@ def profile(base, reps):
     sp = {how: statistics.median(_spawns(10, script, how) for _ in range(reps)) for how in ("posix_spawn", "spawn")}
     print(f"  ten no-op scripts started and reaped from Python: os.posix_spawn {sp['posix_spawn'] * 1000:.2f} ms, "
           f"emitter.process.spawn {sp['spawn'] * 1000:.2f} ms (median of {reps})")
-    pre = f"import sys, os; sys.path.insert(0, {str(ROOT)!r}); import emitter.runner, emitter.config, emitter.hook"
+    pre = (f"import gc; gc.disable(); import sys, os; sys.path.insert(0, {str(ROOT)!r}); "
+           "import emitter.runner, emitter.config, emitter.hook")
     cmds = {"python -I -S -c pass": "pass", "+ the hot path's imports": pre, "+ the imports, then os._exit(0)":
             pre + "; os._exit(0)"}
     t = {k: statistics.median(spawn_wait([py, "-I", "-S", "-c", c], {})[0] for _ in range(reps * 2))
          for k, c in cmds.items()}
     for k, v in t.items():
         print(f"  {k:<36} {v * 1000:6.2f} ms wall (median of {reps * 2})")
+    _import_costs(py, reps * 4)
+
+
+#: The hot path's imports in the order a hook first needs them (the stdlib C
+#: extensions first, so each project module's figure is its own).
+_HOT_IMPORTS = ("os", "_sha256", "_json", "select", "fcntl", "_posixsubprocess", "emitter", "emitter.contract",
+                "emitter.process", "emitter.hook", "emitter.config", "emitter.settings", "emitter.journal_chain",
+                "emitter.journal", "emitter.layouts", "emitter.pump", "emitter.runner")
+_TIME_IMPORTS = r"""
+import sys, time
+if sys.argv[1] == "off":
+    import gc; gc.disable()
+sys.path.insert(0, sys.argv[2])
+clock, out = time.process_time, []
+for m in sys.argv[3:]:
+    t = clock(); __import__(m); out.append(clock() - t)
+print(" ".join("%.1f" % (x * 1e6) for x in out))
+"""
+
+
+def _hot_modules(root):
+    # a module that tree does not have (yet) is left out, not an error
+    return [m for m in _HOT_IMPORTS if not m.startswith("emitter.") or (root / (m.replace(".", "/") + ".py")).exists()]
+
+
+def _import_costs(py, n):
+    """CPU of each hot-path import, first in a fresh process, and of all of them
+    with the cyclic GC on and off (the lean launchers turn it off); the same
+    totals for each --also tree (its root: the directory above its VENV)."""
+    import subprocess
+
+    trees = {"": ROOT, **{f" ({name})": Path(venv).resolve().parent for name, venv in ALSO.items()}}
+    rows = {(label, gc_mode): [] for label in trees for gc_mode in ("on", "off")}
+    for _ in range(n):
+        for label, gc_mode in rows:
+            root = trees[label]
+            out = subprocess.run([py, "-I", "-S", "-c", _TIME_IMPORTS, gc_mode, str(root), *_hot_modules(root)],
+                                 capture_output=True, text=True, check=True).stdout
+            rows[label, gc_mode].append([float(x) for x in out.split()])
+    mods = _hot_modules(ROOT)
+    print(f"  first import, CPU, GC off (minimum and median of {n} fresh processes):")
+    for i, m in enumerate(mods):
+        col = sorted(r[i] for r in rows["", "off"])
+        print(f"    {m:<34} min {col[0]:7.0f} us  median {col[len(col) // 2]:7.0f} us")
+    for (label, gc_mode), r in rows.items():
+        tot = sorted(sum(x) for x in r)
+        print(f"  {'all of them' + label + ', GC ' + gc_mode:<36} min {tot[0] / 1000:6.2f} ms  "
+              f"median {tot[len(tot) // 2] / 1000:6.2f} ms")
 
 
 def main(argv=None):
@@ -300,14 +366,16 @@ def main(argv=None):
     try:
         if args.only in (None, "a"):
             noop = make_dir(base, "noop", "exit 0")
-            a_hook, a_run = bench_case("a: 10 no-op scripts", noop, base, args.reps)
+            a_hook, a_run, a_min = bench_case("a: 10 no-op scripts", noop, base, args.reps)
             verdict.append(f"  (a) hookscope-hook {a_hook:.2f}x, hookscope run {a_run:.2f}x run-parts  (goal <= 2.0x, "
-                           f"defect > 2.5x): {'goal met' if a_hook <= 2.0 else 'within bound' if a_hook <= 2.5 else 'DEFECT'}")
+                           f"defect > 2.5x): {'goal met' if a_hook <= 2.0 else 'within bound' if a_hook <= 2.5 else 'DEFECT'}"
+                           f"; a minimal Python runner {a_min:.2f}x")
         if args.only in (None, "b"):
             sleepy = make_dir(base, "sleep20", "sleep 0.02")
-            b_hook, b_run = bench_case("b: 10 scripts x 20 ms", sleepy, base, max(10, args.reps // 5))
+            b_hook, b_run, b_min = bench_case("b: 10 scripts x 20 ms", sleepy, base, max(10, args.reps // 5))
             verdict.append(f"  (b) hookscope-hook {b_hook:.3f}x, hookscope run {b_run:.3f}x run-parts  "
-                           f"(goal <= 1.05x): {'goal met' if b_hook <= 1.05 else 'missed'}")
+                           f"(goal <= 1.05x): {'goal met' if b_hook <= 1.05 else 'missed'}; "
+                           f"a minimal Python runner {b_min:.3f}x")
         if args.only in (None, "c"):
             c_hook = bench_flood(base, max(5, args.reps // 20))
             verdict.append(f"  (c) hookscope-hook {c_hook:.2f}x the bare script  (goal <= 1.5x): "

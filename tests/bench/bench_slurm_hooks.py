@@ -33,12 +33,11 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+sys.path.insert(0, str(ROOT))  # run as a script: the repo's packages and tests.*
 
-from tiers import slurm_missing_reason  # noqa: E402
-
-from slurm.cluster import SlurmCluster, reap_stale  # noqa: E402
-from slurm.scenario import CONFIG_HEADER, CONFIG_PATH, hook_binary  # noqa: E402
+from tests.slurm.cluster import SlurmCluster, reap_stale  # noqa: E402
+from tests.slurm.scenario import CONFIG_HEADER, CONFIG_PATH, hook_binary  # noqa: E402
+from tests.tiers import slurm_missing_reason  # noqa: E402
 
 LOCK_PATH = "/tmp/hookscope-slurm-tier.lock"
 SHAPES = {"1 script": 1, "10 scripts": 10, "200 scripts": 200}

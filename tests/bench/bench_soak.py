@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))  # run as a script: the repo's packages and tests.*
 
-from bench_load import CLUSTER, consumer_state, ensure_streams, start_collector, stop, store_counts  # noqa: E402
-from simjournal import SimNode  # noqa: E402
+from tests.bench.bench_load import (CLUSTER, consumer_state, ensure_streams, start_collector,  # noqa: E402
+                                    stop, store_counts)
+from tests.bench.simjournal import SimNode  # noqa: E402
 from collector.embedded import NatsServer  # noqa: E402
 from emitter.contract import CHAIN_GENESIS  # noqa: E402
 

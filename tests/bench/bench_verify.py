@@ -28,9 +28,8 @@ from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-for p in (str(ROOT), str(ROOT / "tests" / "queries")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script: the repo's packages and tests.*
 
 
 def build(path: str, hooks: int, nodes: int) -> int:
@@ -38,8 +37,7 @@ def build(path: str, hooks: int, nodes: int) -> int:
     import nkeys
     import pyarrow as pa
 
-    import queries_scenario  # noqa: F401  (registers the builder as qbuilder)
-    from qbuilder import T0, StoreBuilder, script
+    from tests.queries.builder import T0, StoreBuilder, script
 
     from queries.verify_heads import head_payload
 

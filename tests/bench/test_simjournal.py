@@ -1,14 +1,10 @@
 """The benchmarks' template journal writer writes what the runner writes."""
 
 import json
-import sys
-from pathlib import Path
 
 from emitter import contract as c
 from emitter import journal as jn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simjournal import SimNode  # noqa: E402
+from tests.bench.simjournal import SimNode
 
 
 def test_sim_files_are_valid_chained_runner_journals(tmp_path):

@@ -7,7 +7,7 @@ import time
 
 import duckdb
 import pytest
-from gen import Node
+from tests.collector.gen import Node
 
 from collector import schema
 from collector.columns import NAMES, Batch

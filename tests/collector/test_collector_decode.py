@@ -13,7 +13,7 @@ from collector import decode as D
 from collector.columns import Batch, check_rows, to_arrow
 from emitter import contract as C
 from emitter import otlp
-from gen import Node, gpu_message, hook_message
+from tests.collector.gen import Node, gpu_message, hook_message
 
 NOW = time.time_ns()
 SPANS = C.subject(C.SIGNAL_SPANS, "gpu1", "node001")

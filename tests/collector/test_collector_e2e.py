@@ -14,14 +14,15 @@ from collector import decode as D
 from collector import schema
 from collector.config import CollectorConfig
 from collector.consumer import Collector
-from collector.embedded import EmbeddedCluster
 from collector.metrics import serve_metrics
 from collector.rebuild import from_archive, from_stream
 from emitter import contract as C
 from emitter import otlp
-from gen import Node, gpu_message, hook_message
-from harness import (collect_once, compare_stores, counts, http_get, metric_value, no_duplicates,
-                     publish, start_collect_process, wait_for)
+from tests.collector.gen import Node, gpu_message, hook_message
+from tests.collector.harness import compare_stores, counts, http_get, metric_value, no_duplicates
+from tests.helpers import wait_for
+from tests.helpers.pipeline import HOOKSCOPE, ROOT, collect_once, publish, start_collect_process
+from tests.helpers.servers import NatsCluster
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,6 @@ def test_collect_exact_counts_duplicates_and_replay(nats_server, tmp_path):
     from_archive(str(arch), str(rebuilt), progress=False)
     assert compare_stores(db, rebuilt) == {}
     # the CLI: progress on stderr, counts on stdout, same result
-    from harness import HOOKSCOPE, ROOT
     cli_db = tmp_path / "cli.duckdb"
     r = subprocess.run([*HOOKSCOPE, "rebuild", "--db", str(cli_db), "--archive", str(arch)], cwd=str(ROOT),
                        capture_output=True, text=True, timeout=120)
@@ -338,13 +338,13 @@ def test_two_collectors_share_one_durable(nats_server, tmp_path):
 
 
 def test_three_node_cluster_r3_kill_one_mid_ingest(tmp_path):
-    cluster = EmbeddedCluster(tmp_path / "cluster").start()
+    cluster = NatsCluster(tmp_path / "cluster").start()
     try:
         msgs, expect = workload(n_hooks=300, n_nodes=10)
         half = len(msgs) // 2
-        publish(cluster.urls, msgs[:half], replicas=3)
+        publish(cluster.url, msgs[:half], replicas=3)
         db, arch = tmp_path / "h.duckdb", tmp_path / "archive"
-        col, stop = _run_in_thread(CollectorConfig(nats_url=cluster.urls, db=str(db), archive=str(arch),
+        col, stop = _run_in_thread(CollectorConfig(nats_url=cluster.url, db=str(db), archive=str(arch),
                                                    instance="k1", batch=20, replicas=3, fsync=False))
         try:
             wait_for(lambda: col.metrics.snapshot()["messages"] >= 20, 30, what="first batch")
@@ -382,15 +382,15 @@ def test_metrics_endpoint_reports_ingest(nats_server, tmp_path):
 def test_cli_collect_embedded_default(tmp_path):
     """No --nats: the embedded nats-server starts next to the DB and stops on exit."""
     db = tmp_path / "store" / "h.duckdb"
-    r = subprocess.run([*__import__("harness").HOOKSCOPE, "collect", "--db", str(db), "--once",
+    r = subprocess.run([*HOOKSCOPE, "collect", "--db", str(db), "--once",
                         "--nats-port", "0"], capture_output=True, text=True, timeout=60,
-                       cwd=str(__import__("harness").ROOT))
+                       cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     assert "embedded nats-server" in r.stderr and "stored 0 messages" in r.stderr
     assert (tmp_path / "store" / "nats" / "jetstream").is_dir()
     assert counts(db)["hook_runs"] == 0
-    out = subprocess.run([*__import__("harness").HOOKSCOPE, "collect", "--help"], capture_output=True, text=True,
-                         cwd=str(__import__("harness").ROOT))
+    out = subprocess.run([*HOOKSCOPE, "collect", "--help"], capture_output=True, text=True,
+                         cwd=str(ROOT))
     assert "Example:" in out.stdout
 
 
@@ -398,7 +398,6 @@ def test_cli_serve_runs_nats_collector_and_dashboard(tmp_path):
     """`hookscope serve`: embedded NATS + collector + dashboard; SIGTERM stops all three."""
     import re
 
-    from harness import HOOKSCOPE, ROOT
     db = tmp_path / "h.duckdb"
     p = subprocess.Popen([*HOOKSCOPE, "serve", "--db", str(db), "--nats-port", "0", "--port", "0"],
                          cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

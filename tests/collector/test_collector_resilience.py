@@ -15,11 +15,12 @@ import pytest
 from collector.cli import _settings, collect
 from collector.config import DEFAULT_MEMORY_LIMIT, CollectorConfig, NatsAuth
 from collector.consumer import Collector
-from collector.embedded import NatsServer
 from collector.errors import CollectorError
 from emitter import contract as C
-from gen import Node, hook_message
-from harness import HOOKSCOPE, ROOT, collect_once, counts, no_duplicates, publish
+from tests.collector.gen import Node, hook_message
+from tests.collector.harness import counts, no_duplicates
+from tests.helpers.pipeline import HOOKSCOPE, ROOT, collect_once, publish
+from tests.helpers.servers import NatsServer
 
 
 def _cfg(tmp_path, **kw):

@@ -18,7 +18,7 @@ from collector.rebuild import from_archive
 from collector.store import Store, StoreError
 from emitter import contract as C
 from emitter import otlp
-from gen import Node, gpu_message, hook_message
+from tests.collector.gen import Node, gpu_message, hook_message
 
 NOW = time.time_ns()
 

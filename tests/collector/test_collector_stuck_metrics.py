@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from gen import Node, hook_message
+from tests.collector.gen import Node, hook_message
 
 from collector.consumer import build_batch
 from collector.metrics import Metrics

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from collector.embedded import EmbeddedCluster, NatsServer, durable_config
+from collector.embedded import NatsServer, durable_config
+from tests.helpers.servers import NatsCluster
 
 
 def _js_config(srv: NatsServer) -> dict:
@@ -42,7 +43,7 @@ def test_the_server_default_is_not_durable(tmp_path):
 
 
 def test_cluster_servers_sync_always(tmp_path):
-    cl = EmbeddedCluster(tmp_path / "cl", n=3)
+    cl = NatsCluster(tmp_path / "cl", n=3)
     cl.start()
     try:
         for srv in cl.servers:

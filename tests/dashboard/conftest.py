@@ -2,27 +2,14 @@
 loopback ports started in threads and shut down in finally, and one real
 headless Debian chromium per session (Playwright with executable_path)."""
 
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-# tests/conftest.py puts tests/ first on sys.path, where tests/queries would
-# shadow the queries package as a namespace package: put the repo root first
-# and drop such a shadow, so the dashboard really runs on the queries library.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT in sys.path:
-    sys.path.remove(_ROOT)
-sys.path.insert(0, _ROOT)
-if getattr(sys.modules.get("queries"), "__file__", None) is None:
-    for _m in [m for m in sys.modules if m == "queries" or m.startswith("queries.")]:
-        sys.modules.pop(_m, None)
-sys.path.insert(1, str(Path(__file__).resolve().parent))
+from tests.dashboard import dash_builder
+from tests.dashboard.dash_builder import TOKEN
 
-import dash_builder  # noqa: E402
-
-from dash_builder import TOKEN  # noqa: E402
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -88,7 +75,7 @@ def token_server(store_db):
 # later test module.
 @pytest.fixture(scope="module")
 def browser():
-    from tiers import require_browser, CHROMIUM
+    from tests.tiers import require_browser, CHROMIUM
 
     require_browser()
     from playwright.sync_api import sync_playwright

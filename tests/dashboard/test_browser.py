@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-import dash_builder as B
-from dash_builder import TOKEN
+from tests.dashboard import dash_builder as B
+from tests.dashboard.dash_builder import TOKEN
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-import dash_builder as B
+from tests.dashboard import dash_builder as B
 from dashboards import cli
 
 ROOT = Path(__file__).resolve().parents[2]

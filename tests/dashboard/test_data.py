@@ -2,7 +2,7 @@
 
 import pytest
 
-import dash_builder as B
+from tests.dashboard import dash_builder as B
 from dashboards import data
 
 

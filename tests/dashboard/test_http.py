@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from dash_builder import TOKEN
+from tests.dashboard.dash_builder import TOKEN
 from dashboards import data, server as dserver
 
 
@@ -66,6 +66,18 @@ def test_errors_are_clear_and_typed(server):
     assert st == 404 and b"<img src=x" not in b and b"&lt;img src=x onerror=alert(1)&gt;" in b
     st, _, _ = get(server, "/no/such/page")
     assert st == 404
+
+
+def test_window_takes_the_cli_time_forms(server):
+    """One parse_time (queries.source) for the CLI and the dashboard: ``30min``
+    and ``1.5h`` work for ``why --since`` and so here (they were a 400)."""
+    for since in ("30min", "1.5h", "30m", "2026-12-01T00:00Z"):
+        st, _, b = get(server, f"/overview.json?since={since}")
+        assert st == 200, (since, b)
+        page = json.loads(b)
+        assert page["window"]["since"] < page["window"]["until"], page["window"]
+    st, _, b = get(server, "/overview.json?since=30min&until=now")
+    assert st == 200, b
 
 
 def test_read_only_methods(server):

@@ -3,7 +3,7 @@ page's consequence row, from the page data (both sources) to the escaped HTML.""
 
 import pytest
 
-import dash_builder as B
+from tests.dashboard import dash_builder as B
 from dashboards import data, pages
 
 LAUNCH_HELD = "launch failed requeued held"

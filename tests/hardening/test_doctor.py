@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.embedded import NatsServer
+from tests.helpers.servers import NatsServer
 from emitter import contract, doctor
-from secure import connect, load_gen_auth, run
+from tests.hardening.secure import connect, load_gen_auth, run
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKSCOPE = [sys.executable, "-m", "emitter.cli"]

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from emitter import contract
-from pipeline import Pipeline, bare_status, pl, wait_for, write_scripts  # noqa: F401 (pl: fixture)
+from tests.helpers import wait_for
+from tests.helpers.pipeline import Pipeline, bare_status, write_scripts
 
 SCRIPTS = {
     "10-gpu.sh": "echo gpu ok\nexit 0\n",
@@ -100,7 +101,7 @@ def test_nats_down_for_the_whole_run_then_up(pl, tmp_path):
 
 
 def test_one_of_three_clustered_servers_killed(tmp_path):
-    from cluster import NatsCluster
+    from tests.helpers.servers import NatsCluster
 
     with NatsCluster(tmp_path / "cluster", 3) as cl:
         pl = Pipeline(tmp_path, servers=cl.urls)

@@ -22,15 +22,14 @@ import pytest
 from collector.config import CollectorConfig
 from collector.consumer import Collector
 from collector.decode import DL_IDENTITY
-from collector.embedded import NatsServer
+from tests.helpers.servers import NatsServer
 from collector.metrics import Metrics
 from emitter import contract as C
 from emitter import natsio, otlp
 from emitter.exporter import JetStreamPublisher, NatsSpanExporter
-from secure import connect, load_gen_auth, run
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collector"))
-from gen import Node, gpu_message, hook_message  # noqa: E402
+from tests.agent.agentkit import write_hooks_fast
+from tests.collector.gen import Node, gpu_message, hook_message
+from tests.hardening.secure import connect, load_gen_auth, run
 
 CLUSTER = "gpu1"
 
@@ -226,9 +225,6 @@ def _agent_once(srv, node: str, journal: Path):
 
 
 def test_agent_publishes_signed_chain_heads_the_collector_keeps(env, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-    from agentkit import write_hooks_fast
-
     import nkeys
 
     from emitter import chainheads
@@ -284,9 +280,6 @@ def test_signed_heads_show_a_deleted_tail_to_audit_verify(env, tmp_path):
     """The whole path: runner journal -> real agent (nodeA's NKey) -> collector
     -> a store admin deletes the chain's last record -> audit verify names it
     from the signed head (queries/verify.py, its chain-head step)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-    from agentkit import write_hooks_fast
-
     from queries.verify import verify_chain
 
     journal = tmp_path / "journal"

@@ -15,7 +15,7 @@ import pytest
 
 from emitter import contract
 from emitter.layouts import FINDING_PREFIX
-from pipeline import Pipeline, bare_status, write_scripts
+from tests.helpers.pipeline import Pipeline, bare_status, write_scripts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root (chown)")
 

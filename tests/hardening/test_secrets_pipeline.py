@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from pipeline import Pipeline, bare_status, pl, write_scripts  # noqa: F401 (pl: fixture)
+from tests.helpers.pipeline import Pipeline, bare_status, write_scripts
 
 TOKEN = "ghp_" + "Zq9Xw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDcBa98"
 AWS = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzSECRETzz"

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from collector.embedded import NatsServer
 from emitter import contract
-from pipeline import Pipeline, write_scripts
-from secure import client_tls, connect, load_gen_auth, make_pki, run, tls_block
+from tests.helpers.pipeline import Pipeline, write_scripts
+from tests.helpers.servers import NatsServer
+from tests.hardening.secure import client_tls, connect, load_gen_auth, make_pki, run, tls_block
 
 CLUSTER = "gpu1"
 

@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from collector.embedded import NatsServer
+from tests.helpers.servers import NatsServer
 from emitter import contract
-from secure import client_tls, connect, load_gen_auth, make_pki, run, tls_block
+from tests.hardening.secure import client_tls, connect, load_gen_auth, make_pki, run, tls_block
 
 CLUSTER = "gpu1"
 NODES = ["node001", "node002"]

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tiers import require
+from tests.tiers import require
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "collector"))  # gen.py: real OTLP messages
 
 DEMO_JOB_FAILED, DEMO_NODE_DRAINED = "1002", "node003"
 
@@ -51,7 +50,7 @@ def demo(tmp_path_factory):
 def odd_clusters(tmp_path_factory):
     """An archive written by the collector's path for clusters '001' and
     'gpu-east' (hook tables), '001' alone (gpu_samples)."""
-    from gen import Node, gpu_message, hook_message
+    from tests.collector.gen import Node, gpu_message, hook_message
 
     from collector.archive import Archive
     from collector.columns import Batch

@@ -5,8 +5,8 @@ import pytest
 
 from collector import schema
 from collector.columns import NAMES
-from conftest import DEMO_JOB_FAILED, DEMO_NODE_DRAINED, require_engine
-import equivalents as eq
+from tests.interop import equivalents as eq
+from tests.interop.conftest import DEMO_JOB_FAILED, DEMO_NODE_DRAINED, require_engine
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from collector import schema
-from conftest import DEMO_JOB_FAILED, DEMO_NODE_DRAINED, engine_missing, require_engine
-from tiers import require
-import equivalents as eq
+from tests.interop import equivalents as eq
+from tests.interop.conftest import DEMO_JOB_FAILED, DEMO_NODE_DRAINED, engine_missing, require_engine
+from tests.tiers import require
 
 
 def _java_missing():

@@ -1,21 +1,8 @@
-"""The queries tests' scenario: every failure pattern the RCA must tell apart.
+"""The queries tests' scenario: every failure pattern the RCA must tell apart."""
 
-``builder`` is loaded under the name ``qbuilder`` so that it cannot collide
-with other test directories' helper modules named ``builder``.
-"""
-
-import importlib.util
-import sys
 from datetime import timedelta
-from pathlib import Path
 
-if "qbuilder" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("qbuilder", Path(__file__).with_name("builder.py"))
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["qbuilder"] = _mod
-    _spec.loader.exec_module(_mod)
-
-from qbuilder import T0, StoreBuilder, script  # noqa: E402
+from tests.queries.builder import T0, StoreBuilder, script
 
 P = "/etc/slurm/prolog.d/"
 E = "/etc/slurm/epilog.d/"

@@ -4,7 +4,7 @@ timing.  One abstract class, run on the DuckDB store and on the (twice
 written) Parquet archive, over queries_scenario.add_outcomes."""
 
 import pytest
-from queries_scenario import ACCT, GDR, IB, NCCL, OFED, QUOTA, SCRATCH, SRUNP, TASKP
+from tests.queries.queries_scenario import ACCT, GDR, IB, NCCL, OFED, QUOTA, SCRATCH, SRUNP, TASKP
 
 from emitter import contract as C
 from queries.audit import audit_job, audit_script
@@ -137,7 +137,7 @@ class OutcomeContract:
         a = audit_script(con, NCCL)
         assert [r["node"] for r in a["stale"]] == ["st04"]
         # 20-gpu.sh's hotfix ran on 5 of many nodes: a canary, nobody lags behind it
-        from queries_scenario import GPU
+        from tests.queries.queries_scenario import GPU
         assert audit_script(con, GPU)["stale"] == []
 
     def test_prolog_timing_first_step_delay(self, con):
@@ -226,7 +226,7 @@ def test_epilogs_counted_after_the_requeue_are_not_a_retry(tmp_path):
     and are no retry of the held job."""
     from datetime import timedelta
 
-    from qbuilder import T0, StoreBuilder, script
+    from tests.queries.builder import T0, StoreBuilder, script
 
     b = StoreBuilder()
     s = timedelta(seconds=1)
@@ -252,7 +252,7 @@ def test_prolog_failure_of_an_srun_job_is_cancelled_inferred(tmp_path):
     interactive one, and it is cancelled, not requeued (inferred, and said)."""
     from datetime import timedelta
 
-    from qbuilder import T0, StoreBuilder, script
+    from tests.queries.builder import T0, StoreBuilder, script
 
     b = StoreBuilder()
     s = timedelta(seconds=1)

@@ -14,7 +14,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from queries_scenario import HEALTH, SCRATCH
+from tests.queries.queries_scenario import HEALTH, SCRATCH
 
 from queries import QueryError
 from queries.cli import audit, drains, why
@@ -62,7 +62,7 @@ def test_audit_script_and_verify(scenario_db):
 
 
 def test_audit_verify_exit_code_on_problem(tmp_path):
-    from queries_scenario import build_scenario
+    from tests.queries.queries_scenario import build_scenario
 
     b = build_scenario()
     b.rows["journal"].pop(5)
@@ -253,7 +253,7 @@ def test_cursors_share_the_source(scenario, tmp_path):
 
 def test_archive_cluster_partition_escaped_and_typed(tmp_path):
     # The collector keeps the cluster only in the %-escaped partition path.
-    from qbuilder import T0, StoreBuilder, script
+    from tests.queries.builder import T0, StoreBuilder, script
 
     for cluster in ("gpu/east 1", "001"):
         b = StoreBuilder(cluster=cluster)

@@ -4,10 +4,7 @@ decoded by collector.decode, batched by collector.columns and committed by
 collector.store.Store / collector.archive.Archive, so the row shapes the
 queries rely on are the collector's, not only the test builder's."""
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,17 +13,11 @@ from queries.drains import drains
 from queries.source import open_source
 from queries.verify import verify_chain
 from queries.why import why
-
-_GEN = Path(__file__).resolve().parents[1] / "collector" / "gen.py"
+from tests.collector import gen
 
 
 def _gen():
-    if "collector_test_gen" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("collector_test_gen", _GEN)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["collector_test_gen"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["collector_test_gen"]
+    return gen
 
 
 @pytest.fixture(scope="module")

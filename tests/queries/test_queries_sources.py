@@ -3,7 +3,7 @@ against the DuckDB store and against the Parquet archive (eventsourcing style).
 """
 
 import pytest
-from queries_scenario import (CLEANUP, GPU, HANG, HEALTH, MOUNTS, NOEXEC, SCRATCH, SYSTEMIC_NODES, UNSAFE,
+from tests.queries.queries_scenario import (CLEANUP, GPU, HANG, HEALTH, MOUNTS, NOEXEC, SCRATCH, SYSTEMIC_NODES, UNSAFE,
                       BASE_NODES)
 
 from queries import QueryError

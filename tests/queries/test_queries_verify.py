@@ -4,7 +4,7 @@
 import json
 
 import pytest
-from queries_scenario import build_scenario
+from tests.queries.queries_scenario import build_scenario
 
 from emitter import contract as C
 from queries.source import open_source
@@ -153,7 +153,7 @@ def _two_chains():
     second chain starts at seq 1 again, with a new chain id."""
     from datetime import timedelta
 
-    from qbuilder import T0, StoreBuilder, script
+    from tests.queries.builder import T0, StoreBuilder, script
 
     b = StoreBuilder(cluster="c1")
     ok = [script("/etc/slurm/prolog.d/10-ok.sh")]
@@ -318,7 +318,7 @@ def test_verify_memory_stays_flat_on_a_long_chain(tmp_path):
 
     import duckdb
 
-    from qbuilder import T0, StoreBuilder, script
+    from tests.queries.builder import T0, StoreBuilder, script
 
     # Rows as the collector derives them, so the row checks run too.
     b = StoreBuilder(cluster="c")

@@ -17,7 +17,7 @@ import nkeys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from queries_scenario import build_scenario
+from tests.queries.queries_scenario import build_scenario
 
 from emitter import contract as C
 from queries.source import open_source
@@ -57,7 +57,7 @@ def heads_of(b, sign=True, kp_for=_kp):
 
 
 def _head(cl, nd, ch, seq, h, ts_ns, kp):
-    from qbuilder import from_ns
+    from tests.queries.builder import from_ns
 
     sig = pub = None
     if kp is not None:

@@ -94,7 +94,7 @@ HOSTILE = st.lists(_PIECES, min_size=1, max_size=6).map("".join)
 
 
 def _store(tmp, output, path, reason, user, event):
-    from qbuilder import T0, StoreBuilder, script
+    from tests.queries.builder import T0, StoreBuilder, script
 
     b = StoreBuilder(cluster="c1")
     ok = script("/etc/slurm/prolog.d/10-ok.sh")

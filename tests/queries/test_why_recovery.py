@@ -2,7 +2,7 @@
 
 from datetime import datetime, timedelta, timezone
 
-from builder import StoreBuilder, script
+from tests.queries.builder import StoreBuilder, script
 
 from queries.source import open_source
 from queries.why import why

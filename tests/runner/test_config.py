@@ -11,7 +11,7 @@ from emitter import EmitterError
 from emitter import config as cf
 from emitter import contract as c
 
-from conftest import ROOT, mkscript, records
+from tests.runner.conftest import ROOT, mkscript, records
 
 
 def test_missing_default_is_empty_and_tomllib_not_imported(tmp_path):

@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, mkscript, records
+from tests.runner.conftest import ROOT, mkscript, records
 
-from emitter import config as cf
+from emitter.configsalvage import salvage_config
 
 
 def _hook(conf, tmp_path, context="prolog_slurmd"):
@@ -21,14 +21,14 @@ def test_salvage_keeps_valid_keys_and_dirs(tmp_path):
     conf = tmp_path / "h.toml"
     conf.write_text('[runner]\njournal = "/x"\ntimeout_s = "30"\nlayout = "run-parts"\n'
                     '[runner.dirs]\nprolog_slurmd = "/etc/slurm/prolog.d"\n')
-    cfg = cf.salvage_config(str(conf))
+    cfg = salvage_config(str(conf))
     assert cfg["runner"] == {"layout": "run-parts", "dirs": {"prolog_slurmd": "/etc/slurm/prolog.d"}}
 
 
 def test_salvage_of_invalid_toml_is_empty(tmp_path):
     conf = tmp_path / "h.toml"
     conf.write_text("[runner\n")
-    assert cf.salvage_config(str(conf)) == {}
+    assert salvage_config(str(conf)) == {}
 
 
 def test_hook_with_a_typo_still_runs_the_configured_dir(tmp_path):

@@ -73,7 +73,7 @@ def _plan(tmp_path, *args):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tests.runner.conftest import ROOT
 
     (tmp_path / "empty.toml").write_text("")
     env = {"PATH": os.environ["PATH"], "HOOKSCOPE_CONFIG": str(tmp_path / "empty.toml")}
@@ -82,7 +82,7 @@ def _plan(tmp_path, *args):
 
 
 def test_plan_prints_the_timeout_the_wrapper_needs_and_fails(tmp_path):
-    from conftest import mkscript
+    from tests.runner.conftest import mkscript
 
     for n in ("10-a", "20-b"):
         mkscript(tmp_path / "d", n, "sleep 5")
@@ -102,7 +102,7 @@ def test_plan_prints_the_timeout_the_wrapper_needs_and_fails(tmp_path):
 
 
 def test_plan_from_several_prolog_lines_runs_each_glob_reversed_in_config_order(tmp_path):
-    from conftest import mkscript
+    from tests.runner.conftest import mkscript
 
     for d in ("a", "b"):
         for n in ("1", "2"):

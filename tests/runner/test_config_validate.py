@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT, mkscript, records
+from tests.runner.conftest import ROOT, mkscript, records
 
 from emitter import config as cf
+from emitter.configsalvage import salvage_config
 
 
 @pytest.mark.parametrize("text,match", [
@@ -60,7 +61,7 @@ def test_strict_modes():
 def test_salvage_drops_only_the_bad_number(tmp_path):
     p = tmp_path / "h.toml"
     p.write_text('[runner]\ntimeout_s = 1e308\nkill_grace_s = nan\nlayout = "slinky"\n')
-    assert cf.salvage_config(str(p))["runner"] == {"layout": "slinky"}
+    assert salvage_config(str(p))["runner"] == {"layout": "slinky"}
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1e308"])
@@ -136,7 +137,7 @@ def test_untrusted_config_is_refused_naming_file_and_bit(tmp_path, uid, mode, bi
     with pytest.raises(cf.UntrustedError, match=re.escape(f"{bit}")) as ei:
         cf.load_config(p)
     assert str(p) in str(ei.value) and "built-in defaults" in str(ei.value)
-    assert cf.salvage_config(str(p)) == {}
+    assert salvage_config(str(p)) == {}
 
 
 @root_only
@@ -160,7 +161,7 @@ def test_untrusted_config_falls_back_to_the_last_trusted_version(tmp_path, monke
     os.chmod(p, 0o666)
     with pytest.raises(cf.UntrustedError, match="last trusted version"):
         cf.load_config(p)
-    assert cf.salvage_config(str(p))["runner"] == {"layout": "slinky"}
+    assert salvage_config(str(p))["runner"] == {"layout": "slinky"}
 
 
 @root_only

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, mkscript, records
+from tests.runner.conftest import ROOT, mkscript, records
 
 from emitter import contract as c
 from emitter.execcli import split_argv

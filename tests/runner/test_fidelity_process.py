@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from tests.runner.conftest import ROOT
 
 PROBE = ROOT / "tests" / "slurm" / "probe.pl"
 HARNESS = Path(__file__).with_name("slurmd_like.py")

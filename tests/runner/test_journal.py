@@ -12,7 +12,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from emitter import contract as c
 from emitter import journal as jn
 
-from conftest import ROOT, records
+from tests.runner.conftest import ROOT, records
 
 # JSON values as the journal holds them (no floats but finite ones, str keys).
 _scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text() | \

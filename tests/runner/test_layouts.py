@@ -10,7 +10,7 @@ import pytest
 
 from emitter import layouts as L
 
-from conftest import mkscript
+from tests.runner.conftest import mkscript
 
 NAMES = ["10-a", "2-b", "B_upper", "a.sh", "Z", "_under", "-dash", "x~", "ümlaut", "99", ".hidden",
          "10-a.dpkg-old", "zz-last", "AA"]

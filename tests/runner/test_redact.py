@@ -16,7 +16,7 @@ from emitter import contract as c
 from emitter import redact, runner
 from emitter.redact import MASK, Redactor
 
-from conftest import ROOT, mkscript, records
+from tests.runner.conftest import ROOT, mkscript, records
 
 CASES = [
     ("password=hunter2 ok", f"password={MASK} ok"),

@@ -9,7 +9,8 @@ import pytest
 from emitter import contract as c
 from emitter import runner
 
-from conftest import IS_ROOT, ROOT, kinds, mkscript, records
+from tests.helpers import wait_for
+from tests.runner.conftest import IS_ROOT, ROOT, kinds, mkscript, records
 
 
 def _run(settings, d, context="prolog_slurmd", env=None, **over):
@@ -214,12 +215,8 @@ def test_leftover_in_the_group_gets_sigterm_after_the_script_exits(tmp_path, jdi
     status, _ = _run(settings, tmp_path / "d")
     assert status == 0
     pid = int(pidfile.read_text())
-    for _ in range(500):
-        if not _alive(pid):
-            break
-        time.sleep(0.01)
-    else:
-        pytest.fail("the background child survived the end of its script")
+    wait_for(lambda: not _alive(pid), 30, what="the background child to die after its script ended",
+             interval=0.01)
     e = _ended(records(jdir))[0]
     left = {lo[c.LO_PID]: lo for lo in e[c.R_LEFTOVERS]}
     assert left[pid][c.LO_FATE] == "killed" and left[pid][c.LO_HELD_NS] is None, "it did not hold the pipe"
@@ -460,3 +457,27 @@ def test_journal_append_many_is_one_chained_write(tmp_path):
     assert [r[c.R_SEQ] for r in out] == [1, 2] and out[1][c.R_PREV] == out[0][c.R_HASH]
     assert out[0][c.R_TS] == 5 and out[1][c.R_TS] > 5
     assert [r[c.R_KIND] for r in records(tmp_path / "j")] == [c.K_HOOK_STARTED, c.K_SCRIPT_SKIPPED]
+
+
+@pytest.mark.parametrize("layout", ["slurm", "run-parts"])
+def test_a_hook_leaves_no_reference_cycles_per_script(tmp_path, jdir, settings, layout):
+    """The lean launcher runs the hook with the cyclic GC off (emitter/launcher.py):
+    the garbage only a collection could free must not grow with the number of scripts."""
+    import gc
+
+    def cyclic_garbage(n):
+        d = tmp_path / f"d{n}"
+        for i in range(n):
+            mkscript(d, f"s{i:02d}", "echo out; echo err >&2")
+        gc.collect()
+        gc.disable()
+        try:
+            status, _ = _run(settings, d, layout=layout)
+            assert status == 0
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    cyclic_garbage(2)  # first use: lazy imports and caches
+    few, many = cyclic_garbage(2), cyclic_garbage(22)
+    assert many - few < 20, (few, many)  # less than one object per extra script

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tiers import require
+from tests.tiers import require
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "tests" / "slurm" / "probe.pl"

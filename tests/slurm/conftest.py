@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tiers import require, require_slurm
-
-from slurm.cluster import SlurmCluster, reap_stale
-from slurm.scenario import CONFIG_HEADER, CONFIG_PATH, PROLOG_EPILOG_TIMEOUT, Scenario, hook_missing_reason
+from tests.slurm.cluster import SlurmCluster, reap_stale
+from tests.tiers import require, require_slurm
+from tests.slurm.scenario import CONFIG_HEADER, CONFIG_PATH, PROLOG_EPILOG_TIMEOUT, Scenario, hook_missing_reason
 
 
 @pytest.fixture(scope="session")

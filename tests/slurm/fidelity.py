@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from slurm.cluster import FINAL_STATES
+from tests.slurm.cluster import FINAL_STATES
 
 HERE = Path(__file__).resolve().parent
 PROBE_SOURCE = HERE / "probe.pl"

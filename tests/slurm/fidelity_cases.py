@@ -10,7 +10,7 @@ seconds, and name the issue class it covers in ``why``.
 
 from emitter import contract as C
 
-from slurm.fidelity import T_BARE, Case, Entry
+from tests.slurm.fidelity import T_BARE, Case, Entry
 
 
 def probe(tag="probe"):

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from slurm.fidelity import CONTEXT, PARAM, T_BARE, T_HOOKSCOPE, Runner, compare
-from slurm.fidelity_cases import CASES
-from slurm.scenario import CONFIG_HEADER, hook_binary, hook_missing_reason
-from tiers import require
+from tests.slurm.fidelity import CONTEXT, PARAM, T_BARE, T_HOOKSCOPE, Runner, compare
+from tests.slurm.fidelity_cases import CASES
+from tests.slurm.scenario import CONFIG_HEADER, hook_binary, hook_missing_reason
+from tests.tiers import require
 
 pytestmark = pytest.mark.slurm
 

@@ -3,7 +3,7 @@ them from drifting apart (pure; needs neither root nor Slurm)."""
 
 from pathlib import Path
 
-from slurm.cluster import SlurmCluster
+from tests.slurm.cluster import SlurmCluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "slurm" / "slurm.conf.example"
 HOOK = "/opt/hookscope/bin/hookscope-hook"

@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from emitter import contract as C
-from slurm.cluster import HOOK_PARAMS, SlurmCluster
-from slurm.scenario import CONFIG_HEADER, launcher_problem, system_python_launcher
-from tiers import require, require_slurm
+from tests.slurm.cluster import HOOK_PARAMS, SlurmCluster
+from tests.slurm.scenario import CONFIG_HEADER, launcher_problem, system_python_launcher
+from tests.tiers import require, require_slurm
 
 pytestmark = pytest.mark.slurm
 

@@ -14,9 +14,10 @@ import pytest
 
 from emitter import contract as C
 
-from slurm.scenario import (CONTEXT_PARAM, PROLOG_EPILOG_TIMEOUT, RUNNER_BUDGET_S,
-                            check_chain, kinds, launcher_problem, system_python_launcher)
-from tiers import require
+from tests.helpers import wait_for as poll
+from tests.slurm.scenario import (CONTEXT_PARAM, PROLOG_EPILOG_TIMEOUT, RUNNER_BUDGET_S,
+                                  check_chain, kinds, launcher_problem, system_python_launcher)
+from tests.tiers import require
 
 pytestmark = pytest.mark.slurm
 
@@ -25,18 +26,6 @@ ALL_CONTEXTS = tuple(CONTEXT_PARAM)
 PROLOG_ERROR = C.DRAIN_REASON["prolog_slurmd"]
 
 JOB = "#!/bin/sh\necho job-ran\necho HS_TASK_VAR=${HS_TASK_VAR:-unset}\n"
-
-
-def poll(pred, timeout, what):
-    """Wait for pred() to be truthy (returning it), failing with ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
-        time.sleep(0.05)
 
 
 def hook_runs_done(sc, contexts):

@@ -21,9 +21,9 @@ import pytest
 
 from emitter import contract as C
 
-from slurm.cluster import SlurmCluster
-from slurm.scenario import PROLOG_EPILOG_TIMEOUT, Scenario, hook_missing_reason, kinds
-from tiers import require, require_slurm
+from tests.slurm.cluster import SlurmCluster
+from tests.slurm.scenario import PROLOG_EPILOG_TIMEOUT, Scenario, hook_missing_reason, kinds
+from tests.tiers import require, require_slurm
 
 pytestmark = pytest.mark.slurm
 

@@ -28,10 +28,9 @@ from pathlib import Path
 import pytest
 
 from emitter import contract as C
-from tiers import require
-
-from slurm.cluster import parse_kv
-from slurm.scenario import hook_binary, hook_missing_reason
+from tests.slurm.cluster import parse_kv
+from tests.slurm.scenario import hook_binary, hook_missing_reason
+from tests.tiers import require
 
 pytestmark = pytest.mark.slurm
 
@@ -364,7 +363,7 @@ def test_prolog_at_first_step_without_alloc(outcomes, cluster):
     step reaches the node: an salloc whose first srun comes 32 s after the
     allocation waits for the Prolog then.  hookscope says so from the
     records' own times (PrologSlurmctld start vs Prolog start)."""
-    from slurm.cluster import parse_config
+    from tests.slurm.cluster import parse_config
 
     outcomes("prolog_slurmd", "/bin/sleep 2\nexit 0\n")  # a slow Prolog that succeeds
     cluster.prolog_flags = None

@@ -20,7 +20,7 @@ import pytest
 
 from emitter import contract as C
 
-from slurm.scenario import PROLOG_EPILOG_TIMEOUT, RUNNER_BUDGET_S, kinds
+from tests.slurm.scenario import PROLOG_EPILOG_TIMEOUT, RUNNER_BUDGET_S, kinds
 
 pytestmark = pytest.mark.slurm
 

@@ -1,22 +1,29 @@
-"""A reusable end-to-end harness: real processes all the way.
+"""The one way tests wire the pipeline's stages as real processes.
 
-    nodes: ``hookscope run`` (the runner) -> per-node journal dirs
-    agent: ``hookscope agent --once`` or a long-running agent process
-    NATS:  a real nats-server (collector.embedded.NatsServer, or a 3-node cluster)
-    store: ``hookscope collect --once`` or a long-running collector process
-           -> a real DuckDB file + Parquet archive
+    runner:    ``hookscope run`` (:func:`run_cmd`, :func:`run_hook`) -> a journal dir
+    agent:     ``hookscope agent`` (:func:`agent_cmd`), once or long-running
+    NATS:      a real nats-server (tests.helpers.servers: one, or a cluster)
+    collector: ``hookscope collect`` (:func:`collect_cmd`,
+               :func:`start_collect_process`) or the library in-process
+               (:func:`collect_once`); :func:`publish` stands in for agents
+    store:     a real DuckDB file + Parquet archive
 
-``expected()`` is what the runner journaled (read from the journal files before
-they are shipped: a live agent of the node is paused while a hook runs and its
-journal is read, so the expectation never races the agent); ``stored()`` counts rows in DuckDB; ``assert_exact()``
-checks the two are equal with zero duplicates.  ``bare_status()`` runs the same
-hook directory the way slurmd would with no hookscope at all (reverse glob
-order, stop at the first failure, 127 for a non-executable), so a fault test
-can assert that the runner's exit status equals the bare scripts' status.
+:class:`Pipeline` ties them together for the end-to-end fault and security
+tests (the ``pl`` fixture, tests/conftest.py, is one on the test's own
+nats-server).  ``Pipeline.expected()`` is what the runner journaled, read
+from the journal files before they are shipped: a live agent of the node is
+paused (SIGSTOP to its process group) while a hook runs and its journal is
+read, so the expectation never races the agent.  ``stored()`` counts rows in
+DuckDB; ``assert_exact()`` checks the two are equal with zero duplicates.
+``bare_status()`` runs the same hook directory the way slurmd would with no
+hookscope at all (reverse glob order, stop at the first failure, 127 for a
+non-executable), so a fault test can assert that the runner's exit status
+equals the bare scripts' status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import json
@@ -24,38 +31,30 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
-from collector.embedded import NatsServer
+from collector.config import CollectorConfig
+from collector.consumer import Collector
 from emitter import contract
+from emitter.natsio import ensure_streams
+from tests.helpers.servers import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKSCOPE = [sys.executable, "-m", "emitter.cli"]
 CLUSTER = "gpu1"
 
 
-def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
+# ---------------------------------------------------------------- hook dirs, Slurm's view
 def write_scripts(d: Path, scripts: dict[str, str], mode: int = 0o755) -> Path:
-    """Hook dir with root-owned 0755 scripts (what strict mode accepts)."""
+    """Hook dir with root-owned 0755 scripts (what strict mode accepts); a body
+    without a ``#!`` line is a /bin/sh script."""
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o755)
     for name, body in scripts.items():
         p = d / name
-        p.write_text(body if body.startswith("#!") else "#!/bin/sh\n" + body)
+        text = body if body.startswith("#!") else "#!/bin/sh\n" + body
+        p.write_text(text if text.endswith("\n") else text + "\n")
         os.chmod(p, mode)
     return d
 
@@ -78,6 +77,7 @@ def bare_status(hook_dir: Path, env: dict | None = None, timeout: float = 60) ->
 
 
 def job_env(job_id: int, node: str, user: str = "alice", context: str = "prolog_slurmd") -> dict:
+    """The SLURM_* variables slurmd gives a hook of ``job_id`` on ``node``."""
     return {
         "SLURM_JOB_ID": str(job_id), "SLURM_JOB_USER": user, "SLURM_JOB_UID": "1000",
         "SLURM_JOB_PARTITION": "gpu", "SLURM_JOB_NODELIST": node, "SLURM_CLUSTER_NAME": CLUSTER,
@@ -85,6 +85,96 @@ def job_env(job_id: int, node: str, user: str = "alice", context: str = "prolog_
     }
 
 
+# ---------------------------------------------------------------- one command line per stage
+def run_cmd(hook_dir: Path, journal: Path, context: str, node: str, *extra: str,
+            layout: str = "slurm") -> list[str]:
+    """``hookscope run``: the runner, as slurmd would start it."""
+    return [*HOOKSCOPE, "run", "--layout", layout, "--dir", str(hook_dir), "--journal", str(journal),
+            "--context", context, "--node", node, *extra]
+
+
+def agent_cmd(url: str, journal: Path, *extra: str, gpu: str | None = "none") -> list[str]:
+    """``hookscope agent`` shipping ``journal`` to ``url`` (``gpu=None``: the
+    agent's own default GPU backend)."""
+    cmd = [*HOOKSCOPE, "agent", "--nats", url, "--journal", str(journal)]
+    return cmd + (["--gpu", gpu] if gpu else []) + list(extra)
+
+
+def collect_cmd(url: str, db: Path, archive: Path | None, *extra: str) -> list[str]:
+    """``hookscope collect`` from ``url`` into ``db`` (and ``archive``)."""
+    cmd = [*HOOKSCOPE, "collect", "--nats", url, "--db", str(db)]
+    return cmd + (["--archive", str(archive)] if archive else []) + list(extra)
+
+
+# ---------------------------------------------------------------- NATS and the collector
+async def _publish(url, msgs, replicas=1, headers_extra=None):
+    import nats
+
+    nc = await nats.connect(servers=url.split(","), connect_timeout=3, max_reconnect_attempts=5,
+                            reconnect_time_wait=0.3)
+    try:
+        js = nc.jetstream(timeout=10)
+        for attempt in range(10):  # a cluster may be re-electing a leader
+            try:
+                await ensure_streams(js, replicas=replicas)
+                break
+            except Exception:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
+        acks = []
+        for m in msgs:
+            subj, mid, payload = m[0], m[1], m[2]
+            hdrs = {contract.HDR_SCHEMA: str(contract.SCHEMA_VERSION)}
+            if mid:
+                hdrs[contract.HDR_MSG_ID] = mid
+            if len(m) > 3 and m[3]:
+                hdrs.update(m[3])
+            for attempt in range(50):
+                try:
+                    acks.append(await js.publish(subj, payload, headers=hdrs, timeout=5))
+                    break
+                except Exception:
+                    if attempt == 49:
+                        raise
+                    await asyncio.sleep(0.2)
+        return acks
+    finally:
+        await nc.close()
+
+
+def publish(url, msgs, replicas=1):
+    """Publish (subject, msg_id, payload[, headers]) tuples, waiting for each PubAck."""
+    return asyncio.run(_publish(url, msgs, replicas))
+
+
+def collect_once(url, db, archive, instance="t1", durable=contract.DURABLE_CONSUMER, idle=1.0, **kw):
+    """Run a collector in-process until the stream is drained; returns its metrics."""
+    cfg = CollectorConfig(nats_url=url, db=str(db), archive=str(archive) if archive else None,
+                          instance=instance, durable=durable, fsync=False, **kw)
+    col = Collector(cfg)
+
+    async def go():
+        try:
+            return await col.run(once=True, idle_exit=idle)
+        finally:
+            await col.close_nats()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        col.close()
+
+
+def start_collect_process(url, db, archive, name="p1", extra=(), metrics=None):
+    cmd = collect_cmd(url, db, archive, "--name", name, "--ack-wait", "5", *extra)
+    if metrics:
+        cmd += ["--metrics", metrics]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+# ---------------------------------------------------------------- the whole pipeline
 @dataclass
 class Node:
     name: str
@@ -94,6 +184,9 @@ class Node:
 
 
 class Pipeline:
+    """Nodes (a journal dir each), their agents, one collector and its store
+    under ``tmp``, on ``nats`` (a NatsServer) or ``servers`` (a cluster's URLs)."""
+
     def __init__(self, tmp: Path, nats: NatsServer | None = None, cluster: str = CLUSTER,
                  servers: list[str] | None = None):
         self.tmp = Path(tmp)
@@ -132,8 +225,8 @@ class Pipeline:
                  layout: str = "slurm", extra_args: list[str] | None = None, env: dict | None = None,
                  timeout: float = 60, background: bool = False):
         n = self.node(node)
-        cmd = [*HOOKSCOPE, "run", "--layout", layout, "--dir", str(hook_dir), "--context", context,
-               "--journal", str(n.journal), "--node", node, "--cluster", self.cluster, *(extra_args or [])]
+        cmd = run_cmd(hook_dir, n.journal, context, node, "--cluster", self.cluster, *(extra_args or []),
+                      layout=layout)
         e = self.env(node, job_env(job_id, node, context=context))
         e.update(env or {})
         self.hooks_run.append({"node": node, "job": job_id, "dir": str(hook_dir)})
@@ -188,8 +281,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ agent
     def agent_cmd(self, node: str, once: bool) -> list[str]:
-        cmd = [*HOOKSCOPE, "agent", "--nats", self.url, "--journal", str(self.node(node).journal),
-               "--node", node, "--cluster", self.cluster]
+        cmd = agent_cmd(self.url, self.node(node).journal, "--node", node, "--cluster", self.cluster, gpu=None)
         return cmd + (["--once"] if once else [])
 
     def agent_once(self, node: str, timeout: float = 60, extra: list[str] | None = None,
@@ -209,7 +301,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ collector
     def collect_cmd(self, once: bool) -> list[str]:
-        cmd = [*HOOKSCOPE, "collect", "--nats", self.url, "--db", str(self.db), "--archive", str(self.archive)]
+        cmd = collect_cmd(self.url, self.db, self.archive)
         return cmd + (["--once"] if once else [])
 
     def collect_once(self, timeout: float = 90, extra: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -289,13 +381,3 @@ class Pipeline:
 
     def archive_bytes(self) -> bytes:
         return b"".join(p.read_bytes() for p in sorted(self.archive.rglob("*.parquet")))
-
-
-@pytest.fixture
-def pl(tmp_path, nats_server):
-    """A Pipeline on the test's own nats-server, closed after the test."""
-    p = Pipeline(tmp_path, nats_server)
-    try:
-        yield p
-    finally:
-        p.close()
