@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench sysdeps venv clean
+.PHONY: demo test test-fast durations bench sysdeps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ test: $(STAMP) sysdeps
 
 # The inner loop: unit tiers only (no Slurm, browser, interop or slow end-to-end tests).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -x -m "not slurm and not browser and not slow and not interop" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -x --fast -m "not slurm and not browser and not slow and not interop" $(PYTEST_ARGS)
+
+# Re-record which tests test-fast leaves out (tests/helpers/durations.py).
+durations: $(STAMP)
+	$(PY) -m pytest -q -m "not slurm and not browser" --durations=0 $(PYTEST_ARGS) \
+		| $(PY) -m tests.helpers.durations
 
 demo: $(STAMP)
 	$(PY) -m dashboards.demo

@@ -12,6 +12,24 @@ from tests.helpers.servers import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true",
+                     help="inner loop (make test-fast): leave out the tests tests/durations.json "
+                          "records as slow (tests/helpers/durations.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--fast"):
+        return
+    from tests.helpers.durations import slow_ids
+
+    slow = slow_ids()
+    drop = [i for i in items if i.nodeid in slow]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [i for i in items if i.nodeid not in slow]
+
 ARTIFACTS = Path(os.environ.get("HOOKSCOPE_ARTIFACTS", ROOT / "artifacts"))
 
 

@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -73,8 +74,11 @@ def test_hookscope_dashboard_subprocess_serves_and_stops(store_db):
     env.pop("HOOKSCOPE_DASHBOARD_TOKEN", None)
     exe = Path(sys.executable).with_name("hookscope")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "emitter.cli"]
+    # As from a terminal: a test run started in the background (nohup, `&`)
+    # would otherwise hand SIGINT on ignored, and Ctrl-C would do nothing.
     p = subprocess.Popen(cmd + ["dashboard", "--db", store_db, "--port", "0"], stderr=subprocess.PIPE,
-                         text=True, env=env, cwd=str(ROOT))
+                         text=True, env=env, cwd=str(ROOT),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         line = ""

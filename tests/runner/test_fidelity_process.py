@@ -57,6 +57,9 @@ def _extra_state():
     resource.setrlimit(resource.RLIMIT_NOFILE, (777, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # slurmd catches SIGHUP (reconfigure), so its children start with the
+    # default; a test run under nohup would otherwise pass SIG_IGN on.
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGWINCH])
 
 
