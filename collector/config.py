@@ -269,30 +269,13 @@ def load_section(config=None, env=None) -> tuple[str, dict]:
     """(config file path, its ``[collector]`` table, checked and converted):
     ``config``, else ``$HOOKSCOPE_CONFIG``, else the default file when present.
     Unknown keys and bad values are errors naming the file and the key."""
-    from emitter.config import DEFAULT_PATH, load_config
+    from emitter.configsection import load_section as load
 
-    env = os.environ if env is None else env
-    given = config or env.get(CONFIG_ENV)
-    path = str(given) if given else DEFAULT_PATH
+    conv = {k: (KEYS[k][2] if k in KEYS else _str) for k in SECTION_KEYS}
     try:
-        cfg = load_config(path) if given or os.path.exists(path) else {}  # the default file: if present
-    except EmitterError as exc:  # ConfigError names the file and the fix
+        return load(SECTION, conv, config, env)
+    except EmitterError as exc:  # ConfigError names the file, the key and the fix
         raise CollectorError(str(exc)) from None
-    sec = cfg.get(SECTION) or {}
-    if not isinstance(sec, dict):
-        raise CollectorError(f"hookscope config {path}: [{SECTION}] must be a table")
-    unknown = set(sec) - SECTION_KEYS
-    if unknown:
-        raise CollectorError(f"hookscope config {path}: unknown key(s) in [{SECTION}]: "
-                             f"{', '.join(sorted(unknown))} (known: {', '.join(sorted(SECTION_KEYS))})")
-    out = {}
-    for key, v in sec.items():
-        conv = KEYS[key][2] if key in KEYS else _str
-        try:
-            out[key] = conv(v)
-        except ValueError as exc:
-            raise CollectorError(f"hookscope config {path}: [{SECTION}] {key} = {v!r}: {exc}") from None
-    return path, out
 
 
 def _value(key, args, env, section):

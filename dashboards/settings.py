@@ -126,29 +126,12 @@ class DashboardSettings:
 def load_section(config=None, env=None) -> tuple[str, dict]:
     """(config file path, its ``[dashboard]`` table, checked and converted)."""
     from emitter import EmitterError
-    from emitter.config import DEFAULT_PATH, load_config
+    from emitter.configsection import load_section as load
 
-    env = os.environ if env is None else env
-    given = config or env.get(CONFIG_ENV)
-    path = str(given) if given else DEFAULT_PATH
     try:
-        cfg = load_config(path) if given or os.path.exists(path) else {}  # the default file: if present
-    except EmitterError as exc:  # ConfigError names the file and the fix
+        return load(SECTION, {k: conv for k, (_, _, conv) in KEYS.items()}, config, env)
+    except EmitterError as exc:  # ConfigError names the file, the key and the fix
         raise DashboardError(str(exc)) from None
-    sec = cfg.get(SECTION) or {}
-    if not isinstance(sec, dict):
-        raise DashboardError(f"hookscope config {path}: [{SECTION}] must be a table")
-    unknown = set(sec) - set(KEYS)
-    if unknown:
-        raise DashboardError(f"hookscope config {path}: unknown key(s) in [{SECTION}]: "
-                             f"{', '.join(sorted(unknown))} (known: {', '.join(sorted(KEYS))})")
-    out = {}
-    for key, v in sec.items():
-        try:
-            out[key] = KEYS[key][2](v)
-        except ValueError as exc:
-            raise DashboardError(f"hookscope config {path}: [{SECTION}] {key} = {v!r}: {exc}") from None
-    return path, out
 
 
 def _levels(args, env, sec):
