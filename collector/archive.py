@@ -243,7 +243,7 @@ def read_sql(root: str, table: str) -> str:
     order (or an empty relation with the right columns when nothing is there).
 
     Among duplicate keys the row with the lowest ``stream_seq`` wins where the
-    table has one (what the live store's INSERT OR IGNORE keeps); otherwise the
+    table has one (what the live store keeps: collector.dedup); otherwise the
     rows are identical copies and any one will do.
     """
     from collector.columns import ARROW_SCHEMAS

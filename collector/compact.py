@@ -59,6 +59,26 @@ from collector.archive import SCHEMA_DATE, SCHEMA_FILE, ArchiveError, _fsync_dir
 #: filter over files sorted by node skips most groups, large enough that a
 #: scan is not dominated by per-group overhead.
 ROW_GROUP_ROWS = 16_384
+#: The codec of compacted files.  A knob with a measured cost: snappy
+#: decodes faster (``drains``, a full-year scan, 1.13-1.23x faster at 10 M
+#: script runs in two runs) but writes 1.51x the bytes of zstd; zstd keeps
+#: the sizing of docs/collector.md (docs/benchmarks.md "Archive queries at
+#: 10 M script runs"; ``bench_queries.py --compact --codecs snappy,zstd``).
+COMPRESSION = "zstd"
+#: Columns given a Parquet Bloom filter in compacted files: the equality
+#: lookups of ``queries/`` (a hook's scripts by ``hook_id``, a job's runs by
+#: ``job_id``, boot-time runs by ``context``, a script version by ``sha256``)
+#: then skip the row groups that lack the value, which min/max statistics
+#: cannot tell when the value lies inside the group's range.  Each costs
+#: 1-2 bytes per row of its group (5 % false positives, sized by pyarrow);
+#: ``tests/bench/bench_queries.py --compact`` prints their share of the bytes.
+BLOOM = {
+    "hook_runs": ("hook_id", "job_id", "context", "node"),
+    "script_runs": ("hook_id", "job_id", "context", "node", "sha256"),
+    "span_events": ("span_id", "hook_id"),
+    "journal": ("hook_id",),
+}
+BLOOM_FPP = 0.05
 #: ``@compact`` files of one size level that an open partition's pass merges into one.
 FANOUT = 4
 PREFIX = "@compact"
@@ -204,8 +224,8 @@ def _compact_dir(con, table: str, d: str, files: list[str], crash=None) -> dict:
     tmp = os.path.join(d, f"{_TMP}-{first:012d}-{last:012d}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(tb, fh, compression="zstd", row_group_size=ROW_GROUP_ROWS,
-                           write_statistics=True)
+            pq.write_table(tb, fh, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS,
+                           write_statistics=True, **_layout_options(table, tb))
             fh.flush()
             os.fdatasync(fh.fileno())
         _step(crash, "written")
@@ -224,6 +244,22 @@ def _compact_dir(con, table: str, d: str, files: list[str], crash=None) -> dict:
             _step(crash, "unlinked")
     _fsync_dir(d)
     return {"table": table, "dir": d, "inputs": len(files), "rows": tb.num_rows, "file": out}
+
+
+def _layout_options(table: str, tb) -> dict:
+    """Bloom filters (:data:`BLOOM`) and the ``sorting_columns`` footer entry
+    saying the rows are sorted by :data:`SORT` (ascending, NULLs last, as
+    DuckDB's ORDER BY put them), for the columns this file has."""
+    import pyarrow.parquet as pq
+
+    names = tb.schema.names
+    ndv = max(1, min(tb.num_rows, ROW_GROUP_ROWS))
+    bloom = {c: {"ndv": ndv, "fpp": BLOOM_FPP} for c in BLOOM.get(table, ()) if c in names}
+    sort = [c for c in SORT.get(table, schema.KEYS[table]) if c in names]
+    opts: dict = {"bloom_filter_options": bloom} if bloom else {}
+    if sort:
+        opts["sorting_columns"] = [pq.SortingColumn(names.index(c), nulls_first=False) for c in sort]
+    return opts
 
 
 def _step(crash, name):
@@ -285,6 +321,7 @@ class _LazyConnection:
             import duckdb
             self._con = duckdb.connect(":memory:")
             self._con.execute("SET TimeZone = 'UTC'")
+            self._con.execute("SET enable_progress_bar = false")  # a long merge drew on stderr
         return self._con.sql(query)
 
     def close(self):

@@ -13,7 +13,7 @@ Per batch (up to ``batch`` messages and 16 MiB from one pull request,
 4. ack every message of the batch.
 
 Nothing is acked before it is committed, so a crash anywhere means
-redelivery, and redelivery inserts nothing twice (INSERT OR IGNORE on
+redelivery, and redelivery inserts nothing twice (``collector.dedup`` on
 ``schema.KEYS``).  Several collectors may share the durable consumer (a work
 queue): each needs its own DuckDB file and instance name; the Parquet
 archive may be shared (file names carry the instance name).

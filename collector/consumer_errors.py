@@ -32,8 +32,8 @@ def _fatal_error(cfg, exc) -> StoreError:
     why = next((t for t in text if "allocate" in t or "Original error" in t), text[0] if text else "")
     hint = ""
     if "allocate" in str(exc) or "memory" in str(exc).lower():
-        hint = (f" It ran out of memory at --memory-limit {cfg.memory_limit or 'DuckDB default'}: the key "
-                "indexes need about 16 bytes per stored row; raise the limit (docs/collector.md).")
+        hint = (f" It ran out of memory at --memory-limit {cfg.memory_limit or 'DuckDB default'}: raise the limit "
+                "(docs/collector.md \"Memory\").")
     return StoreError(f"DuckDB invalidated the store {cfg.db} ({why.strip()[:300]}); the collector stops. "
                       "Nothing of the failed batches was acked, so nothing is lost: restart the collector "
                       f"(the systemd unit does) and it resumes from the stream.{hint}")

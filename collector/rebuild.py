@@ -3,9 +3,12 @@
 Both write a NEW file (``<db>.rebuild-<pid>``) and rename it over ``db`` only
 when complete, so an interrupted rebuild leaves the old store untouched.
 
-* from the archive: every table is loaded with one ``INSERT OR IGNORE ...
-  SELECT`` over its Parquet files, deduplicated on ``schema.KEYS`` keeping
-  the lowest ``stream_seq`` (what the live store kept);
+* from the archive: every table is loaded with one ``INSERT ... SELECT``
+  over its Parquet files, deduplicated on ``schema.KEYS`` keeping the lowest
+  ``stream_seq`` (what the live store kept: ``collector.dedup``), into an
+  empty table (so the archive's own dedup is the whole dedup);
+  ``journal.ts`` (store only) is derived from each record as the live
+  store does;
 * from the stream: an ephemeral ordered pass over the whole stream through
   the same decode + commit path as the live collector (row values depend
   only on the message and its stream metadata, so results are identical).
@@ -21,6 +24,7 @@ import time
 from collector import archive as arch
 from collector import schema
 from collector.columns import NAMES
+from collector.dedup import JOURNAL_TS_SQL
 from collector.errors import CollectorError
 from collector.store import Store
 
@@ -93,7 +97,11 @@ def from_archive(archive_dir: str, db: str, progress: bool = True) -> dict:
         con = store.con
         for table in REBUILD_TABLES:
             cols = ", ".join(NAMES[table])
-            con.execute(f"INSERT OR IGNORE INTO {table} ({cols}) {arch.read_sql(archive_dir, table)}")
+            src = arch.read_sql(archive_dir, table)  # one row per key
+            if table == "journal":
+                con.execute(f"INSERT INTO {table} ({cols}, ts) SELECT {cols}, {JOURNAL_TS_SQL} FROM ({src})")
+            else:
+                con.execute(f"INSERT INTO {table} ({cols}) {src}")
             counts[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             bar.update(1, f"{table}: {counts[table]} rows")
         last = con.execute("SELECT max(stream_seq) FROM dead_letters").fetchone()[0] or 0
@@ -153,10 +161,10 @@ def from_stream(nats_url: str, db: str, archive_dir: str | None = None, batch: i
 
 
 async def _replay(opts, store, archive, batch, progress, timeout):
-    import nats.errors
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     from collector.consumer import build_batch
+    from collector.pull import Puller
     from emitter import contract as C
     from emitter.natsio import close, connect
 
@@ -168,14 +176,16 @@ async def _replay(opts, store, archive, batch, progress, timeout):
         total = info.state.messages
         cfg = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
                              inactive_threshold=60.0, max_ack_pending=-1)
-        psub = await js.pull_subscribe("", stream=C.STREAM_NAME, config=cfg)
+        # The collector's own pull loop (one byte-limited request at a time),
+        # on an ephemeral consumer the server names and deletes after use.
+        cinfo = await js.add_consumer(C.STREAM_NAME, cfg)
+        puller = await Puller(nc, C.STREAM_NAME, cinfo.name, batch).start()
         bar = Progress(total, "rebuild from stream", enabled=progress)
         done = 0
         seen_last = 0
         while seen_last < last:
-            try:
-                msgs = await psub.fetch(batch, timeout=timeout)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+            msgs = await puller.fetch(timeout)
+            if not msgs:
                 break  # nothing more within the deadline (messages expired or deleted)
             b, (parts, tables) = build_batch(msgs, "rebuild", archive is not None, C.MAX_MESSAGE_BYTES)
             if archive is not None:
@@ -185,9 +195,10 @@ async def _replay(opts, store, archive, batch, progress, timeout):
             done += len(msgs)
             bar.update(len(msgs))
         bar.close()
+        await puller.close(nak=False)
         try:
-            await psub.unsubscribe()
-        except Exception:
+            await js.delete_consumer(C.STREAM_NAME, cinfo.name)
+        except Exception:  # noqa: BLE001 - inactive_threshold removes it anyway
             pass
         return done
     finally:

@@ -3,16 +3,23 @@
 
 Times are ``TIMESTAMPTZ`` in UTC, as the node's clock saw them (``skew_ms``
 says how far that clock was from the collector's when the message arrived).
-Each table has an idempotency key so redelivery and replays insert nothing
-twice (``INSERT OR IGNORE``).  Documented in docs/store.md.
+Each table has an idempotency key (``KEYS``) so redelivery and replays
+insert nothing twice.  Since store version 2 the key is not a PRIMARY KEY
+(DuckDB keeps those indexes in memory, ~57 bytes a row, for ever):
+``collector.dedup`` inserts only rows whose key is not stored yet, probing
+the stored rows of the batch's time range.  Only ``ingest_state`` keeps a
+PRIMARY KEY (one row per collector).  Documented in docs/store.md.
 """
 
-STORE_VERSION = 1
+#: 2: no PRIMARY KEYs (bounded dedup, collector.dedup); journal.ts.
+#: Stores of version 1 are migrated when the collector opens them
+#: (collector.migrate).
+STORE_VERSION = 2
 
 TABLES = {
     # One row per hook invocation (a Prolog run on a node, an EpilogSlurmctld...).
     "hook_runs": """
-        hook_id        VARCHAR PRIMARY KEY,   -- 16 hex, the hook span's span ID
+        hook_id        VARCHAR NOT NULL,      -- 16 hex, the hook span's span ID
         trace_id       VARCHAR NOT NULL,      -- one trace per job
         cluster        VARCHAR NOT NULL,
         node           VARCHAR NOT NULL,
@@ -45,7 +52,7 @@ TABLES = {
     """,
     # One row per script of a hook (including refused ones).
     "script_runs": """
-        span_id        VARCHAR PRIMARY KEY,
+        span_id        VARCHAR NOT NULL,
         hook_id        VARCHAR NOT NULL,
         trace_id       VARCHAR NOT NULL,
         cluster        VARCHAR NOT NULL,
@@ -81,9 +88,9 @@ TABLES = {
         ts             TIMESTAMPTZ NOT NULL,
         name           VARCHAR NOT NULL,
         attributes     JSON,
-        idx            INTEGER NOT NULL DEFAULT 0, -- position among the span's events
-                                              -- (8 GPU snapshots can share one ts)
-        PRIMARY KEY (span_id, name, ts, idx)
+        -- idx: position among the span's events (8 GPU snapshots can share one ts);
+        -- no comment after the last column (tests build bodies by editing lines)
+        idx            INTEGER NOT NULL DEFAULT 0
     """,
     "gpu_samples": """
         cluster        VARCHAR NOT NULL,
@@ -104,11 +111,10 @@ TABLES = {
         xid            BIGINT,
         retired_pages  BIGINT,
         throttle_reasons BIGINT,
-        source         VARCHAR,
-        PRIMARY KEY (cluster, node, gpu_index, ts)
+        source         VARCHAR
     """,
     "node_events": """
-        event_id       VARCHAR PRIMARY KEY,
+        event_id       VARCHAR NOT NULL,      -- the record hash
         cluster        VARCHAR NOT NULL,
         node           VARCHAR NOT NULL,
         ts             TIMESTAMPTZ NOT NULL,
@@ -129,8 +135,7 @@ TABLES = {
         hash           VARCHAR NOT NULL,
         prev           VARCHAR NOT NULL,
         record         VARCHAR NOT NULL,      -- canonical JSON, hashed
-        attested_uid   INTEGER,               -- as hook_runs.attested_uid (outside the hash)
-        PRIMARY KEY (cluster, node, chain, seq)
+        attested_uid   INTEGER                -- as hook_runs.attested_uid (outside the hash)
     """,
     # Chain heads nodes published (emitter.chainheads), signed with their NKey:
     # "chain <chain> of <node> reached <seq> whose record hashes to <hash>".
@@ -146,11 +151,10 @@ TABLES = {
         signature      VARCHAR,               -- base64url ed25519 over contract.chain_head_payload; NULL: unsigned
         public_key     VARCHAR,               -- the signer's nkey public key (U...); NULL: unsigned
         received_ts    TIMESTAMPTZ,
-        stream_seq     UBIGINT,
-        PRIMARY KEY (cluster, node, chain, seq, ts)
+        stream_seq     UBIGINT
     """,
     "dead_letters": """
-        stream_seq     UBIGINT PRIMARY KEY,
+        stream_seq     UBIGINT NOT NULL,
         subject        VARCHAR,
         reason         VARCHAR NOT NULL,
         detail         VARCHAR,
@@ -182,14 +186,25 @@ ADDED_COLUMNS = {
 }
 
 
+#: Columns only the live store has: derived by the store at insert, not in
+#: the decoder's rows, the Arrow schemas or the archive (``columns.NAMES``
+#: leaves them out).  ``journal.ts``: the record's ``ts`` (node clock, UTC,
+#: microseconds), the time bound of the journal's dedup (collector.dedup).
+STORE_COLUMNS = {
+    "journal": (("ts", "TIMESTAMPTZ"),),
+}
+
+
 def create_all(con) -> None:
     """Create the tables on a DuckDB connection (idempotent), and grow an
-    older store's tables by ADDED_COLUMNS (nothing stored is touched)."""
+    older store's tables by ADDED_COLUMNS and STORE_COLUMNS (nothing stored
+    is touched; a version-1 store is then migrated: collector.migrate)."""
     for stmt in ddl():
         con.execute(stmt)
-    for table, cols in ADDED_COLUMNS.items():
-        for name, typ in cols:
-            con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {typ}")
+    for added in (ADDED_COLUMNS, STORE_COLUMNS):
+        for table, cols in added.items():
+            for name, typ in cols:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {typ}")
 
 
 #: Parquet archive layout (see docs/store.md, collector/archive.py):

@@ -5,8 +5,9 @@ read a snapshot the writer publishes.  Copying the whole live file every
 second (the first design) costs time in proportion to history.  Here the
 snapshot is made of Parquet parts cut from the live tables by ``rowid``:
 
-* the store only appends (``INSERT OR IGNORE``, no UPDATE or DELETE outside
-  ``ingest_state``), so a table's rowids are 0..count-1 in commit order and the
+* the store only appends (``collector.dedup``'s INSERTs, no UPDATE or DELETE
+  outside ``ingest_state``; a migration makes new tables and removes the
+  state, so the next publication starts again: ``collector.migrate``), so a table's rowids are 0..count-1 in commit order and the
   rows committed since the last cut are ``rowid >= mark`` (DuckDB prunes row
   groups on a rowid filter: the export reads only those rows);
 * **sealed parts** (``p-<day>-<n>.<table>.parquet``) are immutable: rows

@@ -1,9 +1,12 @@
 """The DuckDB writer: one connection, Arrow batches, one transaction per batch.
 
-Rows are loaded with ``INSERT OR IGNORE INTO t SELECT ... FROM <arrow>``, so a
-redelivered or replayed message inserts nothing twice (keys: ``schema.KEYS``),
-and ``ingest_state`` moves in the SAME transaction as the rows: after a crash
-the file holds either the whole batch and its sequence, or neither.
+Rows are loaded from Arrow by ``collector.dedup``: only rows whose key
+(``schema.KEYS``) is not stored yet, looked up among the stored rows of the
+batch's time range (no key index: memory does not grow with history), so a
+redelivered or replayed message inserts nothing twice, and ``ingest_state``
+moves in the SAME transaction as the rows: after a crash the file holds
+either the whole batch and its sequence, or neither.  A version-1 store (with
+PRIMARY KEYs) is migrated when opened (``collector.migrate``).
 
 Readers: DuckDB lets one process open a file for writing and nobody else at
 the same time, so the store publishes a read-only snapshot next to it
@@ -22,16 +25,19 @@ import time
 
 import duckdb
 
-from collector import schema
+from collector import dedup, migrate, schema
 from collector.columns import NAMES
 from collector.snapshot import SEAL_ROWS, SplitSnapshot, snapshot_dir
 from collector.errors import CollectorError
 
 
-#: WAL size at which a snapshot publication checkpoints first (DuckDB's own
-#: default threshold; the store sets DuckDB's to 1GB so that no commit
-#: checkpoints in the middle of a batch).
-CHECKPOINT_WAL_BYTES = 16 << 20
+#: WAL size at which the store checkpoints after a commit, and a snapshot
+#: publication before it cuts (the store sets DuckDB's own threshold to 1GB so
+#: that no commit checkpoints in the middle of a batch).  A checkpoint costs
+#: about the same for 16 MB as for 64 MB of WAL: at DuckDB's default, 16 MB,
+#: checkpoints took a third to a half of the commit time (docs/benchmarks.md "Bounded
+#: dedup"); the rows waiting for one stay a bounded amount of memory either way.
+CHECKPOINT_WAL_BYTES = 64 << 20
 
 
 class StoreError(CollectorError):
@@ -40,11 +46,6 @@ class StoreError(CollectorError):
 
 class StoreLocked(StoreError):
     """Another process holds the DuckDB file for writing."""
-
-
-def _insert_sql(table: str) -> str:
-    cols = ", ".join(NAMES[table])
-    return f"INSERT OR IGNORE INTO {table} ({cols}) SELECT {cols} FROM _hs_batch"
 
 
 class Store:
@@ -92,17 +93,24 @@ class Store:
             except duckdb.Error as exc:
                 self.con.close()
                 raise StoreError(f"memory limit {memory_limit!r} refused by DuckDB: {exc}") from exc
-        # Checkpoint when we publish the snapshot (every few seconds), not every
-        # 16 MB of WAL in the middle of a batch commit.
+        # Checkpoint after a commit (commit()) and before a publication, once
+        # the WAL reaches CHECKPOINT_WAL_BYTES, not inside a batch's commit.
         self.con.execute("SET checkpoint_threshold = '1GB'")
-        schema.create_all(self.con)
+        try:
+            todo = migrate.pending(self.con)
+            schema.create_all(self.con)
+            migrate.run(self.con, self.path, todo)
+        except (OSError, duckdb.Error) as exc:
+            self.con.close()
+            raise StoreError(f"cannot migrate {self.path} to store version {schema.STORE_VERSION}: {exc}; "
+                             "nothing was changed (one transaction): free space (a migration copies "
+                             "each table once) and start again") from exc
         # POSIX record locks (DuckDB's single-writer lock) are dropped when the
         # process closes ANY descriptor of the file: never open the live path
         # again while DuckDB holds it.  This one descriptor, opened once and
         # closed after DuckDB, identifies the file (its inode) for the snapshot.
         self.con.execute("CHECKPOINT")
         self._fd = os.open(self.path, os.O_RDONLY)
-        self._sql = {t: _insert_sql(t) for t in NAMES if t != "raw"}
         self._lock = threading.Lock()
         self.seal_rows = seal_rows
         self._split: SplitSnapshot | None = None  # made at the first publication
@@ -124,14 +132,25 @@ class Store:
         try:
             self._commit(tables, last_seq)
         except duckdb.OutOfMemoryException:
-            # Under memory_limit, what DuckDB cannot evict is the part of the
-            # key indexes (ART) written since the last CHECKPOINT: the snapshot
-            # checkpoints every CHECKPOINT_WAL_BYTES of WAL, but a burst can
-            # outgrow the limit before that.
-            # Checkpoint (the index becomes evictable) and try once more.
+            # Under memory_limit, what DuckDB cannot evict is what was
+            # written since the last CHECKPOINT: the snapshot checkpoints
+            # every CHECKPOINT_WAL_BYTES of WAL, but a burst can outgrow the
+            # limit before that.  Checkpoint and try once more.
             with self._lock:
                 self.con.execute("CHECKPOINT")
             self._commit(tables, last_seq)
+        if self._wal_bytes() >= CHECKPOINT_WAL_BYTES:
+            # Rows committed since the last CHECKPOINT live in memory (DuckDB's
+            # IN_MEMORY_TABLE) until one.  The snapshot checkpoints too, but
+            # its interval stretches with slow publications, and in between
+            # that memory grew with ingest (docs/benchmarks.md "Bounded dedup").
+            try:
+                with self._lock:
+                    self.con.execute("CHECKPOINT")
+            except duckdb.FatalException:
+                raise
+            except duckdb.Error:
+                pass  # the batch IS committed (ack it); tried again after the next commit
         self.last_commit_s = time.perf_counter() - t0
 
     def _commit(self, tables: dict, last_seq: int | None) -> None:
@@ -140,16 +159,8 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 for table, tb in tables.items():
-                    if tb.num_rows == 0:
-                        continue
-                    con.register("_hs_batch", tb)
-                    try:
-                        con.execute(self._sql[table])
-                    finally:
-                        try:
-                            con.unregister("_hs_batch")
-                        except duckdb.Error:  # aborted transaction: keep the real error
-                            pass
+                    if tb.num_rows:
+                        dedup.insert(con, table, tb, NAMES[table])
                 if last_seq is not None:
                     con.execute(
                         "INSERT INTO ingest_state VALUES (?, ?, now()) ON CONFLICT (consumer) DO UPDATE "
@@ -205,10 +216,9 @@ class Store:
         t0 = time.monotonic()
         with self._lock:
             # The cut reads committed rows through this connection: it needs
-            # no CHECKPOINT.  A checkpoint keeps the WAL short and the key
-            # index evictable (see commit), but its cost grows with the key
-            # indexes (docs/store.md): once per CHECKPOINT_WAL_BYTES of WAL,
-            # not at every publication.
+            # no CHECKPOINT.  A checkpoint keeps the WAL short and what was
+            # written evictable (see commit): once per CHECKPOINT_WAL_BYTES
+            # of WAL, not at every publication.
             if self._wal_bytes() >= CHECKPOINT_WAL_BYTES:
                 self.con.execute("CHECKPOINT")
             try:

@@ -109,10 +109,47 @@ class Store:
                         del old
             return self._con.cursor()
 
+    def run(self, fn):
+        """``fn(cursor)`` on a fresh cursor.  When a file the views name has
+        vanished (a compaction or a snapshot's month merge replaced it after
+        this store listed its files, and before the 5 s stamp check noticed),
+        reopen at once and run ``fn`` once more: the merge's output holds the
+        same rows, so the request is answered instead of failing."""
+        for attempt in (0, 1):
+            con = self.cursor()
+            try:
+                return fn(con)
+            except Exception as exc:
+                if attempt or not _vanished_file(exc):
+                    raise
+            finally:
+                con.close()
+            self._reopen()
+
+    def _reopen(self):
+        with self._lock:
+            try:
+                con = data.open_store(db=self.db, archive=self.archive)
+            except DashboardError as exc:
+                sys.stderr.write(f"hookscope dashboard: reopen failed, keeping the old view: {exc}\n")
+                return
+            # as in cursor(): requests in flight keep the old connection alive
+            self._con, self._stamp, self._checked = con, self._files_stamp(), time.monotonic()
+            self._error = None
+
     def close(self):
         with self._lock:
             if self._con is not None:
                 self._con.close()
+
+
+def _vanished_file(exc) -> bool:
+    """DuckDB's error for a file named in a view that no longer exists."""
+    import duckdb
+
+    msg = str(exc)
+    return isinstance(exc, duckdb.IOException) and any(
+        m in msg for m in ("No files found that match", "No such file or directory"))
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -266,11 +303,7 @@ class Handler(BaseHTTPRequestHandler):
                 loc = self._search_shortcut(query)
                 if loc:
                     return self._send(302, "", "text/plain", [("Location", loc)])
-            con = self.server.store.cursor()
-            try:
-                page, renderer = route(con, path, query)
-            finally:
-                con.close()
+            page, renderer = self.server.store.run(lambda con: route(con, path, query))
         except data.NotFound as exc:
             return self._error(HTTPStatus.NOT_FOUND, str(exc), want_json)
         except data.BadRequest as exc:
@@ -292,11 +325,7 @@ class Handler(BaseHTTPRequestHandler):
         q = (query.get("q") or [""])[-1].strip()
         if not q:
             return None
-        con = self.server.store.cursor()
-        try:
-            d = data.search(con, q)
-        finally:
-            con.close()
+        d = self.server.store.run(lambda con: data.search(con, q))
         if d["jobs"] and d["jobs"][0]["job_id"] == q:
             return pages.job_url(q)
         if d["nodes"] and d["nodes"][0]["node"] == q:

@@ -55,9 +55,13 @@ def _audit_rows(con, where_h: str, where_s: str, params_h: list, params_s: list,
     # by the same window's lower edge only, so a hook on the edge keeps them.
     lo = since
     if lo is None:
-        # No window: bound the scripts by the selected hooks' first start, so
-        # the archive reads only the days that can hold them (issue 14).
+        # No window: bound both sides by the selected hooks' first start, so
+        # the archive reads only the days that can hold them (issue 14); the
+        # hook side's bound keeps exactly the rows it had.
         lo = rows(con, f"SELECT min(start_ts) AS t FROM hook_runs WHERE {wh}", ph)[0]["t"]
+        if lo is None:
+            return []  # no hook run matches: nothing to join scripts to
+        wh += window_sql("start_ts", lo, None, ph)
     ws = where_s + window_sql("start_ts", lo, None, ps)
     lim = f" LIMIT {int(limit)}" if limit else ""
     sql = f"""

@@ -102,19 +102,23 @@ def init_status(con, node, before=None, context="init_worker") -> dict | None:
     not run its init scripts through hookscope, and silence proves nothing."""
     if context not in contract.INIT_CONTEXTS:
         return None
-    ctxs = [context]
     t = parse_time(before)
     lo = (t or parse_time("now")) - INIT_LOOKBACK
-    params = [node, ctxs, lo, date_floor(lo)]
+    # ``context = ?`` (not a list test): an equality the archive's row-group
+    # statistics and Bloom filters can skip on; and one pass gives both the
+    # node's latest run and its peers' count (issue 14: each statement over
+    # the archive reads every day's file of the lookback)
+    params = [node, context, lo, date_floor(lo)]
     cond = ""
     if t is not None:
         cond, params = " AND start_ts <= ?", params + [t]
-    mine = rows(con, f"""SELECT hook_id, context, start_ts, status, runner_killed, {HOOK_FAILED} AS failed
-                         FROM hook_runs WHERE node = ? AND list_contains(?, context)
-                           AND start_ts >= ? AND _date >= ?{cond}
-                         ORDER BY start_ts DESC LIMIT 1""", params)
-    if mine:
-        h = mine[0]
+    found = rows(con, f"""SELECT arg_max({{'hook_id': hook_id, 'context': context, 'start_ts': start_ts,
+                                         'failed': {HOOK_FAILED}}}, start_ts) FILTER (WHERE node = ?) AS mine,
+                                 count(DISTINCT node) AS n, any_value(context) AS context
+                          FROM hook_runs WHERE context = ? AND start_ts >= ? AND _date >= ?{cond}""",
+                 params)[0]
+    if found["mine"]:
+        h = found["mine"]
         out = {"ran": True, "context": h["context"], "time": h["start_ts"], "failed": bool(h["failed"]),
                "hook_id": h["hook_id"], "script": None, "sha256": None, "exit_code": None, "output": None}
         if h["failed"]:
@@ -127,12 +131,9 @@ def init_status(con, node, before=None, context="init_worker") -> dict | None:
                 out.update(script=s[0]["path"], sha256=s[0]["sha256"], exit_code=s[0]["exit_code"],
                            output=s[0]["output"], timed_out=s[0]["timed_out"], refused=s[0]["refused"])
         return out
-    peers = rows(con, f"""SELECT count(DISTINCT node) AS n, any_value(context) AS context FROM hook_runs
-                          WHERE list_contains(?, context) AND start_ts >= ? AND _date >= ?{cond}""",
-                 [ctxs, lo, date_floor(lo)] + params[4:])[0]
-    if not peers["n"]:
+    if not found["n"]:
         return None
-    return {"ran": False, "context": peers["context"], "peers_with_init": peers["n"], "failed": None,
+    return {"ran": False, "context": found["context"], "peers_with_init": found["n"], "failed": None,
             "time": None}
 
 

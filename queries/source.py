@@ -231,8 +231,8 @@ def _open_archive(archive: str):
             _empty_view(con, table)
             continue
         keys = ", ".join(schema.KEYS[table])
-        # Among copies of a key, the lowest stream_seq wins, as INSERT OR IGNORE
-        # in the live store keeps the first.
+        # Among copies of a key, the lowest stream_seq wins, as the live
+        # store keeps the first (collector.dedup).
         order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
         dedup = f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1"
         suspects = _suspects(files)

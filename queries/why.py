@@ -217,11 +217,7 @@ def _regression(con, node, cause):
     if first_new is None:
         return {"changed": False, "old": None, "new": new, "changed_at": None}
     fn = parse_time(first_new)
-    prev = rows(con, """SELECT sha256, max(start_ts) AS last_seen
-                        FROM script_runs WHERE path = ? AND sha256 IS DISTINCT FROM ? AND start_ts < ?
-                          AND start_ts >= ? AND _date >= ?
-                        GROUP BY sha256 ORDER BY last_seen DESC LIMIT 1""",
-                [path, new, fn, fn - REGRESSION_LOOKBACK, date_floor(fn - REGRESSION_LOOKBACK)])
+    prev = _previous_version(con, path, new, fn)
     rates = rows(con, f"""SELECT sha256, count(*) AS runs, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures,
                                  min(start_ts) FILTER (WHERE {SCRIPT_FAILED} AND start_ts >= ?) AS first_failure
                           FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ? AND _date >= ?
@@ -244,6 +240,28 @@ def _regression(con, node, cause):
         or new_rate > max(2 * old_rate, old_rate + REGRESSION_MIN_RATE_RISE)))
     return {"changed": bool(changed), "old": old, "changed_at": iso(fn), "old_failure_rate": old_rate,
             **base}
+
+
+#: Where the version that ran before a new one is looked for first: the
+#: last_seen found there is the lookback's latest too (any row there is
+#: later than every row before it), and a roll-out replaces a version that
+#: was running, so the full lookback is read only when nothing ran just before.
+PREVIOUS_FIRST = timedelta(days=2)
+
+
+def _previous_version(con, path, new, fn):
+    """The latest other version of ``path`` that ran before ``fn`` (within
+    REGRESSION_LOOKBACK): [{sha256, last_seen}] or []."""
+    for back in (PREVIOUS_FIRST, REGRESSION_LOOKBACK):
+        lo = fn - min(back, REGRESSION_LOOKBACK)
+        prev = rows(con, """SELECT sha256, max(start_ts) AS last_seen
+                            FROM script_runs WHERE path = ? AND sha256 IS DISTINCT FROM ? AND start_ts < ?
+                              AND start_ts >= ? AND _date >= ?
+                            GROUP BY sha256 ORDER BY last_seen DESC LIMIT 1""",
+                    [path, new, fn, lo, date_floor(lo)])
+        if prev:
+            return prev
+    return []
 
 
 def _gpu(con, node, around):

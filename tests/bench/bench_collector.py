@@ -9,14 +9,16 @@
 
 In ONE run, on a real nats-server and real files under /tmp:
   * ceiling A: bare nats-py JetStream pull consume (fetch + ack, nothing else);
-  * ceiling B: DuckDB Arrow insert (INSERT OR IGNORE of the same rows, prebuilt);
+  * ceiling B: DuckDB Arrow insert (``Store.commit`` of the same rows, prebuilt: collector.dedup);
   * ours: the collector end to end (decode, Parquet archive with fsync, DuckDB
     commit, acks), printed as spans/s and as a fraction of the lower ceiling;
   * baseline (``--baseline-tree``): another tree's collector on the same
     messages, in alternating rounds, as a ratio;
   * stages: us per span of each step (fetch+ack, headers, decode, identity
     checks, Arrow, Parquet+fsync, DuckDB commit), one after the other;
-  * burst: 4096 nodes x (prolog + epilog) x 8 scripts published at once, time
+  * burst: 4096 nodes x (prolog + epilog) x 8 scripts published at once (by a
+    process of its own, as the nodes are; ``--burst-publisher loop``: from the
+    collector's event loop, as before), time
     until all of it is queryable in the live store (goal < 5 s), with the
     redeliveries and nats-server's slow-consumer cuts; with ``--baseline-tree``
     the baseline's collector takes the same burst too, on its own server;
@@ -127,7 +129,7 @@ async def raw_consume(url, n, batch=1024):
 
 
 def duckdb_ceiling(msgs, tmp, batch=1024):
-    """Ceiling B: INSERT OR IGNORE of prebuilt Arrow batches into a fresh file."""
+    """Ceiling B: Store.commit (collector.dedup) of prebuilt Arrow batches into a fresh file."""
     now = time.time_ns()
     fake = [_FakeMsg(s, p, i + 1, now) for i, (s, _, p) in enumerate(msgs)]
     arrows = [build_batch(fake[i:i + batch], "bench", False, C.MAX_MESSAGE_BYTES)
@@ -157,12 +159,14 @@ def run_ours(url, tmp, n, batch, tag="ours"):
         import resource
         await col.connect()
         r0 = resource.getrusage(resource.RUSAGE_SELF)
+        m0 = time.thread_time()  # this thread runs the collector's loop: fetch, decode, Arrow, ack
         t0 = time.perf_counter()
         task = asyncio.create_task(col.run())
         while col.metrics.snapshot()["messages"] < n:
             await asyncio.sleep(0.01)
         dt = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu["main"] = time.thread_time() - m0
         cpu["s"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         col.stop()
         await task
@@ -171,6 +175,10 @@ def run_ours(url, tmp, n, batch, tag="ours"):
 
     dt = asyncio.run(go())
     us = cpu["s"] / (n * SPANS_PER_MSG) * 1e6
+    main_us = cpu["main"] / (n * SPANS_PER_MSG) * 1e6
+    # the main thread holds the GIL for its Python work: its share bounds the rate
+    print(f"  collector main thread CPU: {main_us:.1f} us/span = {cpu['main'] / dt:.0%} of the wall time "
+          f"(the writer's and archiver's threads and DuckDB's: {us - main_us:.1f} us/span)")
     print(f"  collector CPU (all threads, user+sys): {cpu['s']:.2f}s = {us:.1f} us/span -> "
           f"{1e6 / us:,.0f} spans/s per fully available core (load-independent estimate)")
     print("  collector stages (us per span, wall, threads overlap):",
@@ -194,7 +202,7 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 run_ours = bench.run_ours
 if url == "burst":  # the burst on its own server: n is the node count
-    print("RESULT " + json.dumps(list(bench.burst(tmp, n_nodes=int(n), tag=tag))))
+    print("RESULT " + json.dumps(list(bench.burst(tmp, n_nodes=int(n), tag=tag, publisher=batch))))
 else:
     dt, counts = run_ours(url, tmp, int(n), int(batch), tag=tag)
     print("RESULT " + json.dumps({"dt": dt, "counts": counts}))
@@ -224,10 +232,54 @@ def run_baseline(tree, url, tmp, n, batch, tag="baseline"):
     return res["dt"], res["counts"]
 
 
-def burst(tmp, n_nodes=4096, scripts=8, tag="burst"):
+#: The burst's publisher, a process of its own (as the nodes are): it
+#: connects, says "ready", waits for "go", publishes every message (core NATS,
+#: as the agents' burst arrives), waits until the stream holds them all and
+#: prints how long that took.
+_PUBLISHER = """
+import asyncio, pickle, sys, time
+sys.path.insert(0, sys.argv[1])
+import nats
+from emitter import contract as C
+async def main():
+    with open(sys.argv[3], "rb") as f:
+        msgs = pickle.load(f)
+    nc = await nats.connect(sys.argv[2])
+    js = nc.jetstream(timeout=10)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.perf_counter()
+    for subj, mid, payload in msgs:
+        await nc.publish(subj, payload, headers={C.HDR_MSG_ID: mid, C.HDR_SCHEMA: "1"})
+    await nc.flush(timeout=60)
+    while (await js.stream_info(C.STREAM_NAME)).state.messages < len(msgs):
+        await asyncio.sleep(0.05)
+    print(f"published {time.perf_counter() - t0}", flush=True)
+    await nc.close()
+asyncio.run(main())
+"""
+
+
+async def _publish_apart(url, msgs, path):
+    """Start the publisher process and wait for its "ready"; it publishes
+    when it reads a line.  Its start-up (imports, connect) is before the clock."""
+    import pickle
+    with open(path, "wb") as f:
+        pickle.dump(msgs, f)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _PUBLISHER, str(ROOT), url, path,
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    if (await proc.stdout.readline()).strip() != b"ready":
+        raise SystemExit(f"burst publisher failed (status {await proc.wait()})")
+    return proc
+
+
+def burst(tmp, n_nodes=4096, scripts=8, tag="burst", publisher="process"):
     """4096 nodes x prolog+epilog published at once; time until queryable.
     (seconds, publish seconds, messages, script_runs stored, redeliveries,
-    slow-consumer lines in nats-server's log)"""
+    slow-consumer lines in nats-server's log).  ``publisher``: "process" (a
+    process of its own, as the nodes are) or "loop" (the collector's own
+    event loop, as before session 6: its publishing then competes with the
+    collector's main thread)."""
     srv = NatsServer(store_dir=os.path.join(tmp, f"nats-{tag}")).start()
     try:
         nodes = [Node(f"node{i:04d}") for i in range(n_nodes)]
@@ -244,11 +296,21 @@ def burst(tmp, n_nodes=4096, scripts=8, tag="burst"):
         async def go():
             await col.connect()
             task = asyncio.create_task(col.run())
-            t0 = time.perf_counter()
-            pub = await publish(srv.url, msgs)
+            if publisher == "process":
+                proc = await _publish_apart(srv.url, msgs, os.path.join(tmp, f"{tag}-msgs.pickle"))
+                t0 = time.perf_counter()
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+            else:
+                t0 = time.perf_counter()
+                pub = await publish(srv.url, msgs)
             while col.metrics.snapshot()["messages"] < len(msgs):
                 await asyncio.sleep(0.01)
             dt = time.perf_counter() - t0
+            if publisher == "process":
+                line = (await proc.stdout.readline()).decode().split()
+                await proc.wait()
+                pub = float(line[1]) if len(line) == 2 and line[0] == "published" else float("nan")
             # deliveries beyond one per message: redeliveries (after ack_wait or a nak)
             ci = await col.js.consumer_info(C.STREAM_NAME, cfg.durable)
             col.stop()
@@ -344,9 +406,10 @@ def bursts(args, tmp):
     """The burst with our collector and, with ``--baseline-tree``, the
     baseline's, each on its own fresh server, one after the other."""
     nn = 1024 if args.quick else 4096
-    runs = [("ours", lambda: burst(tmp, n_nodes=nn, tag="burst-ours"))]
+    runs = [("ours", lambda: burst(tmp, n_nodes=nn, tag="burst-ours", publisher=args.burst_publisher))]
     if args.baseline_tree:
-        runs.insert(0, ("baseline", lambda: _in_tree(args.baseline_tree, "burst", tmp, nn, 0, "burst-base")))
+        runs.insert(0, ("baseline", lambda: _in_tree(args.baseline_tree, "burst", tmp, nn, args.burst_publisher,
+                                                     "burst-base")))
     took = {}
     for who, fn in runs:
         dt, pubt, nm, ns, redelivered, slow = fn()
@@ -366,6 +429,9 @@ def _args():
     ap.add_argument("--messages", type=int, default=None, help="hook messages (9 spans each)")
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--no-burst", action="store_true")
+    ap.add_argument("--burst-publisher", choices=("process", "loop"), default="process",
+                    help="who publishes the burst: a process of its own (as the nodes are; default) or the "
+                         "collector's own event loop (as before session 6)")
     ap.add_argument("--no-freshness", action="store_true")
     ap.add_argument("--no-sync-cost", action="store_true")
     ap.add_argument("--baseline-tree", metavar="DIR",
@@ -412,7 +478,7 @@ def throughput(args, n, msgs, tmp):
     ours = n * SPANS_PER_MSG / ours_dt
     ceiling = min(raw_rate, duck_rate)
     print(f"ceiling A  nats-py JetStream fetch+ack : {raw_rate:>10,.0f} spans/s ({n / ra:,.0f} msgs/s)")
-    print(f"ceiling B  DuckDB Arrow INSERT OR IGNORE: {duck_rate:>10,.0f} spans/s")
+    print(f"ceiling B  DuckDB Arrow Store.commit  : {duck_rate:>10,.0f} spans/s")
     print(f"(python decode+Arrow alone             : {n * SPANS_PER_MSG / py:>10,.0f} spans/s)")
     print(f"ours       end to end (archive+commit+ack): {ours:>10,.0f} spans/s  "
           f"= {ours / ceiling:.0%} of the lower ceiling ({ours / 12000:.1f}x the OTel Collector's "

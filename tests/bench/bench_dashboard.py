@@ -102,6 +102,7 @@ def generate(path, rows=10_000_000, gpu_jobs=300):
         FROM h, range(2) t(s) ORDER BY i, s""")
     con.execute(f"""
         INSERT INTO gpu_samples BY NAME
+        SELECT DISTINCT ON (cluster, node, gpu_index, ts) * FROM (
         WITH jobs AS (SELECT j, min(ts) AS t0, max(ts) AS t1, any_value(n1) AS n1 FROM h
                       WHERE j >= {n_jobs - gpu_jobs} GROUP BY j)
         SELECT 'gpu1' AS cluster, printf('node%04d', (n1 + nn) % 2000) AS node,
@@ -114,8 +115,7 @@ def generate(path, rows=10_000_000, gpu_jobs=300):
                CASE WHEN g = 3 AND step > 150 AND j % 5 = 0 THEN 79 ELSE 0 END AS xid, 0 AS retired_pages,
                0 AS throttle_reasons, 'replay' AS source
         FROM jobs, range(2) a(nn), range(8) b(g),
-             range(0, (epoch(t1) - epoch(t0))::BIGINT // 10 + 1) c(step)
-        ON CONFLICT DO NOTHING""")
+             range(0, (epoch(t1) - epoch(t0))::BIGINT // 10 + 1) c(step))""")
     con.execute("""
         INSERT INTO node_events BY NAME
         SELECT 'ev-' || hook_id AS event_id, cluster, node, end_ts + INTERVAL 2 SECOND AS ts,

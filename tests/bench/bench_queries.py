@@ -33,9 +33,15 @@ and prints the figures and ratios.  Usage:
                                                              # writes it, before/after compaction
 
 ``--compact`` cuts each archive partition into ``--fetches-per-day`` files
-(default 48: the collector writes one per fetch), times the archive so,
-runs ``collector.compact.compact`` (timed), and times it again: both side by
-side with the DuckDB store in the same run.
+(default 48: the collector writes one per fetch), compacts a hard-linked copy
+of it with ``collector.compact.compact`` once per ``--codecs`` codec (timed),
+and times every query on the DuckDB store, the uncompacted archive and each
+compacted copy interleaved (repeat, query, source), so load changes fall on
+all alike; every source must give the same answers.  ``--fetches-per-day 1``
+keeps the generated files (one per partition, time order, not sorted by
+node): the 10 M-run comparison of docs/benchmarks.md:
+
+    .venv/bin/python tests/bench/bench_queries.py --keep --compact --fetches-per-day 1 --codecs snappy,zstd
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ YEAR_US = 365 * 86400 * 10**6
 PROLOG = [(0, "/etc/slurm/prolog.d/10-mounts.sh"), (1, "/etc/slurm/prolog.d/20-gpu.sh"),
           (2, "/etc/slurm/prolog.d/30-health.sh")]
 EPILOG = [(0, "/etc/slurm/epilog.d/80-cleanup.sh"), (1, "/etc/slurm/epilog.d/90-accounting.sh")]
-TARGETS_MS = {"why": 100, "audit job": 50, "drains": 500}
+TARGETS_MS = {"why": 100, "audit job": 50, "drains": 200}  # issue 14's goals
 
 
 def log(msg):
@@ -238,9 +244,15 @@ def name_archive_files(archive: str):
 
 def split_archive(archive: str, per_day: int) -> int:
     """Cut every partition's file into ``per_day`` files of consecutive rows,
-    as the collector writes them (one per fetch); returns the file count."""
+    as the collector writes them (one per fetch); returns the file count.
+    ``per_day`` 1 leaves the generated files (one per partition, in time
+    order, not sorted by node): at 10 M runs the 48-file archive takes
+    minutes per query, and one file a day isolates what the sort and the
+    file layout of compaction add."""
     import pyarrow.parquet as pq
 
+    if per_day <= 1:
+        return sum(1 for _d, _s, fs in os.walk(archive) for f in fs if f.endswith(".parquet"))
     n = 0
     for dirpath, _dirs, files in os.walk(archive):
         for f in sorted(files):
@@ -308,6 +320,75 @@ def date_bounds(archive: str, repeat: int):
     con.close()
 
 
+def compacted_copy(archive: str, codec: str) -> str:
+    """A hard-linked copy of ``archive`` (the inputs stay for the uncompacted
+    timings: compaction writes new files and only unlinks the copy's links),
+    compacted by ``collector.compact`` with ``codec``; returns its root."""
+    from collector import compact as cp
+
+    dst = f"{archive}-compacted-{codec}"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(archive, dst, copy_function=os.link)
+    saved, cp.COMPRESSION = cp.COMPRESSION, codec
+    try:
+        t0 = time.perf_counter()
+        done = cp.compact(dst, today="2099-01-01")
+    finally:
+        cp.COMPRESSION = saved
+    import pyarrow.parquet as pq
+
+    files = [os.path.join(d, f) for d, _s, fs in os.walk(dst) for f in fs if f.endswith(".parquet")]
+    size = sum(os.path.getsize(f) for f in files)
+    bloom = 0
+    for f in (r["file"] for r in done):
+        md = pq.ParquetFile(f).metadata
+        bloom += sum(max(0, md.row_group(g).column(c).bloom_filter_length or 0)
+                     for g in range(md.num_row_groups) for c in range(md.num_columns))
+    log(f"compacted ({codec}) {sum(r['inputs'] for r in done):,} files into {len(done):,} "
+        f"in {time.perf_counter() - t0:.1f} s ({len(files):,} files, {size / 2**20:,.0f} MiB, "
+        f"of which Bloom filters {bloom / 2**20:,.1f} MiB)")
+    return dst
+
+
+def time_sources(sources, broken, flaky, repeat) -> dict:
+    """Each query on each source, interleaved (repeat, query, source) so a
+    change of machine load falls on every source alike; medians."""
+    cons, times = {}, {}
+    for label, kw in sources:
+        t0 = time.perf_counter()
+        con = cons[label] = open_source(**kw)
+        log(f"open {label}: {(time.perf_counter() - t0) * 1000:.0f} ms")
+    job = cons["duckdb"].execute("SELECT job_id FROM hook_runs WHERE node = ? ORDER BY start_ts DESC "
+                                 "LIMIT 1", [broken]).fetchone()[0]
+    cases = {
+        "why": lambda con: why(con, broken),
+        "why (flaky node)": lambda con: why(con, flaky),
+        "audit job": lambda con: audit_job(con, job),
+        "drains": lambda con: drains(con),
+    }
+    answers = {}
+    for _ in range(repeat):
+        for name, fn in cases.items():
+            for label, con in cons.items():
+                res, t = timed(lambda: fn(con), 1)
+                times.setdefault((label, name), []).extend(t)
+                key = res["verdict"] if name.startswith("why") else repr(res)
+                if answers.setdefault(name, key) != key:
+                    raise SystemExit(f"DEFECT: {name} answers differently on {label}")
+    results = {}
+    for label, con in cons.items():
+        log(f"\n== {label}")
+        for name in cases:
+            ts = times[(label, name)]
+            med = results[(label, name)] = statistics.median(ts)
+            goal = TARGETS_MS.get(name.split(" (")[0])
+            verdict = "" if goal is None else (" OK" if med <= goal else (" DEFECT" if med > 1000 else " over goal"))
+            log(f"  {name:<18} first {ts[0]:8.1f} ms  median {med:8.1f} ms  (goal <= {goal} ms){verdict}")
+        con.close()
+    log(f"\n  why: {answers['why'][:200]}")
+    return results
+
+
 def timed(fn, repeat):
     times = []
     result = None
@@ -330,8 +411,12 @@ def main(argv=None):
                     help="time the archive as many small files, compact it, time it again")
     ap.add_argument("--bounds", action="store_true",
                     help="also time archive statements without and with their date bounds")
+    ap.add_argument("--codecs", default="zstd",
+                    help="with --compact: compact a copy of the archive with each of these Parquet "
+                         "codecs (comma-separated, e.g. snappy,zstd) and time each")
     ap.add_argument("--fetches-per-day", type=int, default=48,
-                    help="with --compact: files per partition before compaction")
+                    help="with --compact: files per partition before compaction (1: as generated, "
+                         "the 10 M-run comparison in docs/benchmarks.md)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     db, archive, logs = str(out / "hookscope.duckdb"), str(out / "archive"), str(out / "logs")
@@ -363,49 +448,19 @@ def main(argv=None):
         nfiles = split_archive(archive, a.fetches_per_day)
         log(f"archive cut into {nfiles:,} files ({a.fetches_per_day} per partition) "
             f"in {time.perf_counter() - t0:.1f} s")
-        sources = [("duckdb", {"db": db}), ("archive, small files", {"archive": archive}),
-                   ("archive, compacted", {"archive": archive})]
+        small = f"archive, {a.fetches_per_day} file(s)/day"
+        sources = [("duckdb", {"db": db}), (small, {"archive": archive})]
     name_archive_files(archive)
+    if a.compact:
+        for codec in a.codecs.split(","):
+            sources.append((f"archive, compacted ({codec})", {"archive": compacted_copy(archive, codec)}))
     # The flaky node's last failure, and a node of the systemic regression.
     flaky = "node0000"
     con = open_source(db=db, quiet=True)
     worst = drains(con)
     broken = worst[0]["nodes"][0] if worst else flaky
     con.close()
-    results = {}
-    for label, kw in sources:
-        if label == "archive, compacted":
-            from collector.compact import compact
-            t0 = time.perf_counter()
-            done = compact(archive, today="2099-01-01")
-            nfiles = sum(1 for _d, _s, fs in os.walk(archive) for f in fs if f.endswith(".parquet"))
-            log(f"\ncompacted {sum(r['inputs'] for r in done):,} files into {len(done):,} "
-                f"in {time.perf_counter() - t0:.1f} s ({nfiles:,} files now)")
-        t0 = time.perf_counter()
-        con = open_source(**kw)
-        open_ms = (time.perf_counter() - t0) * 1000
-        job = con.execute("SELECT job_id FROM hook_runs WHERE node = ? ORDER BY start_ts DESC LIMIT 1",
-                          [broken]).fetchone()[0]
-        cases = {
-            "why": lambda: why(con, broken),
-            "why (flaky node)": lambda: why(con, flaky),
-            "audit job": lambda: audit_job(con, job),
-            "drains": lambda: drains(con),
-        }
-        log(f"\n== {label}: open {open_ms:.0f} ms")
-        for name, fn in cases.items():
-            res, times = timed(fn, a.repeat)
-            med = statistics.median(times)
-            results[(label, name)] = med
-            goal = TARGETS_MS.get(name.split(" (")[0])
-            verdict = "" if goal is None else (" OK" if med < goal else (" DEFECT" if med > 1000 else " over goal"))
-            log(f"  {name:<18} first {times[0]:8.1f} ms  median {med:8.1f} ms"
-                f"  (goal < {goal} ms){verdict}")
-            if name == "why":
-                log(f"    verdict: {res['verdict'][:200]}")
-            if name == "drains":
-                log(f"    {len(res)} cause(s); worst: {res[0]['count']} nodes, {res[0]['script']}")
-        con.close()
+    results = time_sources(sources, broken, flaky, a.repeat)
 
     # Baseline: grep, as SREs do today.
     node_log = f"{logs}/node={broken}/data_0.csv"
@@ -431,11 +486,12 @@ def main(argv=None):
         f"{g_node / why_db:8.2f}x  (that grep answers only 'last failure line': no cause "
         f"across nodes, no version change, no GPU, no node events)")
     if a.compact:
-        log("\n== compaction (small-file archive time / compacted archive time)")
-        for name in ("why", "why (flaky node)", "audit job", "drains"):
-            before, after = results[("archive, small files", name)], results[("archive, compacted", name)]
-            log(f"  {name:<18} {before:8.1f} ms -> {after:8.1f} ms  {before / after:6.1f}x"
-                f"   (DuckDB store {results[('duckdb', name)]:8.1f} ms)")
+        for label, _kw in sources[2:]:
+            log(f"\n== compaction ({small} time / {label} time)")
+            for name in ("why", "why (flaky node)", "audit job", "drains"):
+                before, after = results[(small, name)], results[(label, name)]
+                log(f"  {name:<18} {before:8.1f} ms -> {after:8.1f} ms  {before / after:6.1f}x"
+                    f"   (DuckDB store {results[('duckdb', name)]:8.1f} ms, {after / results[('duckdb', name)]:.1f}x)")
     if a.bounds:
         date_bounds(archive, max(a.repeat, 5))
     if not a.keep:

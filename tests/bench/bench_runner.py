@@ -309,6 +309,21 @@ print(" ".join("%.1f" % (x * 1e6) for x in out))
 """
 
 
+#: The same imports after the lean launchers' hot bundle (emitter/launcher.py
+#: _LOAD_HOT, argv[3]) has loaded what it holds; timed together.
+_TIME_BUNDLE = r"""
+import gc; gc.disable()
+import sys, time
+sys.path.insert(0, sys.argv[1])
+clock = time.process_time
+t = clock()
+exec(sys.argv[2])
+for m in sys.argv[3:]:
+    __import__(m)
+print("%.1f" % ((clock() - t) * 1e6))
+"""
+
+
 def _hot_modules(root):
     # a module that tree does not have (yet) is left out, not an error
     return [m for m in _HOT_IMPORTS if not m.startswith("emitter.") or (root / (m.replace(".", "/") + ".py")).exists()]
@@ -316,27 +331,47 @@ def _hot_modules(root):
 
 def _import_costs(py, n):
     """CPU of each hot-path import, first in a fresh process, and of all of them
-    with the cyclic GC on and off (the lean launchers turn it off); the same
-    totals for each --also tree (its root: the directory above its VENV)."""
+    with the cyclic GC on and off (the lean launchers turn it off), and through
+    the tree's hot bundle as its lean launchers load it (GC off), interleaved; the
+    same totals for each --also tree (its root: the directory above its VENV; a
+    tree without a bundle, from before it, has no bundle row)."""
     import subprocess
 
     trees = {"": ROOT, **{f" ({name})": Path(venv).resolve().parent for name, venv in ALSO.items()}}
-    rows = {(label, gc_mode): [] for label in trees for gc_mode in ("on", "off")}
+    venvs = {"": VENV_BIN.parent, **{f" ({name})": Path(venv) for name, venv in ALSO.items()}}
+    loads = {label: _bundle_loader(py, trees[label], venvs[label]) for label in trees}
+    rows = {(label, mode): [] for label in trees for mode in ("on", "off", "bundle")
+            if mode != "bundle" or loads[label]}
     for _ in range(n):
-        for label, gc_mode in rows:
+        for label, mode in rows:
             root = trees[label]
-            out = subprocess.run([py, "-I", "-S", "-c", _TIME_IMPORTS, gc_mode, str(root), *_hot_modules(root)],
+            args = [_TIME_BUNDLE, str(root), loads[label]] if mode == "bundle" else [_TIME_IMPORTS, mode, str(root)]
+            out = subprocess.run([py, "-I", "-S", "-c", *args, *_hot_modules(root)],
                                  capture_output=True, text=True, check=True).stdout
-            rows[label, gc_mode].append([float(x) for x in out.split()])
+            rows[label, mode].append([float(x) for x in out.split()])
     mods = _hot_modules(ROOT)
     print(f"  first import, CPU, GC off (minimum and median of {n} fresh processes):")
     for i, m in enumerate(mods):
         col = sorted(r[i] for r in rows["", "off"])
         print(f"    {m:<34} min {col[0]:7.0f} us  median {col[len(col) // 2]:7.0f} us")
-    for (label, gc_mode), r in rows.items():
+    for (label, mode), r in rows.items():
         tot = sorted(sum(x) for x in r)
-        print(f"  {'all of them' + label + ', GC ' + gc_mode:<36} min {tot[0] / 1000:6.2f} ms  "
+        how = "hot bundle" if mode == "bundle" else "GC " + mode
+        print(f"  {'all of them' + label + ', ' + how:<36} min {tot[0] / 1000:6.2f} ms  "
               f"median {tot[len(tot) // 2] / 1000:6.2f} ms")
+
+
+def _bundle_loader(py, root, venv):
+    """The -c text with which a tree's lean launchers load its hot bundle, or None."""
+    import subprocess
+
+    path = Path(venv) / "lib" / "hookscope-hot.marshal"
+    launcher = root / "emitter" / "launcher.py"
+    if not path.exists() or "_LOAD_HOT" not in launcher.read_text():
+        return None
+    return subprocess.run([py, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(root)!r}); from "
+                           f"emitter.launcher import _LOAD_HOT; print(_LOAD_HOT.format(bundle={str(path)!r}))"],
+                          capture_output=True, text=True, check=True).stdout
 
 
 def main(argv=None):
@@ -344,7 +379,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=200, help="repetitions for (a); (b) uses reps/5, (c) reps/20")
     ap.add_argument("--only", choices=("a", "b", "c"), help="run one case")
     ap.add_argument("--profile", action="store_true",
-                    help="instead: where a cold hook of (a) spends its time (phases, spawns, imports, exit)")
+                    help="instead: where a cold hook of (a) spends its time (phases, spawns, imports with "
+                         "and without the launchers' hot bundle, exit)")
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=VENV",
                     help="also run VENV/bin/hookscope-hook (another tree's lean launcher), side by side")
     args = ap.parse_args(argv)

@@ -11,8 +11,8 @@ agent makes them):
 
 * every message goes through ``collector.fetched.build_batch`` (decode,
   identity and Msg-Id checks, Arrow), ``collector.archive.Archive.write``
-  (Parquet, zstd, fsync) and ``collector.store.Store.commit`` (DuckDB, keyed
-  ``INSERT OR IGNORE``); hook messages and GPU messages each into their own
+  (Parquet, zstd, fsync) and ``collector.store.Store.commit`` (DuckDB,
+  ``collector.dedup``); hook messages and GPU messages each into their own
   archive and store, so that bytes and CPU are known per kind;
 * rows per message of each kind, per table;
 * Parquet bytes per row per table after ``collector.compact.compact`` (one

@@ -18,7 +18,9 @@ exits 0.  The journal is emptied between jobs, outside the timed window, as a
 running agent would ship it.  /etc/hookscope/hookscope.toml is backed up and
 restored, under the Slurm tier's lock.
 
-Run: make bench   (or .venv/bin/python tests/bench/bench_slurm_hooks.py [--reps N])
+Run: make bench   (or .venv/bin/python tests/bench/bench_slurm_hooks.py [--reps N] [--shapes 1,10]
+[--also LABEL=VENV]).  --also adds another tree's lean hookscope-hook as one more mode, alternating
+with the others job by job (a before/after comparison; the recipe in tests/bench/bench_runner.py).
 """
 
 import argparse
@@ -118,7 +120,12 @@ def one_job(c: SlurmCluster, journal: Path) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=10, help="jobs per shape and mode (default 10)")
+    ap.add_argument("--shapes", default="1,10,200", help="numbers of scripts to run (default 1,10,200)")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=VENV",
+                    help="also run VENV/bin/hookscope-hook (another tree's lean launcher), job by job")
     args = ap.parse_args(argv)
+    shapes = {name: n for name, n in SHAPES.items() if str(n) in args.shapes.split(",")}
+    also = dict(spec.partition("=")[::2] for spec in args.also)
     why = slurm_missing_reason()
     if why:
         print(f"bench_slurm_hooks: not run: {why}")
@@ -127,24 +134,26 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="hookscope-slurm-"))
     c = SlurmCluster(root, prolog_epilog_timeout=300)
     c.slurmd_debug, c.slurmd_ignore_sigpipe = "debug2", True
-    dirs = {name: root / "bench" / f"prolog-{n}" for name, n in SHAPES.items()}
-    for name, n in SHAPES.items():
+    dirs = {name: root / "bench" / f"prolog-{n}" for name, n in shapes.items()}
+    for name, n in shapes.items():
         make_dir(dirs[name], n)
     epilog = root / "bench" / "epilog"
     make_dir(epilog, 1)
     journal = root / "bench" / "journal"
-    results = {name: {"bare": [], "hookscope": []} for name in SHAPES}
+    binaries = {"hookscope": str(hook_binary()), **{label: str(Path(venv) / "bin" / "hookscope-hook")
+                                                      for label, venv in also.items()}}
+    results = {name: {"bare": [], **{mode: [] for mode in binaries}} for name in shapes}
     try:
         with EtcConfig() as etc:
             c.start()
             print(f"Slurm 22.05 (Debian), one node, debug2 log; {args.reps} jobs per shape and mode, alternating")
-            for name in SHAPES:
+            for name in shapes:
                 etc.write(f"{CONFIG_HEADER}; the original is restored afterwards\n[runner]\n"
                           f'journal_dir = "{journal}"\n\n[runner.dirs]\n'
                           f'prolog_slurmd = "{dirs[name]}"\nepilog_slurmd = "{epilog}"\n')
                 for rep in range(args.reps + 1):  # the first pair warms caches, not counted
-                    for mode in ("bare", "hookscope"):
-                        hb = str(hook_binary())
+                    for mode in results[name]:
+                        hb = binaries.get(mode)
                         hooks = ({"Prolog": f"{dirs[name]}/*", "Epilog": f"{epilog}/*"} if mode == "bare"
                                  else {"Prolog": hb, "Epilog": hb})
                         c.set_hooks(**hooks)
@@ -154,12 +163,13 @@ def main(argv=None) -> int:
     finally:
         c.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"{'prolog directory':<14} {'bare ms':>9} {'hookscope ms':>13} {'ratio':>6} {'diff ms':>8}  goal")
-    for name in SHAPES:
+    print(f"{'prolog directory':<14} {'mode':<10} {'bare ms':>9} {'hook ms':>9} {'ratio':>6} {'diff ms':>8}  goal")
+    for name in shapes:
         b = statistics.median(results[name]["bare"]) * 1e3
-        h = statistics.median(results[name]["hookscope"]) * 1e3
-        goal = "<= bare + 15 ms" if SHAPES[name] == 1 else "<= bare"
-        print(f"{name:<14} {b:9.1f} {h:13.1f} {h / b:6.2f} {h - b:8.1f}  {goal}")
+        goal = "<= bare + 15 ms" if shapes[name] == 1 else "<= bare"
+        for mode in binaries:
+            h = statistics.median(results[name][mode]) * 1e3
+            print(f"{name:<14} {mode:<10} {b:9.1f} {h:9.1f} {h / b:6.2f} {h - b:8.1f}  {goal}")
     print("(median of slurmd's own log timestamps, REQUEST_LAUNCH_PROLOG -> 'Launching batch job', ms resolution;"
           f" load average {os.getloadavg()[0]:.1f})")
     return 0
