@@ -16,6 +16,7 @@ from dashboards.common import (  # noqa: F401  (re-exported: pages, server, repo
     DEFAULT_WINDOW, FAILED_SQL, GPU_METRICS, JOB_META, MAX_POINTS, BadRequest, NotFound, StoreUnavailable,
     _bucket_seconds, _gpu_series, _jsonable, _one, _rows, _status_sql, _window, open_store, parse_time)
 from dashboards.jobdata import job_page
+from queries import scope
 from queries.audit import audit_script
 from queries.drains import drains as drain_groups
 from queries.why import why as why_node
@@ -78,7 +79,7 @@ def _why_verdict(why_fn, con, node, since, until):
 
 
 def _why_on_cursor(con, why_fn, node, since, until):
-    cur = con.cursor()  # a DuckDB connection is not for concurrent use; its cursors are
+    cur = scope.cursor(con)  # a DuckDB connection is not for concurrent use; its cursors are
     try:
         return _why_verdict(why_fn, cur, node, since, until)
     finally:

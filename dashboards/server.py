@@ -22,6 +22,7 @@ from importlib import resources
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from dashboards import DashboardError, data, pages
+from queries import scope
 from dashboards.settings import TOKEN_ENV, AuthConfigError, DashboardSettings, resolve_dashboard  # noqa: F401
 
 COOKIE = "hookscope_token"
@@ -93,7 +94,7 @@ class Store:
                         self._error = str(exc)
                 if self._con is None:
                     raise data.StoreUnavailable(f"the store is not readable yet: {self._error}")
-                return self._con.cursor()
+                return scope.cursor(self._con)  # keeps the archive's date scopes
             if (self.db or self.archive) and now - self._checked > RELOAD_CHECK_S:
                 self._checked = now
                 stamp = self._files_stamp()
@@ -107,7 +108,7 @@ class Store:
                         # Requests in flight hold their own cursors; closing the
                         # parent would close them, so the old one is left to GC.
                         del old
-            return self._con.cursor()
+            return scope.cursor(self._con)  # keeps the archive's date scopes
 
     def run(self, fn):
         """``fn(cursor)`` on a fresh cursor.  When a file the views name has

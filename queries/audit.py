@@ -8,7 +8,7 @@ returns plain JSON-able data (times as ISO-8601 UTC strings).
 from __future__ import annotations
 
 from queries import QueryError
-from queries.source import rows, window_sql
+from queries.source import rows, window_floor, window_sql
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
 
 #: Keys of one audit row, in display order.
@@ -58,7 +58,7 @@ def _audit_rows(con, where_h: str, where_s: str, params_h: list, params_s: list,
         # No window: bound both sides by the selected hooks' first start, so
         # the archive reads only the days that can hold them (issue 14); the
         # hook side's bound keeps exactly the rows it had.
-        lo = rows(con, f"SELECT min(start_ts) AS t FROM hook_runs WHERE {wh}", ph)[0]["t"]
+        lo = rows(con, f"SELECT min(start_ts) AS t FROM hook_runs WHERE {wh}", ph, window_floor(since))[0]["t"]
         if lo is None:
             return []  # no hook run matches: nothing to join scripts to
         wh += window_sql("start_ts", lo, None, ph)
@@ -76,7 +76,8 @@ def _audit_rows(con, where_h: str, where_s: str, params_h: list, params_s: list,
                {attested_sql('h')} AS attested
         FROM h LEFT JOIN s ON s.hook_id = h.hook_id
         ORDER BY start, h.node, h.hook_id, s.idx{lim}"""
-    out = rows(con, sql, ph + ps)
+    # both sides are bounded by lo's day (queries.scope)
+    out = rows(con, sql, ph + ps, window_floor(lo))
     # What Slurm did about each failure (issue 16), in Slurm's words.
     from queries.outcomes import consequence
 
@@ -146,7 +147,7 @@ def audit_script(con, path, since=None, until=None) -> dict:
                round(quantile_cont(duration_ms, 0.99), 3) AS p99_ms,
                count(DISTINCT node) AS n_nodes, list(DISTINCT node ORDER BY node) AS nodes,
                list(DISTINCT context ORDER BY context) AS contexts
-        FROM s GROUP BY sha256 ORDER BY first_seen""", params)
+        FROM s GROUP BY sha256 ORDER BY first_seen""", params, window_floor(since))
     drift = rows(con, f"""
         WITH s AS ({base}),
              hv AS (SELECT date_trunc('hour', start_ts) AS hour, sha256,
@@ -154,7 +155,7 @@ def audit_script(con, path, since=None, until=None) -> dict:
                     FROM s GROUP BY ALL),
              multi AS (SELECT hour FROM hv GROUP BY hour HAVING count(*) > 1)
         SELECT hour, list({{'sha256': sha256, 'nodes': nodes}} ORDER BY sha256) AS versions
-        FROM hv WHERE hour IN (SELECT hour FROM multi) GROUP BY hour ORDER BY hour""", params)
+        FROM hv WHERE hour IN (SELECT hour FROM multi) GROUP BY hour ORDER BY hour""", params, window_floor(since))
     total = sum(v["runs"] for v in versions)
     failures = sum(v["failures"] for v in versions)
     from queries.outcomes import stale_versions

@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from emitter import contract
-from queries.source import date_floor, parse_time, rows, window_sql
+from queries.scope import scoped
+from queries.source import date_floor, parse_time, rows, window_floor, window_sql
 from queries.audit import _prefix
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
 
@@ -33,12 +34,11 @@ def failing_nodes(con, since=None, until=None) -> dict:
     """
     params: list = []
     win = window_sql("start_ts", since, until, params)
-    cands = {(c, n): t for c, n, t in con.execute(
-        # HOOK_FAILED, written so the scan can test status before reading the
-        # other columns (the same rows: NULLs fail both forms)
-        f"SELECT cluster, node, max(start_ts) FROM hook_runs WHERE (status <> 0 OR runner_killed){win} "
-        f"GROUP BY ALL",
-        params).fetchall() if c is not None and n is not None}  # NULL keys never join below
+    # HOOK_FAILED, written so the scan can test status before reading the
+    # other columns (the same rows: NULLs fail both forms)
+    sql = f"SELECT cluster, node, max(start_ts) FROM hook_runs WHERE (status <> 0 OR runner_killed){win} GROUP BY ALL"
+    cands = {(c, n): t for c, n, t in con.execute(scoped(con, sql, window_floor(since)), params).fetchall()
+             if c is not None and n is not None}  # NULL keys never join below
     if not cands:
         return {}
     lo_limit = parse_time(since)
@@ -50,8 +50,8 @@ def failing_nodes(con, since=None, until=None) -> dict:
             lo, width = lo_limit, None  # the caller's window: the last step
         p: list = [sorted({n for _c, n in undecided})]
         w = window_sql("start_ts", lo, until, p)
-        for c, n, t in con.execute(f"SELECT cluster, node, max(start_ts) FROM hook_runs "
-                                   f"WHERE node IN (SELECT unnest(?::VARCHAR[])){w} GROUP BY ALL", p).fetchall():
+        sql = f"SELECT cluster, node, max(start_ts) FROM hook_runs WHERE node IN (SELECT unnest(?::VARCHAR[])){w} GROUP BY ALL"
+        for c, n, t in con.execute(scoped(con, sql, window_floor(lo)), p).fetchall():
             if (c, n) in undecided:
                 undecided.discard((c, n))
                 if t == cands[(c, n)]:  # nothing started after the failure
@@ -117,7 +117,7 @@ def drains(con, since=None, until=None) -> list[dict]:
                list(DISTINCT cluster ORDER BY cluster) AS clusters
         FROM j GROUP BY context, path, sha256
         ORDER BY count DESC, last_failure DESC, script"""
-    out = rows(con, sql, params)
+    out = rows(con, sql, params, date_floor(lo))
     from queries.outcomes import consequence
 
     for r in out:

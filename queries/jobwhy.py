@@ -61,7 +61,7 @@ def _failed_script(con, hook):
                              start_ts, duration_ms, idx
                       FROM script_runs WHERE node = ? AND hook_id = ? AND start_ts >= ? AND start_ts <= ?
                         AND _date >= ? AND {SCRIPT_FAILED} ORDER BY idx LIMIT 1""",
-             [hook["node"], hook["hook_id"], t, t + timedelta(days=1), date_floor(t)])
+             [hook["node"], hook["hook_id"], t, t + timedelta(days=1), date_floor(t)], date_floor(t))
     return s[0] if s else None
 
 
@@ -114,7 +114,7 @@ def _elsewhere(con, node, s, when):
     per = rows(con, f"""SELECT node, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures
                         FROM script_runs WHERE path = ? AND sha256 IS NOT DISTINCT FROM ?
                           AND start_ts >= ? AND start_ts <= ? AND _date >= ? GROUP BY node""",
-               [s["script"], s["sha256"], lo, hi, date_floor(lo)])
+               [s["script"], s["sha256"], lo, hi, date_floor(lo)], date_floor(lo))
     failed = sorted(r["node"] for r in per if r["failures"] and r["node"] != node)
     ok = sorted(r["node"] for r in per if not r["failures"] and r["node"] != node)
     # As why NODE counts it: a script fault when at least half the nodes
@@ -131,12 +131,13 @@ def why_job(con, job_id, since=None, until=None, scheduler_parameters=None, prol
         raise QueryError("why job needs a job ID")
     job_id = str(job_id).strip()
     params = [job_id]
-    from queries.source import window_sql
+    from queries.source import window_floor, window_sql
 
     win = window_sql("start_ts", since, until, params)
     hooks = rows(con, f"""SELECT hook_id, node, context, start_ts, end_ts, duration_ms, status, restart_count,
                                  runner_killed, user_name, partition, job_name, cluster, {HOOK_FAILED} AS failed
-                          FROM hook_runs WHERE job_id = ?{win} ORDER BY start_ts, node""", params)
+                          FROM hook_runs WHERE job_id = ?{win} ORDER BY start_ts, node""", params,
+                 window_floor(since))
     if not hooks:
         raise NoSuchJob(f"the store has no hook run of job {job_id}: check the ID (as squeue/sacct show it) "
                         f"and the --since/--until window")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from emitter import contract
-from queries.source import date_floor, iso, parse_time, rows, window_sql
+from queries.source import date_floor, iso, parse_time, rows, window_floor, window_sql
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
 
 #: A prolog that ran this long after the job's allocation (its
@@ -116,7 +116,7 @@ def init_status(con, node, before=None, context="init_worker") -> dict | None:
                                          'failed': {HOOK_FAILED}}}, start_ts) FILTER (WHERE node = ?) AS mine,
                                  count(DISTINCT node) AS n, any_value(context) AS context
                           FROM hook_runs WHERE context = ? AND start_ts >= ? AND _date >= ?{cond}""",
-                 params)[0]
+                 params, date_floor(lo))[0]
     if found["mine"]:
         h = found["mine"]
         out = {"ran": True, "context": h["context"], "time": h["start_ts"], "failed": bool(h["failed"]),
@@ -126,7 +126,7 @@ def init_status(con, node, before=None, context="init_worker") -> dict | None:
             s = rows(con, f"""SELECT path, sha256, exit_code, signal, timed_out, refused, output
                               FROM script_runs WHERE node = ? AND hook_id = ? AND start_ts >= ?
                                 AND _date >= ? AND {SCRIPT_FAILED} ORDER BY idx LIMIT 1""",
-                     [node, h["hook_id"], ts, date_floor(ts)])
+                     [node, h["hook_id"], ts, date_floor(ts)], date_floor(ts))
             if s:
                 out.update(script=s[0]["path"], sha256=s[0]["sha256"], exit_code=s[0]["exit_code"],
                            output=s[0]["output"], timed_out=s[0]["timed_out"], refused=s[0]["refused"])
@@ -195,7 +195,7 @@ def stale_versions(con, path=None, node=None, since=None, until=None) -> list[di
         WHERE l.sha256 IS DISTINCT FROM c.sha256 AND vo.first_seen < c.since AND l.last_run > c.since
           -- a canary on a few nodes leaves the rest current, not lagging
           AND n.nodes * 2 >= t.n
-        ORDER BY l.path, lag_s DESC, l.node""", params)
+        ORDER BY l.path, lag_s DESC, l.node""", params, window_floor(since))
     if node is not None:
         found = [r for r in found if r["node"] == str(node)]
     for r in found:

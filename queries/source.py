@@ -19,7 +19,7 @@ import duckdb
 
 from collector import schema
 from collector.archive import file_shapes, layout_groups, partition_key
-from queries import QueryError
+from queries import QueryError, scope
 
 
 class SourceError(QueryError):
@@ -49,9 +49,13 @@ def _store_tables() -> list[str]:
     return [t for t in schema.TABLES if t != "ingest_state"] + ["ingest_state"]
 
 
-def _empty_view(con, table: str) -> None:
+def _empty_select(table: str) -> str:
     cols = ", ".join(f"NULL::{typ} AS {name}" for name, typ in table_columns(table))
-    con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {cols}, DATE 'infinity' AS _date WHERE false")
+    return f"SELECT {cols}, DATE 'infinity' AS _date WHERE false"
+
+
+def _empty_view(con, table: str) -> None:
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_empty_select(table)}")
 
 
 _TOLD: set[str] = set()
@@ -217,6 +221,29 @@ def _select(con, table: str, files: list[str]) -> str:
     return f"SELECT {', '.join(sel)} FROM {src}"
 
 
+def _view_sql(con, table: str, files: list[str]) -> str | None:
+    """The body of ``table``'s view over ``files``, one row per key; None when
+    the file names cannot tell which files may share rows (then
+    :func:`_dedup_by_keys` builds the view)."""
+    if not files:
+        return _empty_select(table)
+    suspects = _suspects(files)
+    if suspects is None:
+        return None
+    keys = ", ".join(schema.KEYS[table])
+    # Among copies of a key, the lowest stream_seq wins, as the live
+    # store keeps the first (collector.dedup).
+    order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
+    parts = []
+    clean = [f for f in files if f not in suspects]
+    if clean:
+        parts.append(_select(con, table, clean))
+    if suspects:
+        parts.append(f"SELECT * FROM ({_select(con, table, sorted(suspects))}) "
+                     f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1")
+    return " UNION ALL ".join(parts)
+
+
 def _open_archive(archive: str):
     if not os.path.isdir(archive):
         raise SourceError(
@@ -225,36 +252,27 @@ def _open_archive(archive: str):
     con = duckdb.connect(":memory:")
     # Every query reads the same files' footers again: keep them in memory.
     con.execute("SET GLOBAL parquet_metadata_cache = true")
+    listed = {}
     for table in schema.ARCHIVE_TABLES:
-        files = _archive_files(os.path.join(archive, table))
-        if not files:
-            _empty_view(con, table)
-            continue
-        keys = ", ".join(schema.KEYS[table])
-        # Among copies of a key, the lowest stream_seq wins, as the live
-        # store keeps the first (collector.dedup).
-        order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
-        dedup = f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1"
-        suspects = _suspects(files)
-        if suspects is None:
-            _dedup_by_keys(con, table, _select(con, table, files), dedup)
-            continue
-        parts = []
-        clean = [f for f in files if f not in suspects]
-        if clean:
-            parts.append(_select(con, table, clean))
-        if suspects:
-            parts.append(f"SELECT * FROM ({_select(con, table, sorted(suspects))}) {dedup}")
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL ".join(parts))
+        files = listed[table] = _archive_files(os.path.join(archive, table))
+        body = _view_sql(con, table, files)
+        if body is None:
+            _dedup_by_keys(con, table, _select(con, table, files))
+        else:
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
     _empty_view(con, "ingest_state")
+    # Statements with a lower date bound read only that bound's files (queries.scope).
+    scope.register(con, scope.ArchiveIndex(listed, _view_sql))
     return con
 
 
-def _dedup_by_keys(con, table: str, select: str, dedup: str) -> None:
+def _dedup_by_keys(con, table: str, select: str) -> None:
     """``table`` with one row per key, when file names cannot tell which
     files may share rows: the duplicated keys are found once, here, so only
     their rows pay for the window and other rows keep filter pushdown."""
     keys = ", ".join(schema.KEYS[table])
+    order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
+    dedup = f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1"
     con.execute(f"CREATE OR REPLACE VIEW _src_{table} AS {select}")
     dup = f"_dup_{table}"
     con.execute(f"CREATE OR REPLACE TABLE {dup} AS SELECT {keys} FROM _src_{table} "
@@ -355,6 +373,12 @@ def since_sql(column: str, lo, params: list, prefix: str = "") -> str:
     return f" AND {column} >= ? AND {prefix}_date >= ?"
 
 
+def window_floor(since):
+    """The ``floor`` (:func:`rows`) of a statement filtered by
+    :func:`window_sql` from ``since``: None when there is no lower bound."""
+    return None if parse_time(since) is None else date_floor(since)
+
+
 def window_sql(column: str, since, until, params: list) -> str:
     """`` AND column >= ? AND column < ?`` for the bounds that are set."""
     sql = ""
@@ -367,9 +391,13 @@ def window_sql(column: str, since, until, params: list) -> str:
     return sql
 
 
-def rows(con, sql: str, params=()) -> list[dict]:
-    """Run ``sql`` and return JSON-able dicts (datetimes as ISO-8601 UTC)."""
-    cur = con.execute(sql, list(params))
+def rows(con, sql: str, params=(), floor=None) -> list[dict]:
+    """Run ``sql`` and return JSON-able dicts (datetimes as ISO-8601 UTC).
+
+    ``floor``: a day such that every store table the statement reads is
+    filtered by ``_date >= floor`` or a later day; on an archive the statement
+    then reads only those days' files (:mod:`queries.scope`)."""
+    cur = con.execute(scope.scoped(con, sql, floor), list(params))
     names = [d[0] for d in cur.description]
     out = []
     keep = [i for i, n in enumerate(names) if n != "_date"]

@@ -21,9 +21,10 @@ from datetime import datetime, timedelta, timezone
 
 from emitter import contract
 from queries import QueryError
-from queries.source import date_floor, iso, parse_time, rows, window_sql
+from queries.source import date_floor, iso, parse_time, rows, window_floor, window_sql
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
 from queries.audit import attested_label
+from queries.scope import together
 from queries.outcomes import INIT_FOR, consequence, init_sentence, init_status, stale_sentence, stale_versions
 
 #: How far around the failure the systemic and GPU checks look by default.
@@ -77,7 +78,7 @@ def _latest_hook(con, node, since, until):
         params = [node]
         win = window_sql("start_ts", lo, hi, params)
         found = rows(con, f"SELECT hook_id, start_ts, status, context, runner_killed FROM hook_runs "
-                          f"WHERE node = ?{win} ORDER BY start_ts DESC LIMIT 1", params)
+                          f"WHERE node = ?{win} ORDER BY start_ts DESC LIMIT 1", params, window_floor(lo))
         if found:
             return found[0]
     return None
@@ -96,12 +97,12 @@ def _latest_failure(con, node, since, until, latest):
 def _latest_failure_in(con, node, lo, hi):
     params = [node]
     win = window_sql("start_ts", lo, hi, params)
-    hook = rows(con, f"""SELECT * FROM hook_runs WHERE node = ?{win} AND {HOOK_FAILED}
-                         ORDER BY start_ts DESC LIMIT 1""", params)
-    params = [node]
-    win = window_sql("start_ts", lo, hi, params)
-    script = rows(con, f"""SELECT * FROM script_runs WHERE node = ?{win} AND {SCRIPT_FAILED}
-                           ORDER BY start_ts DESC, idx LIMIT 1""", params)
+    got = together(con, {
+        "hook": lambda c: rows(c, f"""SELECT * FROM hook_runs WHERE node = ?{win} AND {HOOK_FAILED}
+                                      ORDER BY start_ts DESC LIMIT 1""", params, window_floor(lo)),
+        "script": lambda c: rows(c, f"""SELECT * FROM script_runs WHERE node = ?{win} AND {SCRIPT_FAILED}
+                                        ORDER BY start_ts DESC, idx LIMIT 1""", params, window_floor(lo))})
+    hook, script = got["hook"], got["script"]
     # A failed script's hook failed too (normally); prefer the script row and
     # fetch its hook, unless a later hook failed with no script to blame.
     if script and (not hook or hook[0]["start_ts"] <= script[0]["start_ts"]
@@ -109,7 +110,8 @@ def _latest_failure_in(con, node, lo, hi):
         st = parse_time(script[0]["start_ts"])
         h = rows(con, "SELECT * FROM hook_runs WHERE node = ? AND hook_id = ? AND start_ts <= ? "
                       "AND start_ts >= ? AND _date >= ?",
-                 [node, script[0]["hook_id"], st, st - HOOK_SPAN, date_floor(st - HOOK_SPAN)])
+                 [node, script[0]["hook_id"], st, st - HOOK_SPAN, date_floor(st - HOOK_SPAN)],
+                 date_floor(st - HOOK_SPAN))
         hook = h or hook
         first = _hook_scripts(con, hook[0], failed_only=True) if h else []
         return (h[0] if h else None), (first[0] if first else script[0])
@@ -129,7 +131,7 @@ def _hook_scripts(con, hook, failed_only=False):
     flt = f" AND {SCRIPT_FAILED}" if failed_only else ""
     return rows(con, f"""SELECT * FROM script_runs WHERE node = ? AND hook_id = ?
                          AND start_ts >= ? AND start_ts <= ? AND _date >= ?{flt} ORDER BY idx""",
-                [hook["node"], hook["hook_id"], t, t + HOOK_SPAN, date_floor(t)])
+                [hook["node"], hook["hook_id"], t, t + HOOK_SPAN, date_floor(t)], date_floor(t))
 
 
 def _cause(hook, script):
@@ -177,7 +179,7 @@ def _systemic(con, node, cause, since, until):
     per_node = rows(con, f"""
         SELECT node, sha256 IS NOT DISTINCT FROM ? AS same, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures
         FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ? AND _date >= ?
-        GROUP BY ALL""", [cause["sha256"], cause["script"], lo, hi, date_floor(lo)])
+        GROUP BY ALL""", [cause["sha256"], cause["script"], lo, hi, date_floor(lo)], date_floor(lo))
     same = [r for r in per_node if r["same"]]
     failed = sorted(r["node"] for r in same if r["failures"])
     ok = sorted(r["node"] for r in same if not r["failures"])
@@ -211,18 +213,31 @@ def _regression(con, node, cause):
     path, new = cause["script"], cause["sha256"]
     t = parse_time(cause["time"])
     lo = t - REGRESSION_LOOKBACK
-    first_new = rows(con, "SELECT min(start_ts) AS t FROM script_runs WHERE path = ? AND sha256 = ? "
-                          "AND start_ts >= ? AND start_ts <= ? AND _date >= ?",
-                     [path, new, lo, t, date_floor(lo)])[0]["t"]
-    if first_new is None:
+    # A new version is most often new: when it did not run before the last
+    # PREVIOUS_FIRST days (a test the archive's Bloom filters on sha256 answer
+    # from few files), its first run is in them and the pass below reads
+    # only those days and the rate window before them.
+    older = rows(con, "SELECT EXISTS (SELECT 1 FROM script_runs WHERE path = ? AND sha256 = ? "
+                      "AND start_ts >= ? AND start_ts < ? AND _date >= ?) AS x",
+                 [path, new, lo, t - PREVIOUS_FIRST, date_floor(lo)], date_floor(lo))[0]["x"]
+    lo_new = lo if older else max(lo, t - PREVIOUS_FIRST)
+    # One pass: the new version's first run ``fn`` (>= lo_new), and each
+    # version's runs and failures from ``fn`` - REGRESSION_RATE_WINDOW on (the
+    # new version's own first run is in there, so no row means it never ran).
+    rlo = lo_new - REGRESSION_RATE_WINDOW
+    rates = rows(con, f"""WITH s AS MATERIALIZED (
+                              SELECT sha256, start_ts, {SCRIPT_FAILED} AS failed FROM script_runs
+                              WHERE path = ? AND start_ts >= ? AND start_ts <= ? AND _date >= ?),
+                               f AS (SELECT min(start_ts) AS fn FROM s WHERE sha256 = ? AND start_ts >= ?)
+                          SELECT s.sha256, any_value(f.fn) AS fn, count(*) AS runs,
+                                 count(*) FILTER (WHERE failed) AS failures,
+                                 min(start_ts) FILTER (WHERE failed AND start_ts >= f.fn) AS first_failure
+                          FROM s, f WHERE s.start_ts >= f.fn - ?::INTERVAL GROUP BY s.sha256""",
+                 [path, rlo, t, date_floor(rlo), new, lo_new, REGRESSION_RATE_WINDOW], date_floor(rlo))
+    if not rates:
         return {"changed": False, "old": None, "new": new, "changed_at": None}
-    fn = parse_time(first_new)
+    fn = parse_time(rates[0]["fn"])
     prev = _previous_version(con, path, new, fn)
-    rates = rows(con, f"""SELECT sha256, count(*) AS runs, count(*) FILTER (WHERE {SCRIPT_FAILED}) AS failures,
-                                 min(start_ts) FILTER (WHERE {SCRIPT_FAILED} AND start_ts >= ?) AS first_failure
-                          FROM script_runs WHERE path = ? AND start_ts >= ? AND start_ts <= ? AND _date >= ?
-                          GROUP BY sha256""",
-                 [fn, path, fn - REGRESSION_RATE_WINDOW, t, date_floor(fn - REGRESSION_RATE_WINDOW)])
     rate = {r["sha256"]: (r["failures"] / r["runs"] if r["runs"] else None) for r in rates}
     first_fail = next((r["first_failure"] for r in rates if r["sha256"] == new), None)
     base = {"new": new, "first_failure": first_fail, "new_failure_rate": rate.get(new),
@@ -258,7 +273,7 @@ def _previous_version(con, path, new, fn):
                             FROM script_runs WHERE path = ? AND sha256 IS DISTINCT FROM ? AND start_ts < ?
                               AND start_ts >= ? AND _date >= ?
                             GROUP BY sha256 ORDER BY last_seen DESC LIMIT 1""",
-                    [path, new, fn, lo, date_floor(lo)])
+                    [path, new, fn, lo, date_floor(lo)], date_floor(lo))
         if prev:
             return prev
     return []
@@ -278,11 +293,12 @@ def _gpu(con, node, around):
                max(retired_pages) - min(retired_pages) AS retired_pages_delta,
                bit_or(throttle_reasons) AS throttle_reasons
         FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND _date >= ?""",
-             [node, lo, hi, date_floor(lo)])[0]
+             [node, lo, hi, date_floor(lo)], date_floor(lo))[0]
     xids = rows(con, """SELECT gpu_index, xid, min(ts) AS first_seen, count(*) AS samples
                         FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND _date >= ?
                           AND coalesce(xid, 0) <> 0
-                        GROUP BY gpu_index, xid ORDER BY first_seen""", [node, lo, hi, date_floor(lo)])
+                        GROUP BY gpu_index, xid ORDER BY first_seen""", [node, lo, hi, date_floor(lo)],
+                 date_floor(lo))
     signals = []
     for x in xids:
         signals.append(f"XID {x['xid']} on GPU {x['gpu_index']} at {x['first_seen']}")
@@ -300,7 +316,7 @@ def _node_events(con, node, since, until, limit=20):
     params = [node]
     win = window_sql("ts", since, until, params)
     ev = rows(con, f"""SELECT ts AS time, state, reason, source, event_id FROM node_events
-                       WHERE node = ?{win} ORDER BY ts DESC LIMIT {int(limit)}""", params)
+                       WHERE node = ?{win} ORDER BY ts DESC LIMIT {int(limit)}""", params, window_floor(since))
     hook_reasons = set(contract.DRAIN_REASON.values())
     for e in ev:
         e["hook_drain"] = (e["reason"] or "") in hook_reasons
@@ -315,7 +331,8 @@ def _evidence(con, hook, cause):
         ev.append({"table": "script_runs", "row": s})
     for r in rows(con, """SELECT seq, kind, hash, record FROM journal
                           WHERE cluster = ? AND node = ? AND hook_id = ? AND _date >= ? ORDER BY seq""",
-                  [hook["cluster"], hook["node"], hook["hook_id"], date_floor(hook["start_ts"])]):
+                  [hook["cluster"], hook["node"], hook["hook_id"], date_floor(hook["start_ts"])],
+                  date_floor(hook["start_ts"])):
         ev.append({"table": "journal", "seq": r["seq"], "kind": r["kind"], "hash": r["hash"],
                    "record": r["record"]})
     return ev
@@ -340,7 +357,8 @@ def _recovered_since(con, node, hook, cause) -> bool:
                          WHERE node = ? AND context = ? AND start_ts > ? AND _date >= ? AND status = 0
                            AND NOT coalesce(runner_killed, false)
                            AND job_id IS DISTINCT FROM ? LIMIT 1""",
-                 [node, hook["context"], hook["start_ts"], date_floor(hook["start_ts"]), hook.get("job_id")])
+                 [node, hook["context"], hook["start_ts"], date_floor(hook["start_ts"]), hook.get("job_id")],
+                 date_floor(hook["start_ts"]))
     return bool(found)
 
 
@@ -349,9 +367,15 @@ def why(con, node, since=None, until=None) -> dict:
     if not node:
         raise QueryError("why needs a node name")
     node = str(node)
-    latest = _latest_hook(con, node, since, until)
-    hook, script = _latest_failure(con, node, since, until, latest)
-    events = _node_events(con, node, since, until)
+
+    def failure(c):
+        latest = _latest_hook(c, node, since, until)
+        return latest, _latest_failure(c, node, since, until, latest)
+
+    # Independent sections run at once on cursors (queries.scope.together).
+    first = together(con, {"failure": failure, "events": lambda c: _node_events(c, node, since, until)})
+    latest, (hook, script) = first["failure"]
+    events = first["events"]
     cause = _cause(hook, script)
     drain = next((e for e in events if _is_drain(e)), None)
     earlier = None
@@ -366,19 +390,26 @@ def why(con, node, since=None, until=None) -> dict:
         if not known:
             raise NoSuchNode(f"the store has no hook run and no node event for node {node!r}: "
                              f"check the name (as in 'sinfo -N') and the --since/--until window")
-    latest_ok = _recovered_since(con, node, hook, cause)
-    systemic = _systemic(con, node, cause, since, until)
-    regression = _regression(con, node, cause)
-    gpu = _gpu(con, node, cause["time"] if cause else (drain["time"] if drain else None))
-    # A failing job hook on a node whose boot-time init failed (or never ran)
-    # most likely wants what the init script should have installed.
-    init = (init_status(con, node, before=cause["time"], context=INIT_FOR.get(cause["context"]))
-            if cause else None)
     # Bounded (a week before the failure, or before now): a whole-store
     # version scan would cost more than the rest of why together.
     ref = parse_time(cause["time"]) if cause else (parse_time(until) or datetime.now(timezone.utc))
-    stale = stale_versions(con, node=node, since=since or ref - STALE_WINDOW,
-                           until=until or ref + timedelta(hours=1))
+    around = cause["time"] if cause else (drain["time"] if drain else None)
+    # Longest first, so that the sections pack onto the workers.
+    got = together(con, {
+        "regression": lambda c: _regression(c, node, cause),
+        "stale": lambda c: stale_versions(c, node=node, since=since or ref - STALE_WINDOW,
+                                          until=until or ref + timedelta(hours=1)),
+        # A failing job hook on a node whose boot-time init failed (or never
+        # ran) most likely wants what the init script should have installed.
+        "init": lambda c: (init_status(c, node, before=cause["time"], context=INIT_FOR.get(cause["context"]))
+                           if cause else None),
+        "evidence": lambda c: _evidence(c, hook, cause),
+        "systemic": lambda c: _systemic(c, node, cause, since, until),
+        "gpu": lambda c: _gpu(c, node, around),
+        "recovered": lambda c: _recovered_since(c, node, hook, cause),
+    })
+    latest_ok, systemic, regression, gpu, init, stale = (
+        got["recovered"], got["systemic"], got["regression"], got["gpu"], got["init"], got["stale"])
     out = {
         "node": node,
         "verdict": _verdict(node, cause, systemic, regression, gpu, drain, events, latest_ok)[:-1]
@@ -387,7 +418,7 @@ def why(con, node, since=None, until=None) -> dict:
         "systemic": systemic,
         "regression": regression,
         "gpu": gpu,
-        "evidence": _evidence(con, hook, cause),
+        "evidence": got["evidence"],
         "node_events": events,
         "latest_hook": latest,
         "recovered": latest_ok,

@@ -175,6 +175,7 @@ def child(args) -> None:
                       "expected": expected_rows(hooks, batches, args.backlog_every),
                       "first": rate(times[:tenth]), "last": rate(times[-tenth:]),
                       "cpu_first": rate(times[:tenth], 2), "cpu_last": rate(times[-tenth:], 2),
+                      "cpu_tenths": [rate(times[i * tenth:(i + 1) * tenth], 2) for i in range(len(times) // tenth)],
                       "commit_s": sum(t[0] for t in times), "hwm_mb": hwm_mb()}))
 
 
@@ -208,6 +209,8 @@ def report(name: str, r: dict) -> None:
           f"commit time {r['commit_s']:.0f} s")
     print(f"  rows per CPU-second of commit: first tenth {r['cpu_first']:,.0f}, last tenth {r['cpu_last']:,.0f} "
           f"({r['cpu_last'] / r['cpu_first']:.2f}x); peak RSS {r['hwm_mb']:.0f} MB")
+    if r.get("cpu_tenths"):  # a baseline tree's child may not report them
+        print(f"  rows per CPU-second of commit, each tenth: {[round(x) for x in r['cpu_tenths']]}")
 
 
 def main(argv=None):
