@@ -59,6 +59,8 @@ class Store:
         self.snapshot_interval = float(snapshot_interval)
         if self.snapshot_interval < 0:
             raise StoreError(f"snapshot interval must be >= 0 seconds, got {snapshot_interval}")
+        # what was asked for; snapshot_interval is it stretched after a slow publication
+        self.base_snapshot_interval = self.snapshot_interval
         parent = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(parent, exist_ok=True)
@@ -236,10 +238,13 @@ class Store:
                                  "permissions (the live store is unaffected)") from exc
             self._dirty = False
         # A publication is bounded by seal_rows, but a slow disk still gets
-        # its interval stretched rather than the writer stalled.
+        # its interval stretched rather than the writer stalled: to 5x this
+        # publication's time, and back to the asked-for interval once
+        # publications are fast again (one slow day-close re-cut must not
+        # leave readers staler for the collector's whole life).
         took = time.monotonic() - t0
         self._last_snapshot = time.monotonic()
-        self.snapshot_interval = max(self.snapshot_interval, 5 * took)
+        self.snapshot_interval = max(self.base_snapshot_interval, 5 * took)
         return dst
 
     def close(self, snapshot: bool = True) -> None:

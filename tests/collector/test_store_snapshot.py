@@ -324,3 +324,46 @@ def test_a_closed_month_becomes_one_part(tmp_path, monkeypatch):
         assert [p["day"] for p in st._split.parts][0] == "2026-11"
         for t in TABLES:
             assert catalog_keys(db, t) == live_keys_open(st, t), t
+
+
+def test_a_slow_publication_stretches_the_interval_only_until_a_fast_one(tmp_path, monkeypatch):
+    """The interval grows to 5x a slow publication's time (a slow disk is not
+    stalled by the writer) and returns to the asked-for interval after a fast
+    one: one slow day-close re-cut must not leave readers staler for good."""
+    import types
+
+    import collector.store as store_mod
+    clock = {"now": 1000.0, "publish_takes": 0.0}
+
+    def monotonic():
+        return clock["now"]
+    monkeypatch.setattr(store_mod, "time", types.SimpleNamespace(monotonic=monotonic,
+                                                                perf_counter=store_mod.time.perf_counter))
+    db = tmp_path / "s.duckdb"
+    with Store(db, snapshot_interval=0.5) as st:
+        seq = fill(st, 1)
+        real = st._split.publish
+
+        def publish():
+            real()
+            clock["now"] += clock["publish_takes"]
+        monkeypatch.setattr(st._split, "publish", publish)
+
+        def commit_and_publish(takes):
+            nonlocal seq
+            b, _ = make_batch(first_seq=seq)
+            st.commit(b.arrow()[1], b.last_seq)
+            seq = b.last_seq + 1
+            clock["publish_takes"] = takes
+            st.snapshot()
+            return st.snapshot_interval
+
+        assert commit_and_publish(0.01) == 0.5
+        assert commit_and_publish(3.0) == pytest.approx(15.0)  # a slow disk: 5x
+        clock["now"] += 10.0
+        b, _ = make_batch(first_seq=seq)
+        st.commit(b.arrow()[1], b.last_seq)
+        seq = b.last_seq + 1
+        assert st.maybe_snapshot() is False  # 10 s < 15 s: not yet due
+        assert commit_and_publish(0.02) == 0.5  # fast again: back to what was asked
+        assert st.base_snapshot_interval == 0.5
