@@ -46,6 +46,24 @@ def demo(tmp_path_factory):
     return str(out / "archive"), str(out / "hookscope.duckdb")
 
 
+@pytest.fixture(scope="session", params=["as written", "compacted"])
+def demo_root(request, demo, tmp_path_factory):
+    """The demo archive's root as the collector wrote it, and after
+    ``hookscope compact`` (every day closed): files sorted by (node, time)
+    with Bloom filters and ``sorting_columns`` in their footers, which every
+    engine must still read as plain Parquet."""
+    root, _ = demo
+    if request.param == "as written":
+        return root
+    import shutil
+
+    from collector.compact import compact
+    out = str(tmp_path_factory.mktemp("interop") / "compacted")
+    shutil.copytree(root, out)
+    assert compact(out, today="2099-01-01"), "nothing was compacted"
+    return out
+
+
 @pytest.fixture(scope="session")
 def odd_clusters(tmp_path_factory):
     """An archive written by the collector's path for clusters '001' and

@@ -16,8 +16,8 @@ def pl():
     return polars
 
 
-def test_polars_reads_every_table_with_portable_types(pl, demo):
-    root, _ = demo
+def test_polars_reads_every_table_with_portable_types(pl, demo_root):
+    root = demo_root
     ref = eq.reference(root, DEMO_NODE_DRAINED, DEMO_JOB_FAILED)
     for table in schema.ARCHIVE_TABLES:
         df = pl.read_parquet(f"{root}/{table}")
@@ -28,8 +28,8 @@ def test_polars_reads_every_table_with_portable_types(pl, demo):
         assert df.height == ref["counts"][table], table
 
 
-def test_polars_drains_why_and_audit_job_match_duckdb(pl, demo):
-    root, _ = demo
+def test_polars_drains_why_and_audit_job_match_duckdb(pl, demo_root):
+    root = demo_root
     ref = eq.reference(root, DEMO_NODE_DRAINED, DEMO_JOB_FAILED)
     t = eq.polars_tables(root)
     assert eq.polars_drains(t) == ref["drains"] and ref["drains"]
@@ -37,11 +37,11 @@ def test_polars_drains_why_and_audit_job_match_duckdb(pl, demo):
     assert eq.polars_audit(t, DEMO_JOB_FAILED) == ref["audit"]
 
 
-def test_pyarrow_reads_every_table_and_answers_match_duckdb(demo):
+def test_pyarrow_reads_every_table_and_answers_match_duckdb(demo_root):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root, _ = demo
+    root = demo_root
     ref = eq.reference(root, DEMO_NODE_DRAINED, DEMO_JOB_FAILED)
     rows = {}
     for table in schema.ARCHIVE_TABLES:

@@ -41,8 +41,8 @@ def spark():
         s.stop()
 
 
-def test_every_table_reads_with_portable_types_and_counts_match(spark, demo):
-    root, _ = demo
+def test_every_table_reads_with_portable_types_and_counts_match(spark, demo_root):
+    root = demo_root
     ref = eq.reference(root, DEMO_NODE_DRAINED, DEMO_JOB_FAILED)
     for table in schema.ARCHIVE_TABLES:
         df = spark.read.parquet(f"{root}/{table}")  # the empty ones too: no PATH_NOT_FOUND
@@ -57,8 +57,8 @@ def test_every_table_reads_with_portable_types_and_counts_match(spark, demo):
     assert spark.read.parquet(f"{root}/hook_runs").select("cluster").distinct().collect()[0][0] == "demo"
 
 
-def test_drains_why_and_audit_job_match_duckdb(spark, demo):
-    root, _ = demo
+def test_drains_why_and_audit_job_match_duckdb(spark, demo_root):
+    root = demo_root
     ref = eq.reference(root, DEMO_NODE_DRAINED, DEMO_JOB_FAILED)
     eq.spark_views(spark, root)
     assert eq.spark_drains(spark) == ref["drains"] and ref["drains"]
