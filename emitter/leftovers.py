@@ -71,12 +71,16 @@ class Leftover:
             self.pidfd = None
 
     def alive(self):
-        if self.pidfd is not None:
-            return not select.select([self.pidfd], [], [], 0)[0]
+        if self.pidfd is not None and select.select([self.pidfd], [], [], 0)[0]:
+            return False
+        # A holder's exit closes its files (the pipe's EOF) before the kernel
+        # marks it exited for its pidfd: one that is on its way out already
+        # has PF_EXITING (0x4) in /proc/PID/stat's flags, so it counts as
+        # exited, not as killed by the group's SIGTERM a moment later.
         try:
-            stat = _read(f"/proc/{self.pid}/stat", 1024)
-            return bool(stat) and stat.rsplit(b")", 1)[-1].split()[0] != b"Z"
-        except IndexError:
+            fields = _read(f"/proc/{self.pid}/stat", 1024).rsplit(b")", 1)[-1].split()
+            return fields[0] not in (b"Z", b"X") and not int(fields[6]) & 0x4
+        except (IndexError, ValueError):
             return False
 
     def close(self):
