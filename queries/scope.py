@@ -56,6 +56,14 @@ class ArchiveIndex:
         lo = day.isoformat()
         return [f for d, f in self._days.get(table, ()) if not d or d >= lo]
 
+    def newest_day(self, table: str) -> date | None:
+        """The table's newest partition day; None when it has no files or a
+        file whose path names no day (then nothing is known of its end)."""
+        days = [d for d, _ in self._days.get(table, ())]
+        if not days or not all(days):
+            return None
+        return date.fromisoformat(max(days))
+
     def view(self, con, table: str, day: date) -> str | None:
         """The qualified name of ``table`` restricted to days >= ``day``
         (made on first use), or None to use the full view."""
@@ -92,6 +100,13 @@ def cursor(con):
     if index is not None:
         _INDEX[cur] = index
     return cur
+
+
+def newest_day(con, table: str) -> date | None:
+    """The newest partition day of an archive table read through ``con``;
+    None for a DuckDB store (whose rows have no day) or when unknown."""
+    index = _INDEX.get(con)
+    return None if index is None else index.newest_day(table)
 
 
 def scoped(con, sql: str, floor) -> str:

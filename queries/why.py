@@ -24,7 +24,7 @@ from queries import QueryError
 from queries.source import date_floor, iso, parse_time, rows, window_floor, window_sql
 from queries.views import HOOK_FAILED, SCRIPT_FAILED
 from queries.audit import attested_label
-from queries.scope import together
+from queries.scope import newest_day, together
 from queries.outcomes import INIT_FOR, consequence, init_sentence, init_status, stale_sentence, stale_versions
 
 #: How far around the failure the systemic and GPU checks look by default.
@@ -43,6 +43,9 @@ DRAIN_MATCH = timedelta(minutes=10)
 HOT_C = 85.0
 #: How far back ``why`` looks for a script version the node lags behind.
 STALE_WINDOW = timedelta(days=7)
+#: How far back ``why`` lists node events without ``--since`` (further only
+#: when no drain is in it: back to the failure, or all history without one).
+EVENTS_WINDOW = timedelta(days=30)
 MAX_NODES_LISTED = 50
 
 
@@ -74,7 +77,13 @@ def _windows(since, until, anchor=None):
 
 
 def _latest_hook(con, node, since, until):
-    for lo, hi in _windows(since, until):
+    # Any anchor gives the same answer (each window is open-ended up to
+    # ``until``); an archive that ends before now (a stopped collector, an
+    # old copy) is searched from its newest day, so the first, cheap window
+    # is not an empty one.
+    last = newest_day(con, "hook_runs")
+    anchor = None if last is None else min(datetime.now(timezone.utc), _day_end(last))
+    for lo, hi in _windows(since, until, anchor):
         params = [node]
         win = window_sql("start_ts", lo, hi, params)
         found = rows(con, f"SELECT hook_id, start_ts, status, context, runner_killed FROM hook_runs "
@@ -82,6 +91,10 @@ def _latest_hook(con, node, since, until):
         if found:
             return found[0]
     return None
+
+
+def _day_end(day):
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
 
 
 def _latest_failure(con, node, since, until, latest):
@@ -221,23 +234,31 @@ def _regression(con, node, cause):
                       "AND start_ts >= ? AND start_ts < ? AND _date >= ?) AS x",
                  [path, new, lo, t - PREVIOUS_FIRST, date_floor(lo)], date_floor(lo))[0]["x"]
     lo_new = lo if older else max(lo, t - PREVIOUS_FIRST)
-    # One pass: the new version's first run ``fn`` (>= lo_new), and each
+    # One pass: the new version's first run ``fn`` (>= lo_new), each
     # version's runs and failures from ``fn`` - REGRESSION_RATE_WINDOW on (the
-    # new version's own first run is in there, so no row means it never ran).
+    # new version's own first run is in there, so no row means it never ran),
+    # and the latest other version in the PREVIOUS_FIRST before ``fn`` (also
+    # inside the rows read: fn - PREVIOUS_FIRST >= rlo), which saves
+    # _previous_version's statement unless that window is empty.
     rlo = lo_new - REGRESSION_RATE_WINDOW
     rates = rows(con, f"""WITH s AS MATERIALIZED (
                               SELECT sha256, start_ts, {SCRIPT_FAILED} AS failed FROM script_runs
                               WHERE path = ? AND start_ts >= ? AND start_ts <= ? AND _date >= ?),
-                               f AS (SELECT min(start_ts) AS fn FROM s WHERE sha256 = ? AND start_ts >= ?)
-                          SELECT s.sha256, any_value(f.fn) AS fn, count(*) AS runs,
+                               f AS (SELECT min(start_ts) AS fn FROM s WHERE sha256 = ? AND start_ts >= ?),
+                               p AS (SELECT arg_max({{'sha256': s.sha256}}, s.start_ts) AS prev FROM s, f
+                                     WHERE s.sha256 IS DISTINCT FROM ? AND s.start_ts < f.fn
+                                       AND s.start_ts >= f.fn - ?::INTERVAL)
+                          SELECT s.sha256, any_value(f.fn) AS fn, any_value(p.prev) AS prev, count(*) AS runs,
                                  count(*) FILTER (WHERE failed) AS failures,
                                  min(start_ts) FILTER (WHERE failed AND start_ts >= f.fn) AS first_failure
-                          FROM s, f WHERE s.start_ts >= f.fn - ?::INTERVAL GROUP BY s.sha256""",
-                 [path, rlo, t, date_floor(rlo), new, lo_new, REGRESSION_RATE_WINDOW], date_floor(rlo))
+                          FROM s, f, p WHERE s.start_ts >= f.fn - ?::INTERVAL GROUP BY s.sha256""",
+                 [path, rlo, t, date_floor(rlo), new, lo_new, new, PREVIOUS_FIRST, REGRESSION_RATE_WINDOW],
+                 date_floor(rlo))
     if not rates:
         return {"changed": False, "old": None, "new": new, "changed_at": None}
     fn = parse_time(rates[0]["fn"])
-    prev = _previous_version(con, path, new, fn)
+    near = rates[0]["prev"]
+    prev = [near] if near is not None else _previous_version(con, path, new, fn, (REGRESSION_LOOKBACK,))
     rate = {r["sha256"]: (r["failures"] / r["runs"] if r["runs"] else None) for r in rates}
     first_fail = next((r["first_failure"] for r in rates if r["sha256"] == new), None)
     base = {"new": new, "first_failure": first_fail, "new_failure_rate": rate.get(new),
@@ -264,10 +285,11 @@ def _regression(con, node, cause):
 PREVIOUS_FIRST = timedelta(days=2)
 
 
-def _previous_version(con, path, new, fn):
+def _previous_version(con, path, new, fn, backs=(PREVIOUS_FIRST, REGRESSION_LOOKBACK)):
     """The latest other version of ``path`` that ran before ``fn`` (within
-    REGRESSION_LOOKBACK): [{sha256, last_seen}] or []."""
-    for back in (PREVIOUS_FIRST, REGRESSION_LOOKBACK):
+    REGRESSION_LOOKBACK), looked for ``backs`` before it in turn:
+    [{sha256, last_seen}] or []."""
+    for back in backs:
         lo = fn - min(back, REGRESSION_LOOKBACK)
         prev = rows(con, """SELECT sha256, max(start_ts) AS last_seen
                             FROM script_runs WHERE path = ? AND sha256 IS DISTINCT FROM ? AND start_ts < ?
@@ -312,7 +334,11 @@ def _gpu(con, node, around):
             "suspicious": bool(signals), "signals": signals}
 
 
-def _node_events(con, node, since, until, limit=20):
+EVENTS_LIMIT = 20
+
+
+def _node_events(con, node, since, until, limit=EVENTS_LIMIT):
+    """The node's latest ``limit`` events in [since, until), newest first."""
     params = [node]
     win = window_sql("ts", since, until, params)
     ev = rows(con, f"""SELECT ts AS time, state, reason, source, event_id FROM node_events
@@ -321,6 +347,33 @@ def _node_events(con, node, since, until, limit=20):
     for e in ev:
         e["hook_drain"] = (e["reason"] or "") in hook_reasons
     return ev
+
+
+def _events_floor(since, until):
+    """Where the first node-event statement starts: ``since``, else
+    EVENTS_WINDOW before ``until`` (or now).  A date bound: without one the
+    statement opens every day of the archive (25 ms of a year's files)."""
+    if since is not None:
+        return parse_time(since)
+    return (parse_time(until) or datetime.now(timezone.utc)) - EVENTS_WINDOW
+
+
+def _older_events(con, node, events, floor, since, cause):
+    """Events before ``floor`` that can still change the verdict, appended.
+
+    The verdict reads the latest drain/down event.  A drain inside the window
+    is the latest; without one, an older drain matters only if it came after
+    the failure (it then takes the blame off the hook, DRAIN_MATCH), or, with
+    no failure at all, at any age.  So the list is extended back to the
+    failure, or over all history when there is none, and only then."""
+    if since is not None or any(_is_drain(e) for e in events) or len(events) >= EVENTS_LIMIT:
+        return events
+    back = None
+    if cause is not None:
+        back = parse_time(cause["time"])
+        if back >= floor:
+            return events  # any drain before floor is before the failure
+    return events + _node_events(con, node, back, floor, EVENTS_LIMIT - len(events))
 
 
 def _evidence(con, hook, cause):
@@ -373,10 +426,11 @@ def why(con, node, since=None, until=None) -> dict:
         return latest, _latest_failure(c, node, since, until, latest)
 
     # Independent sections run at once on cursors (queries.scope.together).
-    first = together(con, {"failure": failure, "events": lambda c: _node_events(c, node, since, until)})
+    floor = _events_floor(since, until)
+    first = together(con, {"failure": failure, "events": lambda c: _node_events(c, node, floor, until)})
     latest, (hook, script) = first["failure"]
-    events = first["events"]
     cause = _cause(hook, script)
+    events = _older_events(con, node, first["events"], floor, since, cause)
     drain = next((e for e in events if _is_drain(e)), None)
     earlier = None
     if drain and not drain["hook_drain"] and (

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = r"""
 import hashlib, json, sys, time
 tree, kind, path, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ignore = [k for k in sys.argv[5].split(",") if k]
 sys.path.insert(0, tree)
 from queries.source import open_source
 from queries.why import why
@@ -52,14 +53,16 @@ for name, fn in cases.items():
     for i in range(repeat + 1):
         t = time.perf_counter(); res = fn(); ms = (time.perf_counter() - t) * 1000
         out.setdefault(name if i else name + " (first)", []).append(ms)
+    if isinstance(res, dict):
+        res = {k: v for k, v in res.items() if k not in ignore}
     answers[name] = hashlib.sha256(json.dumps(res, sort_keys=True, default=str).encode()).hexdigest()
 print(json.dumps({"times": out, "answers": answers}))
 """
 
 
-def run_worker(tree: str, kind: str, path: str, repeat: int) -> dict:
+def run_worker(tree: str, kind: str, path: str, repeat: int, ignore: str = "") -> dict:
     py = sys.executable
-    r = subprocess.run([py, "-c", WORKER, tree, kind, path, str(repeat)], capture_output=True, text=True,
+    r = subprocess.run([py, "-c", WORKER, tree, kind, path, str(repeat), ignore], capture_output=True, text=True,
                        cwd="/", env={**os.environ, "PYTHONPATH": ""})
     if r.returncode:
         raise SystemExit(f"worker for {tree} on {path} failed:\n{r.stderr[-3000:]}")
@@ -73,6 +76,9 @@ def main(argv=None):
                     help="kind=PATH with kind db or archive; repeatable")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=5, help="answers per question per process after the first")
+    ap.add_argument("--ignore", default="", metavar="KEYS",
+                    help="top-level answer keys left out of the same-answer check (comma-separated), "
+                         "where this tree changed them on purpose, e.g. node_events")
     a = ap.parse_args(argv)
     trees = {"this": str(ROOT), "baseline": os.path.abspath(a.baseline_tree)}
     for spec in a.source:
@@ -82,7 +88,7 @@ def main(argv=None):
         per: dict = {}
         for rnd in range(a.rounds):
             order = ("this", "baseline") if rnd % 2 == 0 else ("baseline", "this")
-            got = {label: run_worker(trees[label], kind, path, a.repeat) for label in order}
+            got = {label: run_worker(trees[label], kind, path, a.repeat, a.ignore) for label in order}
             if got["this"]["answers"] != got["baseline"]["answers"]:
                 diff = [k for k in got["this"]["answers"] if got["this"]["answers"][k] != got["baseline"]["answers"][k]]
                 raise SystemExit(f"DEFECT: the trees answer differently on {path}: {diff}")
@@ -90,7 +96,8 @@ def main(argv=None):
                 for name, ts in res["times"].items():
                     # first answers: one per process; the rest: the process's median
                     per.setdefault((name, label), []).append(statistics.median(ts))
-        print(f"\n== {kind} {path} ({a.rounds} rounds, medians; same answers in both trees)")
+        same = "same answers in both trees" + (f" but for {a.ignore}" if a.ignore else "")
+        print(f"\n== {kind} {path} ({a.rounds} rounds, medians; {same})")
         print(f"  {'question':<26} {'this tree':>10} {'baseline':>10} {'ratio':>7}")
         for name in dict.fromkeys(n for n, _ in per):
             this, base = statistics.median(per[(name, 'this')]), statistics.median(per[(name, 'baseline')])

@@ -9,7 +9,7 @@ not, and on the DuckDB store: the answers must be identical.
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 import pytest
@@ -184,3 +184,41 @@ def test_a_day_with_no_files_is_an_empty_view(history):
     d = date(2027, 6, 1)
     assert rows(con, "SELECT count(*) AS n FROM hook_runs WHERE _date >= ?", [d], floor=d) == [{"n": 0}]
     assert os.path.isdir(archive)
+
+
+def test_newest_day_is_the_latest_partition_or_unknown():
+    idx = scope.ArchiveIndex({"hook_runs": ["/a/hook_runs/cluster=c1/date=2026-11-03/x.parquet",
+                                            "/a/hook_runs/cluster=c2/date=2026-11-30/y.parquet",
+                                            "/a/hook_runs/cluster=c1/date=2026-10-01/z.parquet"],
+                              "journal": ["/a/journal/cluster=c1/date=2026-11-03/x.parquet", "/a/journal/odd.parquet"]},
+                             view_sql=lambda con, table, files: None)
+    assert idx.newest_day("hook_runs") == date(2026, 11, 30)
+    assert idx.newest_day("journal") is None  # a file with no day could hold anything
+    assert idx.newest_day("node_events") is None
+    assert scope.newest_day(duckdb.connect(":memory:"), "hook_runs") is None  # not an archive
+
+
+def test_why_searches_an_archive_from_its_newest_day(history, monkeypatch):
+    """An archive that ends before now: the latest hook is found by the first,
+    two-day window below its newest day (not after an empty window before now),
+    with the same answer as the store's."""
+    import queries.why as W
+
+    db, archive = history
+    con = open_source(archive=archive)
+    newest = scope.newest_day(con, "hook_runs")
+    assert newest is not None and newest < datetime.now(timezone.utc).date()
+    bounds = []
+    real = W.rows
+
+    def spy(c, sql, params=(), floor=None):
+        if "runner_killed FROM hook_runs" in " ".join(sql.split()):
+            bounds.append(params[1])
+        return real(c, sql, params, floor)
+
+    monkeypatch.setattr(W, "rows", spy)
+    got = W._latest_hook(con, "node0000", None, None)
+    end = datetime(newest.year, newest.month, newest.day, tzinfo=timezone.utc) + timedelta(days=1)
+    assert bounds == [end - W.SEARCH_WINDOWS[0]]
+    monkeypatch.setattr(W, "rows", real)
+    assert got == W._latest_hook(open_source(db=db), "node0000", None, None)

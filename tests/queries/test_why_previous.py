@@ -52,3 +52,47 @@ def reference(rows, new):
 def test_the_previous_version_is_the_lookbacks_latest(con, rows):
     load(con, rows)
     assert _previous_version(con, P, "new", FN) == reference(rows, "new")
+
+
+# ---------------------------------------------------------------- in _regression
+# _regression finds the previous version inside its rates statement when the
+# PREVIOUS_FIRST window before the roll-out has one, and calls
+# _previous_version for the rest of the lookback only when it has none: the
+# same ``old`` as _previous_version over both windows, on random histories.
+@pytest.fixture
+def runs():
+    c = duckdb.connect()
+    c.execute("SET TimeZone = 'UTC'")
+    c.execute("CREATE TABLE script_runs (path VARCHAR, sha256 VARCHAR, start_ts TIMESTAMPTZ, _date DATE, "
+              "exit_code INTEGER, timed_out BOOLEAN, refused VARCHAR, runner_killed BOOLEAN)")
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_regression_names_the_same_previous_version(runs, seed):
+    import random
+
+    from queries.source import iso, parse_time
+    from queries.why import _regression
+
+    rng = random.Random(seed)
+    t = FN + 40 * D
+    rows_ = []
+    for _ in range(rng.randint(1, 40)):
+        sha = rng.choice(["old", "older", None, "new", "new"])
+        at = t - timedelta(seconds=rng.uniform(0, 45 * 86400))
+        if sha == "new" and rng.random() < 0.7:
+            at = t - timedelta(seconds=rng.uniform(0, 3 * 86400))  # mostly a recent roll-out
+        rows_.append((rng.choice([P, P, "/other.sh"]), sha, at, at.date(), rng.choice([0, 0, 1]), False, None, False))
+    rows_.append((P, "new", t - H, (t - H).date(), 1, False, None, False))
+    runs.executemany("INSERT INTO script_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows_)
+    got = _regression(runs, "n1", {"script": P, "sha256": "new", "time": iso(t)})
+    # the new version's first run as _regression defines it (plain Python)
+    lo = t - REGRESSION_LOOKBACK
+    news = [r[2] for r in rows_ if r[0] == P and r[1] == "new" and lo <= r[2] <= t]
+    lo_new = lo if any(r < t - 2 * D for r in news) else max(lo, t - 2 * D)
+    fn = min(r for r in news if r >= lo_new)
+    prev = _previous_version(runs, P, "new", fn)
+    assert got["old"] == (prev[0]["sha256"] if prev else None)
+    assert (parse_time(got["changed_at"]) if got["changed_at"] else None) == (fn if prev else None)
