@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 import pytest
 
-from queries.why import REGRESSION_LOOKBACK, _previous_version
+from queries.regression import REGRESSION_LOOKBACK, _previous_version
 
 FN = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -74,7 +74,7 @@ def test_regression_names_the_same_previous_version(runs, seed):
     import random
 
     from queries.source import iso, parse_time
-    from queries.why import _regression
+    from queries.regression import _regression
 
     rng = random.Random(seed)
     t = FN + 40 * D
