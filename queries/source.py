@@ -230,17 +230,12 @@ def _view_sql(con, table: str, files: list[str]) -> str | None:
     suspects = _suspects(files)
     if suspects is None:
         return None
-    keys = ", ".join(schema.KEYS[table])
-    # Among copies of a key, the lowest stream_seq wins, as the live
-    # store keeps the first (collector.dedup).
-    order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
     parts = []
     clean = [f for f in files if f not in suspects]
     if clean:
         parts.append(_select(con, table, clean))
     if suspects:
-        parts.append(f"SELECT * FROM ({_select(con, table, sorted(suspects))}) "
-                     f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1")
+        parts.append(f"SELECT * FROM ({_select(con, table, sorted(suspects))}) {_first_per_key(table)}")
     return " UNION ALL ".join(parts)
 
 
@@ -266,13 +261,20 @@ def _open_archive(archive: str):
     return con
 
 
+def _first_per_key(table: str) -> str:
+    """The QUALIFY clause keeping one row per key: among copies of a key the
+    lowest stream_seq wins, as the live store keeps the first (collector.dedup)."""
+    keys = ", ".join(schema.KEYS[table])
+    order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
+    return f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1"
+
+
 def _dedup_by_keys(con, table: str, select: str) -> None:
     """``table`` with one row per key, when file names cannot tell which
     files may share rows: the duplicated keys are found once, here, so only
     their rows pay for the window and other rows keep filter pushdown."""
     keys = ", ".join(schema.KEYS[table])
-    order = " ORDER BY stream_seq" if any(n == "stream_seq" for n, _ in table_columns(table)) else ""
-    dedup = f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1"
+    dedup = _first_per_key(table)
     con.execute(f"CREATE OR REPLACE VIEW _src_{table} AS {select}")
     dup = f"_dup_{table}"
     con.execute(f"CREATE OR REPLACE TABLE {dup} AS SELECT {keys} FROM _src_{table} "

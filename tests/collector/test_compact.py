@@ -134,6 +134,19 @@ def test_compacted_files_are_laid_out_for_pruning(archive, monkeypatch):
         absent = con.execute("SELECT bool_and(bloom_filter_excludes) FROM "
                              "parquet_bloom_probe(?, 'hook_id', 'no-such-hook')", [path]).fetchone()[0]
         assert absent  # every group ruled out (deterministic: the same values hash alike each run)
+        # time columns delta-encoded, the others still dictionary-encoded
+        rg = f.metadata.row_group(0)
+        enc = {rg.column(i).path_in_schema: set(rg.column(i).encodings) for i in range(rg.num_columns)}
+        times = [fl.name for fl in tb.schema if str(fl.type).startswith("timestamp")]
+        assert "start_ts" in times
+        for col in times:
+            assert cp.TIME_ENCODING in enc[col] and "RLE_DICTIONARY" not in enc[col], (col, enc[col])
+        assert "RLE_DICTIONARY" in enc["node"] and "RLE_DICTIONARY" in enc["path" if table == "script_runs"
+                                                                             else "context"]
+        # DuckDB reads them back as pyarrow wrote them
+        back = duckdb.connect().sql(f"SELECT {', '.join(times)} FROM read_parquet('{path}')").to_arrow_table()
+        for col in times:
+            assert back.column(col).cast(tb.schema.field(col).type).equals(tb.column(col)), col
 
 
 def test_today_only_when_asked(archive):
