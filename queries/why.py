@@ -71,14 +71,18 @@ def _windows(since, until, anchor=None):
             return
 
 
-def _latest_hook(con, node, since, until):
-    # Any anchor gives the same answer (each window is open-ended up to
-    # ``until``); an archive that ends before now (a stopped collector, an
-    # old copy) is searched from its newest day, so the first, cheap window
-    # is not an empty one.
+def _data_anchor(con):
+    """Where searches back in time start: now, or the archive's newest day
+    when that is earlier.  Any anchor gives the same answers (each window is
+    open-ended up to ``until``); an archive that ends before now (a stopped
+    collector, an old copy) is searched from its newest day, so the first,
+    cheap window is not an empty one."""
     last = newest_day(con, "hook_runs")
-    anchor = None if last is None else min(datetime.now(timezone.utc), _day_end(last))
-    for lo, hi in _windows(since, until, anchor):
+    return None if last is None else min(datetime.now(timezone.utc), _day_end(last))
+
+
+def _latest_hook(con, node, since, until):
+    for lo, hi in _windows(since, until, _data_anchor(con)):
         params = [node]
         win = window_sql("start_ts", lo, hi, params)
         found = rows(con, f"SELECT hook_id, start_ts, status, context, runner_killed FROM hook_runs "
@@ -92,17 +96,19 @@ def _day_end(day):
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
 
 
-def _latest_failure(con, node, since, until, latest):
+def _latest_failure(con, node, since, until, latest, known):
     """(hook row, deciding script row) of the node's latest failed hook."""
     anchor = parse_time(latest["start_ts"]) + HOOK_SPAN if latest else None
     for lo, hi in _windows(since, until, anchor):
-        found = _latest_failure_in(con, node, lo, hi)
+        found = _latest_failure_in(con, node, lo, hi, known)
         if found[0] or found[1]:
             return found
     return None, None
 
 
-def _latest_failure_in(con, node, lo, hi):
+def _latest_failure_in(con, node, lo, hi, known):
+    """As _latest_failure, in [lo, hi); ``known[hook_id]`` gets the script
+    rows of the hook it returns with a script (what _hook_scripts reads)."""
     params = [node]
     win = window_sql("start_ts", lo, hi, params)
     got = together(con, {
@@ -116,13 +122,27 @@ def _latest_failure_in(con, node, lo, hi):
     if script and (not hook or hook[0]["start_ts"] <= script[0]["start_ts"]
                    or hook[0]["hook_id"] == script[0]["hook_id"]):
         st = parse_time(script[0]["start_ts"])
-        h = rows(con, "SELECT * FROM hook_runs WHERE node = ? AND hook_id = ? AND start_ts <= ? "
-                      "AND start_ts >= ? AND _date >= ?",
-                 [node, script[0]["hook_id"], st, st - HOOK_SPAN, date_floor(st - HOOK_SPAN)],
-                 date_floor(st - HOOK_SPAN))
-        hook = h or hook
-        first = _hook_scripts(con, hook[0], failed_only=True) if h else []
-        return (h[0] if h else None), (first[0] if first else script[0])
+        hid = script[0]["hook_id"]
+        # The hook row and its scripts at once (one core is otherwise idle
+        # here): the scripts over every start the hook can have, then kept to
+        # the hook's own span (as _hook_scripts) once its start is known; the
+        # evidence section reuses them.
+        got = together(con, {
+            "hook": lambda c: rows(c, "SELECT * FROM hook_runs WHERE node = ? AND hook_id = ? AND start_ts <= ? "
+                                      "AND start_ts >= ? AND _date >= ?",
+                                   [node, hid, st, st - HOOK_SPAN, date_floor(st - HOOK_SPAN)],
+                                   date_floor(st - HOOK_SPAN)),
+            "scripts": lambda c: _scripts_of(c, node, hid, st - HOOK_SPAN, st + HOOK_SPAN, mark_failed=True)})
+        h = got["hook"]
+        if not h:
+            return None, script[0]
+        t = parse_time(h[0]["start_ts"])
+        mine = [r for r in got["scripts"] if t <= parse_time(r["start_ts"]) <= t + HOOK_SPAN]
+        first = next((r for r in mine if r["_hs_failed"]), script[0])
+        for r in mine:
+            del r["_hs_failed"]
+        known[hid] = mine
+        return h[0], first
     if hook:
         return hook[0], None
     return None, None
@@ -136,10 +156,17 @@ def _hook_scripts(con, hook, failed_only=False):
     """The script rows of one hook, found through the node and time bounds
     (zone maps) rather than a scan of every script run's hook_id."""
     t = parse_time(hook["start_ts"])
+    return _scripts_of(con, hook["node"], hook["hook_id"], t, t + HOOK_SPAN, failed_only)
+
+
+def _scripts_of(con, node, hook_id, lo, hi, failed_only=False, mark_failed=False):
+    """Script rows of ``hook_id`` on ``node`` starting in [lo, hi], by idx;
+    with ``mark_failed``, each with ``_hs_failed`` (views.SCRIPT_FAILED)."""
     flt = f" AND {SCRIPT_FAILED}" if failed_only else ""
-    return rows(con, f"""SELECT * FROM script_runs WHERE node = ? AND hook_id = ?
+    mark = f", {SCRIPT_FAILED} AS _hs_failed" if mark_failed else ""
+    return rows(con, f"""SELECT *{mark} FROM script_runs WHERE node = ? AND hook_id = ?
                          AND start_ts >= ? AND start_ts <= ? AND _date >= ?{flt} ORDER BY idx""",
-                [hook["node"], hook["hook_id"], t, t + HOOK_SPAN, date_floor(t)], date_floor(t))
+                [node, hook_id, lo, hi, date_floor(lo)], date_floor(lo))
 
 
 def _cause(hook, script):
@@ -218,21 +245,25 @@ def _gpu(con, node, around):
         return None
     t = parse_time(around)
     lo, hi = t - GPU_BEFORE, t + GPU_AFTER
-    s = rows(con, """
+    # One statement: the window's samples once, then the summary and the XIDs.
+    got = rows(con, """
+        WITH g AS MATERIALIZED (
+            SELECT gpu_index, ts, temperature_c, ecc_sbe, ecc_dbe, retired_pages, throttle_reasons, xid
+            FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND _date >= ?),
+             x AS (SELECT gpu_index, xid, min(ts) AS first_seen, count(*) AS samples
+                   FROM g WHERE coalesce(xid, 0) <> 0 GROUP BY gpu_index, xid)
         SELECT count(*) AS samples, count(DISTINCT gpu_index) AS gpus,
                max(temperature_c) AS temperature_max_c,
                max(ecc_sbe) - min(ecc_sbe) AS ecc_sbe_delta,
                max(ecc_dbe) - min(ecc_dbe) AS ecc_dbe_delta,
                max(ecc_dbe) AS ecc_dbe_max,
                max(retired_pages) - min(retired_pages) AS retired_pages_delta,
-               bit_or(throttle_reasons) AS throttle_reasons
-        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND _date >= ?""",
-             [node, lo, hi, date_floor(lo)], date_floor(lo))[0]
-    xids = rows(con, """SELECT gpu_index, xid, min(ts) AS first_seen, count(*) AS samples
-                        FROM gpu_samples WHERE node = ? AND ts >= ? AND ts <= ? AND _date >= ?
-                          AND coalesce(xid, 0) <> 0
-                        GROUP BY gpu_index, xid ORDER BY first_seen""", [node, lo, hi, date_floor(lo)],
-                 date_floor(lo))
+               bit_or(throttle_reasons) AS throttle_reasons,
+               (SELECT coalesce(list({'gpu_index': gpu_index, 'xid': xid, 'first_seen': first_seen,
+                                      'samples': samples} ORDER BY first_seen), []) FROM x) AS _xids
+        FROM g""", [node, lo, hi, date_floor(lo)], date_floor(lo))[0]
+    xids = got.pop("_xids")
+    s = got
     signals = []
     for x in xids:
         signals.append(f"XID {x['xid']} on GPU {x['gpu_index']} at {x['first_seen']}")
@@ -288,11 +319,12 @@ def _older_events(con, node, events, floor, since, cause):
     return events + _node_events(con, node, back, floor, EVENTS_LIMIT - len(events))
 
 
-def _evidence(con, hook, cause):
+def _evidence(con, hook, cause, known):
     if not hook:
         return []
     ev = [{"table": "hook_runs", "row": hook}]
-    for s in _hook_scripts(con, hook):
+    scripts = known.get(hook["hook_id"])
+    for s in scripts if scripts is not None else _hook_scripts(con, hook):
         ev.append({"table": "script_runs", "row": s})
     for r in rows(con, """SELECT seq, kind, hash, record FROM journal
                           WHERE cluster = ? AND node = ? AND hook_id = ? AND _date >= ? ORDER BY seq""",
@@ -334,8 +366,18 @@ def why(con, node, since=None, until=None) -> dict:
     node = str(node)
 
     def failure(c):
-        latest = _latest_hook(c, node, since, until)
-        return latest, _latest_failure(c, node, since, until, latest)
+        # The failure search anchors at the latest hook, but its first window
+        # is tried beside that search: the latest failure in a window that
+        # reaches ``until`` is the latest of all, whatever the window's start.
+        lo, hi = next(_windows(since, until, _data_anchor(c)))
+        got = together(c, {"latest": lambda c2: _latest_hook(c2, node, since, until),
+                           "recent": lambda c2: _latest_failure_in(c2, node, lo, hi, known)})
+        latest, found = got["latest"], got["recent"]
+        if not (found[0] or found[1]):
+            found = _latest_failure(c, node, since, until, latest, known)
+        return latest, found
+
+    known: dict = {}  # hook_id -> its script rows, read while finding the failure
 
     # Independent sections run at once on cursors (queries.scope.together).
     floor = _events_floor(since, until)
@@ -369,7 +411,7 @@ def why(con, node, since=None, until=None) -> dict:
         # ran) most likely wants what the init script should have installed.
         "init": lambda c: (init_status(c, node, before=cause["time"], context=INIT_FOR.get(cause["context"]))
                            if cause else None),
-        "evidence": lambda c: _evidence(c, hook, cause),
+        "evidence": lambda c: _evidence(c, hook, cause, known),
         "systemic": lambda c: _systemic(c, node, cause, since, until),
         "gpu": lambda c: _gpu(c, node, around),
         "recovered": lambda c: _recovered_since(c, node, hook, cause),

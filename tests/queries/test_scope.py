@@ -222,3 +222,29 @@ def test_why_searches_an_archive_from_its_newest_day(history, monkeypatch):
     assert bounds == [end - W.SEARCH_WINDOWS[0]]
     monkeypatch.setattr(W, "rows", real)
     assert got == W._latest_hook(open_source(db=db), "node0000", None, None)
+
+
+def test_why_reuses_the_failed_hooks_scripts_as_read_without_them(history, monkeypatch):
+    """The evidence section reuses the script rows the failure search read;
+    the answer is the one that reads them again (every node with a cause)."""
+    import queries.why as W
+
+    db, archive = history
+    real = W._evidence
+    for src in ({"db": db}, {"archive": archive}):
+        con = open_source(**src)
+        nodes = [r[0] for r in con.execute("SELECT DISTINCT node FROM script_runs WHERE exit_code <> 0 "
+                                            "ORDER BY node LIMIT 30").fetchall()]
+        checked = 0
+        for n in nodes:
+            got = W.why(con, n)
+            if not got["cause"] or len(got["evidence"]) <= 2:
+                continue  # e.g. a non-hook drain after the failure: no evidence to compare
+            checked += 1
+            monkeypatch.setattr(W, "_evidence", lambda c, hook, cause, known: real(c, hook, cause, {}))
+            try:
+                ref = W.why(con, n)
+            finally:
+                monkeypatch.setattr(W, "_evidence", real)
+            assert got == ref, (src, n)
+        assert checked >= 1, src  # more nodes: tests/queries/test_why_events.py

@@ -145,3 +145,18 @@ def test_the_statement_carries_a_date_bound(con, monkeypatch):
     monkeypatch.setattr(W, "_node_events", spy)
     W.why(con, "recent_drain", until=UNTIL)
     assert seen == [UNTIL - W.EVENTS_WINDOW]
+
+
+def test_evidence_from_the_failure_search_is_what_a_second_read_gives(con, monkeypatch):
+    """``why`` reuses the failed hook's script rows, read while finding the
+    failure, as evidence; the same answer as reading them again."""
+    real = W._evidence
+    checked = 0
+    for node in sorted(_scenarios()):
+        got = W.why(con, node, until=UNTIL)
+        monkeypatch.setattr(W, "_evidence", lambda c, hook, cause, known: real(c, hook, cause, {}))
+        ref = W.why(con, node, until=UNTIL)
+        monkeypatch.setattr(W, "_evidence", real)
+        assert got == ref, node
+        checked += bool(got["cause"]) and any(e["table"] == "script_runs" for e in got["evidence"])
+    assert checked >= 10
