@@ -23,7 +23,8 @@ agent makes them):
 * CPU (all threads, user+sys) per message of each kind, and per span.
 
 Extrapolated (linear in nodes and jobs; printed as such): rows/day, archive
-bytes/day and /year, live-store bytes and key-index RAM after ``--live-days``
+bytes/day and /year, live-store bytes, the collector's RAM, and store version
+1's key-index RAM (for comparison) after ``--live-days``
 of history (the live store keeps everything today: no retention), and the
 peak load of a burst in which every node runs its prolog (and its tasks their
 TaskProlog) within ``--burst-s`` seconds, on top of the steady GPU stream,
@@ -101,7 +102,10 @@ def options(argv=None):
     s.add_argument("--batch", type=int, default=2048, help="messages per batch (the collector's fetch)")
     s.add_argument("--live-days", type=int, default=365, help="days of history the live store holds")
     s.add_argument("--index-bytes-per-row", type=float, default=50,
-                   help="RAM of the keys per live row (tests/bench/bench_dedup.py: ~50)")
+                   help="store version 1's key RAM per live row (tests/bench/bench_dedup.py: ~50)")
+    s.add_argument("--memory-limit-gb", type=float, default=1.0,
+                   help="the collector's --memory-limit (DuckDB's cache; store version 2's RAM does not grow "
+                        "with history: docs/benchmarks.md \"Bounded dedup\")")
     s.add_argument("--base-ram-mb", type=float, default=500,
                    help="collector RAM besides DuckDB (docs/collector.md Memory: 300-500 MB)")
     s.add_argument("--burst-s", type=float, default=60, help="every node runs its prolog within this")
@@ -370,11 +374,15 @@ def extrapolations(a, m):
                                                    " (one per table with rows, per cluster)"),
         (f"live store after {a.live_days} d (no retention)",
          lambda n: human(sum(m["live"][k] * scale(n, k) for k in KINDS) * a.live_days)),
-        ("key-index RAM per day of history", lambda n: human(rows(n, keyed) * a.index_bytes_per_row)),
+        ("collector RAM, any history (store version 2: base + --memory-limit)",
+         lambda n: human(a.base_ram_mb * 1e6 + a.memory_limit_gb * 1e9)),
+        # Store version 1 (before issue 14) kept a key index of every row in RAM:
+        # what the bounded dedup removed, for comparison.
+        ("store version 1: key-index RAM per day of history", lambda n: human(rows(n, keyed) * a.index_bytes_per_row)),
         ("  the same without gpu_samples", lambda n: human(rows(n, hook_keyed) * a.index_bytes_per_row)),
-        (f"key-index RAM after {a.live_days} d ({a.index_bytes_per_row:g} B/row)",
+        (f"store version 1: key-index RAM after {a.live_days} d ({a.index_bytes_per_row:g} B/row)",
          lambda n: human(rows(n, keyed) * a.live_days * a.index_bytes_per_row)),
-        ("collector RAM, 7 d of live history (base + keys)",
+        ("store version 1: collector RAM, 7 d of live history (base + keys)",
          lambda n: human(a.base_ram_mb * 1e6 + 7 * rows(n, keyed) * a.index_bytes_per_row)),
         ("CPU cores, steady (day average)", lambda n: f"{steady(n):.2f}"),
         (f"peak: prolog burst in {a.burst_s:g} s: hook msgs/s, spans/s",
