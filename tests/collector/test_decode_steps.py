@@ -74,20 +74,29 @@ def test_every_record_and_run_of_a_message_becomes_a_row():
 
 
 def test_gc_policy_nests_and_restores():
-    was = gc.isenabled()
+    import sys
+
+    was, switch = gc.isenabled(), sys.getswitchinterval()
     gc.enable()
+    sys.setswitchinterval(0.005)
     try:
         gcpolicy.hold()
         assert not gc.isenabled() and gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == pytest.approx(gcpolicy.SWITCH_INTERVAL_S, rel=0.05)
         gcpolicy.hold()           # a second collector in the same process
         gcpolicy.release()
         assert not gc.isenabled()  # the first still runs
+        assert sys.getswitchinterval() == pytest.approx(gcpolicy.SWITCH_INTERVAL_S, rel=0.05)
         gcpolicy.maybe_collect(idle=True)
         gcpolicy.release()
         assert gc.isenabled() and gc.get_freeze_count() == 0
+        assert sys.getswitchinterval() == pytest.approx(0.005, rel=0.05)  # the host's setting again
         gc.disable()              # found off: left off
+        sys.setswitchinterval(0.0001)  # found shorter: left shorter
         gcpolicy.hold()
+        assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
         gcpolicy.release()
-        assert not gc.isenabled()
+        assert not gc.isenabled() and sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
     finally:
         (gc.enable if was else gc.disable)()
+        sys.setswitchinterval(switch)
