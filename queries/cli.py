@@ -246,8 +246,9 @@ def why(con, node, job_id, scheduler_parameters, prolog_flags, since, until):
 
     Names the script, its exit status and output, whether it fails on other
     nodes too (script or node fault), whether its sha256 changed just before,
-    GPU signals around the failure, and node events.  A drain with no hook
-    failure is reported as such.  'why job J' says what Slurm did to the job
+    GPU signals around the failure, and node events (of the last 30 days, or
+    since --since; older only as far as they bear on the verdict).  A drain
+    with no hook failure is reported as such.  'why job J' says what Slurm did to the job
     (requeued held, cancelled, step cancelled), which hook, script, version
     and output decided it, on which node, and what its retry did.
 
