@@ -20,10 +20,12 @@ keeps its tiny one) and each batch is inserted by :func:`insert`:
    new range where consecutive times are more than :data:`GAP` apart), so
    it does not read everything in between.
 
-``journal`` has no time column of its own in the decoder's rows: the store
-derives ``journal.ts`` from the record (its ``ts``, integer ns; the record
-is canonical JSON and hashed, so a copy has the same one) at insert
-(:func:`with_journal_ts`; ``schema.STORE_COLUMNS``).  ``dead_letters`` is
+``journal`` has no time column of its own in the decoder's rows: ``journal.ts``
+is derived from the record (its ``ts``, integer ns; the record is canonical
+JSON and hashed, so a copy has the same one) by :func:`with_journal_ts`
+(``schema.STORE_COLUMNS``): by the collector's ``build_batch`` on its event
+loop's thread (:func:`journal_ts`, marked in the schema metadata), else at
+insert.  ``dead_letters`` is
 bounded by its key, ``stream_seq``, which rises in insertion order.
 
 Exactness rests on one property per table, documented with :data:`TIME`:
@@ -32,6 +34,7 @@ every copy of a key has its time within ``SLACK`` of the first copy's.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pyarrow as pa
@@ -89,11 +92,30 @@ def first_per_key(tb: pa.Table, keys) -> pa.Table:
     return tb.take(pc.take(keep, pc.sort_indices(keep)))  # in batch order
 
 
+_LOCAL = threading.local()
+#: Schema metadata key marking a journal table whose ``ts`` :func:`journal_ts`
+#: derived (any other ``ts`` column is derived again at insert).
+DERIVED = b"hookscope.journal_ts"
+
+
+def journal_ts(tb: pa.Table) -> pa.Table:
+    """:func:`with_journal_ts` on a DuckDB connection of this thread's own
+    (in memory): the collector derives ``ts`` on its event loop's thread, so
+    the writer thread, which every batch waits for, does not (:func:`insert`
+    keeps a derived ``ts``)."""
+    con = getattr(_LOCAL, "con", None)
+    if con is None:
+        import duckdb
+        con = _LOCAL.con = duckdb.connect(":memory:")
+    out = with_journal_ts(con, tb)
+    return out.replace_schema_metadata({**(out.schema.metadata or {}), DERIVED: b"1"})
+
+
 def with_journal_ts(con, tb: pa.Table) -> pa.Table:
     """``tb`` (journal rows) with the store-only column ``ts`` from each
     record's ``ts`` (integer ns -> microseconds, truncated like every other
     time column).  Parsed by DuckDB's JSON reader (exact: top-level key)."""
-    if "ts" in tb.column_names:  # rows read back from a store: derived again, the same way
+    if "ts" in tb.column_names:  # derived again, the same way
         tb = tb.drop_columns(["ts"])
     con.register("_hs_journal", tb.select(["record"]))
     try:
@@ -168,7 +190,8 @@ def insert(con, table: str, tb: pa.Table, cols: list[str]) -> None:
     docstring), inside the caller's transaction."""
     tb = first_per_key(tb, schema.KEYS[table])
     if table in schema.STORE_COLUMNS:
-        tb = with_journal_ts(con, tb)
+        if tb.schema.metadata is None or tb.schema.metadata.get(DERIVED) != b"1":
+            tb = with_journal_ts(con, tb)
         cols = cols + [c for c, _ in schema.STORE_COLUMNS[table]]
     con.register("_hs_batch", tb)
     try:

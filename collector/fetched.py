@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collector.columns import Batch, check_rows
 from collector.decode import DL_BAD_RECORD, DL_STORE_REJECTED, DeadLetter, decode_message, subject_parts
+from collector.dedup import journal_ts
 from collector.identity import check_msg_id_decoded as check_msg_id
 from emitter import contract as C
 
@@ -55,6 +56,8 @@ def build_batch(msgs, instance: str, keep_raw: bool, max_bytes: int):
                 items[i] = (DeadLetter(DL_BAD_RECORD, why),) + it[1:]
         batch = _fill(items, instance, keep_raw)
         arrow = batch.arrow()
+    if "journal" in arrow[1]:  # here, not in the writer thread every batch waits for
+        arrow[1]["journal"] = journal_ts(arrow[1]["journal"])
     batch.pending = items[-1][6] if items else 0
     batch.n_journal_errors = sum(getattr(it[0], "n_journal_errors", 0) for it in items)
     return batch, arrow

@@ -278,3 +278,44 @@ def test_the_probe_reads_the_batch_s_time_range_not_history(tmp_path):
         assert 1 <= scanned <= at_most
         con.unregister("_hs_batch")
     con.close()
+
+
+def test_journal_ts_derived_off_the_writer_is_kept_any_other_is_derived_again(tmp_path):
+    """build_batch derives journal.ts on the event loop's thread
+    (dedup.journal_ts, marked in the schema metadata) so that the writer does
+    not; a ts column without that mark is derived again from the records."""
+    items = [(i, T + i * 10**9, 1) for i in range(5)]
+    tb = batch("journal", items)["journal"]
+    derived = dedup.journal_ts(tb)
+    assert derived.schema.metadata[dedup.DERIVED] == b"1"
+    assert derived.column("ts").cast(pa.int64()).to_pylist() == [(T + i * 10**9) // 1000 for i in range(5)]
+    # the same function the writer would run, on another connection: the same column
+    assert dedup.with_journal_ts(duckdb.connect(), tb).column("ts").equals(derived.column("ts"))
+    wrong = derived.set_column(derived.schema.get_field_index("ts"), "ts",
+                               pa.array([0] * 5, pa.int64()).cast(pa.timestamp("us", tz="UTC")))
+    with Store(tmp_path / "a.duckdb", consumer="t") as st:
+        st.commit({"journal": wrong.replace_schema_metadata(None)}, 1)  # unmarked: derived again
+        got = [r[0] for r in st.con.execute("SELECT epoch_us(ts) FROM journal ORDER BY seq").fetchall()]
+    assert got == [(T + i * 10**9) // 1000 for i in range(5)]
+    with Store(tmp_path / "b.duckdb", consumer="t") as st:
+        st.commit({"journal": wrong}, 1)  # marked: kept as given (the writer did not parse)
+        got = [r[0] for r in st.con.execute("SELECT epoch_us(ts) FROM journal ORDER BY seq").fetchall()]
+    assert got == [0] * 5
+
+
+def test_build_batch_hands_the_writer_a_derived_journal_ts():
+    import time as _time
+
+    from collector.fetched import build_batch
+    from emitter import contract as C
+    from tests.bench.collector_stages import _FakeMsg
+    from tests.collector.gen import Node, hook_message
+
+    node = Node("n1")
+    msgs = [_FakeMsg(s, p, i + 1, _time.time_ns())
+            for i, (s, _, p, _) in enumerate(hook_message(node, job_id=str(j)) for j in range(3))]
+    _b, (_parts, store) = build_batch(msgs, "t", False, C.MAX_MESSAGE_BYTES)
+    j = store["journal"]
+    assert j.schema.metadata[dedup.DERIVED] == b"1"
+    assert j.column("ts").equals(dedup.with_journal_ts(duckdb.connect(), j.drop_columns(["ts"])).column("ts"))
+    assert j.column("ts").null_count == 0
