@@ -40,6 +40,25 @@ class EmbeddedServerError(CollectorError):
 #: JetStream fsync policy of the servers started here (see the module doc).
 SYNC_DEFAULT = "always"
 _JS_BLOCK = re.compile(r"^\s*jetstream\s*[:=]?\s*\{", re.M)
+#: JetStream file-store limit of the servers started here.  Each of our
+#: streams reserves its ``max_bytes`` (20 GiB, docs/contract.md) against this
+#: limit when it is created; the server's own default is 75 % of the disk
+#: that is free when it starts, so on a disk with less than ~54 GiB free the
+#: streams could not be created at all.  1 TiB is the server's own cap on
+#: that default: our streams' limits (and the disk) bound what is stored.
+STORE_LIMIT = 1 << 40
+_STORE_KEYS = re.compile(r"(?<![\w.])(max_file_store|max_file|max_disk)\s*[:=\s]")
+
+
+def _in_jetstream_block(text: str, line: str) -> str:
+    """``text`` with ``line`` as the first entry of its jetstream block (a
+    block is appended when it has none)."""
+    m = _JS_BLOCK.search(text)
+    if m:
+        return f"{text[:m.end()]}\n  {line}\n{text[m.end():]}"
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + f"jetstream {{ {line} }}\n"
 
 
 def durable_config(config: str | None, sync: str | None = SYNC_DEFAULT) -> str:
@@ -48,12 +67,21 @@ def durable_config(config: str | None, sync: str | None = SYNC_DEFAULT) -> str:
     text = config or ""
     if sync is None or "sync_interval" in text:
         return text
-    m = _JS_BLOCK.search(text)
-    if m:
-        return f"{text[:m.end()]}\n  sync_interval: {sync}\n{text[m.end():]}"
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text + f"jetstream {{ sync_interval: {sync} }}\n"
+    return _in_jetstream_block(text, f"sync_interval: {sync}")
+
+
+def sized_config(config: str | None, limit: int = STORE_LIMIT) -> str:
+    """``config`` with ``max_file_store: <limit>`` in its jetstream block,
+    unless it sets a file-store limit itself (pure; see :data:`STORE_LIMIT`)."""
+    text = config or ""
+    if _STORE_KEYS.search(text):
+        return text
+    return _in_jetstream_block(text, f"max_file_store: {int(limit)}")
+
+
+def embedded_config(config: str | None, sync: str | None = SYNC_DEFAULT) -> str:
+    """The config file text a server started here runs with (pure)."""
+    return sized_config(durable_config(config, sync))
 
 
 def find_binary() -> str:
@@ -106,7 +134,7 @@ class NatsServer:
 
     def _cmd(self, ports_dir: Path) -> list[str]:
         cmd = [self.binary]
-        text = durable_config(self.config, self.sync)
+        text = embedded_config(self.config, self.sync)
         if text:
             conf = self.store_dir / "nats-server.conf"
             conf.write_text(text)

@@ -29,6 +29,26 @@ class StreamMismatch(EmitterError):
     """An existing stream has settings that cannot be updated in place."""
 
 
+class StreamNoRoom(EmitterError):
+    """The server's JetStream storage limit cannot hold the stream's ``max_bytes``."""
+
+
+#: JetStream's error code for "insufficient storage resources available": the
+#: stream's max_bytes does not fit what is left of the server's (or the
+#: account's) file-store limit.
+_ERR_NO_STORAGE = 10047
+
+
+def _no_room(name: str, want) -> StreamNoRoom:
+    gib = int(want.max_bytes) / 1024**3
+    return StreamNoRoom(
+        f"stream {name}: the server refused to reserve its max_bytes ({gib:g} GiB per replica, "
+        "docs/contract.md) because its JetStream file-store limit has no room left; set "
+        "jetstream { max_file_store: 64G } (or more) in the nats-server config, as "
+        "deploy/nats/nats-server.conf does (without it the limit is 75 % of the disk that was "
+        "free when the server started), give the account more storage, or free disk space")
+
+
 @dataclass(frozen=True)
 class NatsOptions:
     """Everything needed to connect; validated at construction."""
@@ -245,7 +265,7 @@ _IMMUTABLE = ("storage", "retention")
 
 async def ensure_stream(js, name: str, subjects, replicas: int = 1, timeout: float = 10.0):
     """Create ``name`` or bring it to our settings; returns its StreamInfo."""
-    from nats.js.errors import NotFoundError
+    from nats.js.errors import APIError, NotFoundError
 
     want = stream_config(name, subjects, replicas)
     try:
@@ -253,6 +273,10 @@ async def ensure_stream(js, name: str, subjects, replicas: int = 1, timeout: flo
     except NotFoundError:
         try:
             return await asyncio.wait_for(js.add_stream(want), timeout)
+        except APIError as exc:
+            if getattr(exc, "err_code", None) == _ERR_NO_STORAGE:
+                raise _no_room(name, want) from exc
+            raise
         except asyncio.TimeoutError:
             raise NatsUnavailable(f"creating stream {name} timed out after {timeout}s "
                                   "(is JetStream enabled on the server: nats-server -js?)") from None

@@ -10,7 +10,7 @@ import json
 import urllib.request
 
 from collector.embedded import NatsServer, durable_config
-from tests.helpers.servers import NatsCluster
+from tests.helpers.servers import NatsCluster, deploy_nats_config
 
 
 def _js_config(srv: NatsServer) -> dict:
@@ -62,15 +62,7 @@ def test_durable_config_is_pure():
 def test_deploy_server_config_syncs_always(tmp_path):
     """deploy/nats/nats-server.conf, run as shipped (store dir and ports from
     the command line, an empty auth.conf)."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    text = (root / "deploy/nats/nats-server.conf").read_text()
-    # NatsServer passes the store dir and ports as flags (a duplicate is an error)
-    text = text.replace("  store_dir: /var/lib/nats\n", "").replace("port: 4222\n", "")
-    text = text.replace("http: 127.0.0.1:8222\n", "")
-    (tmp_path / "nats").mkdir()
-    (tmp_path / "nats" / "auth.conf").write_text("")
+    text = deploy_nats_config(tmp_path / "nats")
     with NatsServer(store_dir=tmp_path / "nats", config=text, extra_args=["-m", "-1"]) as srv:
         cfg = _js_config(srv)
     assert cfg.get("sync_always") is True, cfg

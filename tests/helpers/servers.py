@@ -46,10 +46,9 @@ class NatsCluster:
         self.servers: list[NatsServer] = []
         for i in range(n):
             others = ", ".join(f"nats-route://{host}:{p}" for j, p in enumerate(routes) if j != i)
-            # max_file_store: the stream reserves contract max_bytes (20 GiB) per
-            # replica; placement fails on a small test disk without a larger limit.
-            conf = (f"jetstream {{\n  max_file_store: 1T\n}}\n"
-                    f"cluster {{\n  name: {name}\n  listen: {host}:{routes[i]}\n"
+            # max_file_store: NatsServer adds its STORE_LIMIT (each stream
+            # reserves contract max_bytes, 20 GiB, per replica).
+            conf = (f"cluster {{\n  name: {name}\n  listen: {host}:{routes[i]}\n"
                     f"  routes: [{others}]\n}}\n")
             self.servers.append(NatsServer(store_dir=self.base / f"n{i}", config=conf, name=f"n{i}",
                                            host=host, sync=sync))
@@ -118,3 +117,15 @@ class NatsCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def deploy_nats_config(store_dir: Path) -> str:
+    """deploy/nats/nats-server.conf as shipped, for a :class:`NatsServer` in
+    ``store_dir`` (created, with an empty auth.conf): NatsServer passes the
+    store dir and ports as flags, and a duplicate is an error."""
+    text = (Path(__file__).resolve().parents[2] / "deploy/nats/nats-server.conf").read_text()
+    text = text.replace("  store_dir: /var/lib/nats\n", "").replace("port: 4222\n", "")
+    text = text.replace("http: 127.0.0.1:8222\n", "")
+    store_dir.mkdir(parents=True, exist_ok=True)
+    (store_dir / "auth.conf").write_text("")
+    return text

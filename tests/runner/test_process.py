@@ -14,7 +14,8 @@ from emitter import contract as c
 from emitter.journal import read_records
 
 from tests.helpers import wait_for as _wait_for
-from tests.runner.conftest import EMPTY_CONFIG, IS_ROOT, ROOT, hook_cmd, kinds, mkscript, records, run_hook
+from tests.helpers.mounts import tmpfs
+from tests.runner.conftest import EMPTY_CONFIG, ROOT, hook_cmd, kinds, mkscript, records, run_hook
 
 
 def _started(jdir):
@@ -112,18 +113,9 @@ def test_non_task_output_goes_to_stdout_for_slurmd_to_log(tmp_path):
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
-    if not IS_ROOT:
-        pytest.skip("a full disk is simulated with a 64 KiB tmpfs, which needs root (mount)")
-    mnt = tmp_path / "spool"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    try:
+    # a full disk is simulated with a 64 KiB tmpfs
+    with tmpfs(tmp_path / "spool", "size=64k,mode=0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_spool_keeps_status_counts_lost_and_reports_next_time(tmp_path, tiny_tmpfs):
