@@ -190,7 +190,7 @@ def insert(con, table: str, tb: pa.Table, cols: list[str]) -> None:
     docstring), inside the caller's transaction."""
     tb = first_per_key(tb, schema.KEYS[table])
     if table in schema.STORE_COLUMNS:
-        if tb.schema.metadata is None or tb.schema.metadata.get(DERIVED) != b"1":
+        if (tb.schema.metadata or {}).get(DERIVED) != b"1":
             tb = with_journal_ts(con, tb)
         cols = cols + [c for c, _ in schema.STORE_COLUMNS[table]]
     con.register("_hs_batch", tb)

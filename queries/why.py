@@ -96,18 +96,18 @@ def _day_end(day):
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
 
 
-def _latest_failure(con, node, since, until, latest, known):
+def _latest_failure(con, node, since, until, latest, scripts_read):
     """(hook row, deciding script row) of the node's latest failed hook."""
     anchor = parse_time(latest["start_ts"]) + HOOK_SPAN if latest else None
     for lo, hi in _windows(since, until, anchor):
-        found = _latest_failure_in(con, node, lo, hi, known)
+        found = _latest_failure_in(con, node, lo, hi, scripts_read)
         if found[0] or found[1]:
             return found
     return None, None
 
 
-def _latest_failure_in(con, node, lo, hi, known):
-    """As _latest_failure, in [lo, hi); ``known[hook_id]`` gets the script
+def _latest_failure_in(con, node, lo, hi, scripts_read):
+    """As _latest_failure, in [lo, hi); ``scripts_read[hook_id]`` gets the script
     rows of the hook it returns with a script (what _hook_scripts reads)."""
     params = [node]
     win = window_sql("start_ts", lo, hi, params)
@@ -141,7 +141,7 @@ def _latest_failure_in(con, node, lo, hi, known):
         first = next((r for r in mine if r["_hs_failed"]), script[0])
         for r in mine:
             del r["_hs_failed"]
-        known[hid] = mine
+        scripts_read[hid] = mine
         return h[0], first
     if hook:
         return hook[0], None
@@ -319,11 +319,11 @@ def _older_events(con, node, events, floor, since, cause):
     return events + _node_events(con, node, back, floor, EVENTS_LIMIT - len(events))
 
 
-def _evidence(con, hook, cause, known):
+def _evidence(con, hook, cause, scripts_read):
     if not hook:
         return []
     ev = [{"table": "hook_runs", "row": hook}]
-    scripts = known.get(hook["hook_id"])
+    scripts = scripts_read.get(hook["hook_id"])
     for s in scripts if scripts is not None else _hook_scripts(con, hook):
         ev.append({"table": "script_runs", "row": s})
     for r in rows(con, """SELECT seq, kind, hash, record FROM journal
@@ -364,6 +364,7 @@ def why(con, node, since=None, until=None) -> dict:
     if not node:
         raise QueryError("why needs a node name")
     node = str(node)
+    scripts_read: dict = {}  # hook_id -> its script rows, read while finding the failure
 
     def failure(c):
         # The failure search anchors at the latest hook, but its first window
@@ -371,13 +372,11 @@ def why(con, node, since=None, until=None) -> dict:
         # reaches ``until`` is the latest of all, whatever the window's start.
         lo, hi = next(_windows(since, until, _data_anchor(c)))
         got = together(c, {"latest": lambda c2: _latest_hook(c2, node, since, until),
-                           "recent": lambda c2: _latest_failure_in(c2, node, lo, hi, known)})
+                           "recent": lambda c2: _latest_failure_in(c2, node, lo, hi, scripts_read)})
         latest, found = got["latest"], got["recent"]
         if not (found[0] or found[1]):
-            found = _latest_failure(c, node, since, until, latest, known)
+            found = _latest_failure(c, node, since, until, latest, scripts_read)
         return latest, found
-
-    known: dict = {}  # hook_id -> its script rows, read while finding the failure
 
     # Independent sections run at once on cursors (queries.scope.together).
     floor = _events_floor(since, until)
@@ -411,7 +410,7 @@ def why(con, node, since=None, until=None) -> dict:
         # ran) most likely wants what the init script should have installed.
         "init": lambda c: (init_status(c, node, before=cause["time"], context=INIT_FOR.get(cause["context"]))
                            if cause else None),
-        "evidence": lambda c: _evidence(c, hook, cause, known),
+        "evidence": lambda c: _evidence(c, hook, cause, scripts_read),
         "systemic": lambda c: _systemic(c, node, cause, since, until),
         "gpu": lambda c: _gpu(c, node, around),
         "recovered": lambda c: _recovered_since(c, node, hook, cause),

@@ -241,7 +241,7 @@ def test_why_reuses_the_failed_hooks_scripts_as_read_without_them(history, monke
             if not got["cause"] or len(got["evidence"]) <= 2:
                 continue  # e.g. a non-hook drain after the failure: no evidence to compare
             checked += 1
-            monkeypatch.setattr(W, "_evidence", lambda c, hook, cause, known: real(c, hook, cause, {}))
+            monkeypatch.setattr(W, "_evidence", lambda c, hook, cause, scripts_read: real(c, hook, cause, {}))
             try:
                 ref = W.why(con, n)
             finally:

@@ -154,7 +154,7 @@ def test_evidence_from_the_failure_search_is_what_a_second_read_gives(con, monke
     checked = 0
     for node in sorted(_scenarios()):
         got = W.why(con, node, until=UNTIL)
-        monkeypatch.setattr(W, "_evidence", lambda c, hook, cause, known: real(c, hook, cause, {}))
+        monkeypatch.setattr(W, "_evidence", lambda c, hook, cause, scripts_read: real(c, hook, cause, {}))
         ref = W.why(con, node, until=UNTIL)
         monkeypatch.setattr(W, "_evidence", real)
         assert got == ref, node
