@@ -70,18 +70,20 @@ def durable_config(config: str | None, sync: str | None = SYNC_DEFAULT) -> str:
     return _in_jetstream_block(text, f"sync_interval: {sync}")
 
 
-def sized_config(config: str | None, limit: int = STORE_LIMIT) -> str:
+def sized_config(config: str | None, limit: int | None = STORE_LIMIT) -> str:
     """``config`` with ``max_file_store: <limit>`` in its jetstream block,
-    unless it sets a file-store limit itself (pure; see :data:`STORE_LIMIT`)."""
+    unless it sets a file-store limit itself or ``limit`` is None (pure; see
+    :data:`STORE_LIMIT`)."""
     text = config or ""
-    if _STORE_KEYS.search(text):
+    if limit is None or _STORE_KEYS.search(text):
         return text
     return _in_jetstream_block(text, f"max_file_store: {int(limit)}")
 
 
-def embedded_config(config: str | None, sync: str | None = SYNC_DEFAULT) -> str:
+def embedded_config(config: str | None, sync: str | None = SYNC_DEFAULT,
+                    store_limit: int | None = STORE_LIMIT) -> str:
     """The config file text a server started here runs with (pure)."""
-    return sized_config(durable_config(config, sync))
+    return sized_config(durable_config(config, sync), store_limit)
 
 
 def find_binary() -> str:
@@ -110,18 +112,22 @@ class NatsServer:
     ``port`` 0 lets the server choose; the chosen port is kept across
     ``restart()`` so clients can reconnect to the same URL.  ``config`` is an
     optional nats-server config file text (auth, TLS, cluster); command-line
-    flags here override its port and store_dir.
+    flags here override its port and store_dir.  ``sync`` and ``store_limit``
+    (None: the server's defaults) go into its jetstream block unless the
+    config sets them (:func:`embedded_config`).
     """
 
     def __init__(self, store_dir: str | os.PathLike | None = None, port: int = 0,
                  config: str | None = None, extra_args: list[str] | None = None,
-                 name: str = "hookscope", host: str = "127.0.0.1", sync: str | None = SYNC_DEFAULT):
+                 name: str = "hookscope", host: str = "127.0.0.1", sync: str | None = SYNC_DEFAULT,
+                 store_limit: int | None = STORE_LIMIT):
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="hookscope-nats-"))
         self.port = port
         self.host = host
         self.config = config
         self.sync = sync
+        self.store_limit = store_limit
         self.extra_args = list(extra_args or [])
         self.name = name
         self.proc: subprocess.Popen | None = None
@@ -134,7 +140,7 @@ class NatsServer:
 
     def _cmd(self, ports_dir: Path) -> list[str]:
         cmd = [self.binary]
-        text = embedded_config(self.config, self.sync)
+        text = embedded_config(self.config, self.sync, self.store_limit)
         if text:
             conf = self.store_dir / "nats-server.conf"
             conf.write_text(text)

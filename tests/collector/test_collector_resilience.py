@@ -72,7 +72,8 @@ def test_failed_consumer_setup_closes_the_connection_and_reconnects(nats_server,
 def test_once_gives_up_when_jetstream_never_answers(tmp_path):
     """A server without JetStream: connect works, every stream call fails.
     ``--once`` must end with an error instead of looping forever."""
-    srv = NatsServer(store_dir=tmp_path / "nats", sync=None)  # a jetstream {} block would enable it
+    # no sync or store limit: a jetstream {} block would enable it
+    srv = NatsServer(store_dir=tmp_path / "nats", sync=None, store_limit=None)
     srv._cmd_orig = srv._cmd
     srv._cmd = lambda ports: [a for a in srv._cmd_orig(ports) if a != "-js"]
     srv.start()

@@ -16,7 +16,6 @@ import urllib.request
 
 import pytest
 
-from collector import embedded
 from collector.embedded import STORE_LIMIT, NatsServer, embedded_config, sized_config
 from emitter import contract as c
 from emitter import natsio
@@ -34,6 +33,7 @@ def test_sized_config_is_pure():
     text = embedded_config("port: 1")
     assert "sync_interval: always" in text and f"max_file_store: {STORE_LIMIT}" in text
     assert text.count("jetstream") == 1
+    assert embedded_config(None, None, None) == ""  # no block: JetStream only with -js
 
 
 @pytest.fixture
@@ -66,10 +66,9 @@ def test_embedded_server_creates_the_streams_on_a_small_disk(small_disk):
         assert asyncio.run(_create_and_publish(srv.url)) == 1
 
 
-def test_without_the_limit_a_small_disk_refuses_with_a_clear_error(small_disk, monkeypatch):
+def test_without_the_limit_a_small_disk_refuses_with_a_clear_error(small_disk):
     """The control (the server's own default limit), and what the operator is told."""
-    monkeypatch.setattr(embedded, "sized_config", lambda text, limit=0: text)
-    with NatsServer(store_dir=small_disk / "nats", extra_args=["-m", "-1"]) as srv:
+    with NatsServer(store_dir=small_disk / "nats", extra_args=["-m", "-1"], store_limit=None) as srv:
         assert _max_storage(srv) < 64 * 1024**2
         with pytest.raises(natsio.StreamNoRoom) as err:
             asyncio.run(_create_and_publish(srv.url))
