@@ -259,24 +259,33 @@ def _differences(want, have) -> dict:
     return diff
 
 
+async def _reserving(name: str, want, call, timeout: float):
+    """``call`` (creating or updating stream ``name`` to ``want``), with
+    JetStream's no-room answer turned into :class:`StreamNoRoom`."""
+    from nats.js.errors import APIError
+
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except APIError as exc:
+        if getattr(exc, "err_code", None) == _ERR_NO_STORAGE:
+            raise _no_room(name, want) from exc
+        raise
+
+
 # Settings the server refuses to change on a live stream.
 _IMMUTABLE = ("storage", "retention")
 
 
 async def ensure_stream(js, name: str, subjects, replicas: int = 1, timeout: float = 10.0):
     """Create ``name`` or bring it to our settings; returns its StreamInfo."""
-    from nats.js.errors import APIError, NotFoundError
+    from nats.js.errors import NotFoundError
 
     want = stream_config(name, subjects, replicas)
     try:
         info = await asyncio.wait_for(js.stream_info(name), timeout)
     except NotFoundError:
         try:
-            return await asyncio.wait_for(js.add_stream(want), timeout)
-        except APIError as exc:
-            if getattr(exc, "err_code", None) == _ERR_NO_STORAGE:
-                raise _no_room(name, want) from exc
-            raise
+            return await _reserving(name, want, js.add_stream(want), timeout)
         except asyncio.TimeoutError:
             raise NatsUnavailable(f"creating stream {name} timed out after {timeout}s "
                                   "(is JetStream enabled on the server: nats-server -js?)") from None
@@ -295,7 +304,7 @@ async def ensure_stream(js, name: str, subjects, replicas: int = 1, timeout: flo
     # Keep subjects the operator added; add ours.
     merged = want
     merged.subjects = sorted(set(info.config.subjects or []) | set(want.subjects))
-    return await asyncio.wait_for(js.update_stream(merged), timeout)
+    return await _reserving(name, want, js.update_stream(merged), timeout)
 
 
 async def ensure_streams(js, replicas: int = 1, timeout: float = 10.0, dlq: bool = True) -> dict:

@@ -91,3 +91,22 @@ def test_the_deploy_config_creates_the_streams_on_a_small_disk(small_disk):
     with NatsServer(store_dir=small_disk / "nats", config=text, extra_args=["-m", "-1"]) as srv:
         assert _max_storage(srv) == 64 * 10**9  # its own line, not ours
         assert asyncio.run(_create_and_publish(srv.url)) == 1
+
+
+def test_growing_a_smaller_stream_past_the_limit_is_named_too(tmp_path):
+    """An existing stream with a smaller max_bytes: ensure_streams updates it,
+    and the server's no-room answer to the update is StreamNoRoom as well."""
+    async def go(url):
+        nc = await natsio.connect(natsio.NatsOptions(servers=url))
+        try:
+            js = nc.jetstream(timeout=10)
+            small = natsio.stream_config(c.STREAM_NAME, c.STREAM_SUBJECTS).evolve(max_bytes=10**8)
+            await js.add_stream(small)
+            with pytest.raises(natsio.StreamNoRoom, match=f"stream {c.STREAM_NAME}.*max_file_store"):
+                await natsio.ensure_streams(js, dlq=False)
+            assert (await js.stream_info(c.STREAM_NAME)).config.max_bytes == 10**8  # left as it was
+        finally:
+            await nc.close()
+
+    with NatsServer(store_dir=tmp_path / "nats", config="jetstream {\n  max_file_store: 1G\n}\n") as srv:
+        asyncio.run(go(srv.url))
