@@ -58,10 +58,12 @@ def run(con, db_path: str, tables: list[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    # probed before the transaction: a refused CREATE would abort it
+    zstd = schema.zstd_available(con)
     con.execute("BEGIN TRANSACTION")
     try:
         for t in tables:
-            _recreate(con, t)
+            _recreate(con, t, zstd)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -69,12 +71,13 @@ def run(con, db_path: str, tables: list[str]) -> None:
     con.execute("CHECKPOINT")
 
 
-def _recreate(con, table: str) -> None:
+def _recreate(con, table: str, zstd: bool = False) -> None:
     """``table`` without its key: same columns (the schema's, plus any the
-    store has beyond them), same rows in the same order."""
+    store has beyond them), same rows in the same order; being rewritten
+    anyway, its ``schema.ZSTD_COLUMNS`` get zstd where the file allows."""
     old = _columns(con, table)
     new = f"_hs_v2_{table}"
-    con.execute(f"CREATE TABLE {new} ({schema.TABLES[table]})")
+    con.execute(f"CREATE TABLE {new} ({schema.table_body(table, zstd)})")
     have = _columns(con, new)
     for name, typ in [*schema.ADDED_COLUMNS.get(table, ()), *schema.STORE_COLUMNS.get(table, ()),
                       *((c, ty) for c, ty in old.items() if c not in have)]:

@@ -171,9 +171,53 @@ TABLES = {
 }
 
 
-def ddl() -> list[str]:
+#: Columns a new store compresses with zstd (DuckDB's ``USING COMPRESSION``)
+#: instead of letting each checkpoint pick a method: the canonical JSON
+#: records and their SHA-256 hex digests.  DuckDB's default analysis tries
+#: every string method on them (dict_fsst at length) at each checkpoint, and
+#: a checkpoint rewrites the table's partly filled last row group: on the
+#: collector bench's journal it was 60 % of the commit time, and zstd made
+#: the file half the size besides (docs/benchmarks.md "Journal compression").
+#: Physical only: the same rows, types and SQL.  Only where the file can
+#: hold it (DuckDB >= 1.2 writing storage version >= 1.2, see
+#: :func:`zstd_available`); existing tables keep theirs (no rewrite).
+ZSTD_COLUMNS = {"journal": ("hash", "prev", "record")}
+
+
+def table_body(table: str, zstd: bool = False) -> str:
+    """``TABLES[table]``, with ``USING COMPRESSION zstd`` on its ZSTD_COLUMNS when ``zstd``."""
+    body = TABLES[table]
+    if not zstd:
+        return body
+    out = []
+    for line in body.split("\n"):
+        code, sep, comment = line.partition("--")
+        words = code.split()
+        if words and words[0] in ZSTD_COLUMNS.get(table, ()):
+            # after the type and constraints, before the comma: spacing kept
+            stripped = code.rstrip()
+            comma = "," if stripped.endswith(",") else ""
+            code = stripped[:len(stripped) - len(comma)] + " USING COMPRESSION zstd" + comma + code[len(stripped):]
+        out.append(code + sep + comment)
+    return "\n".join(out)
+
+
+def zstd_available(con) -> bool:
+    """Whether tables created on ``con``'s database can use zstd: DuckDB
+    refuses it (a binder error) before 1.2 and in files of an older storage
+    version.  Tried on a scratch table, dropped again."""
+    import duckdb
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS _hs_zstd_probe (v VARCHAR USING COMPRESSION zstd)")
+    except duckdb.Error:
+        return False
+    con.execute("DROP TABLE IF EXISTS _hs_zstd_probe")
+    return True
+
+
+def ddl(zstd: bool = False) -> list[str]:
     """CREATE TABLE IF NOT EXISTS statements for every table."""
-    return [f"CREATE TABLE IF NOT EXISTS {name} ({body})" for name, body in TABLES.items()]
+    return [f"CREATE TABLE IF NOT EXISTS {name} ({table_body(name, zstd)})" for name in TABLES]
 
 
 #: Columns added to a table after stores were first created (appended, so a
@@ -199,7 +243,11 @@ def create_all(con) -> None:
     """Create the tables on a DuckDB connection (idempotent), and grow an
     older store's tables by ADDED_COLUMNS and STORE_COLUMNS (nothing stored
     is touched; a version-1 store is then migrated: collector.migrate)."""
-    for stmt in ddl():
+    have = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = current_schema()").fetchall()}
+    new = set(ZSTD_COLUMNS) - have  # existing tables keep their compression: probe only for new ones
+    for stmt in ddl(bool(new) and zstd_available(con)):
         con.execute(stmt)
     for added in (ADDED_COLUMNS, STORE_COLUMNS):
         for table, cols in added.items():

@@ -190,11 +190,11 @@ def test_a_migration_killed_midway_leaves_version_1_and_runs_again(tmp_path, mon
     real = migrate._recreate
     done = []
 
-    def dies(con, table):
+    def dies(con, table, *rest):
         if len(done) == 3:
             raise duckdb.IOException("simulated: disk full while copying")
         done.append(table)
-        real(con, table)
+        real(con, table, *rest)
 
     monkeypatch.setattr(migrate, "_recreate", dies)
     with pytest.raises(StoreError, match="nothing was changed"):
