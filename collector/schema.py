@@ -205,14 +205,26 @@ def table_body(table: str, zstd: bool = False) -> str:
 def zstd_available(con) -> bool:
     """Whether tables created on ``con``'s database can use zstd: DuckDB
     refuses it (a binder error) before 1.2 and in files of an older storage
-    version.  Tried on a scratch table, dropped again."""
+    version.  Tried on a scratch table in a transaction that is rolled back,
+    so a process killed meanwhile leaves nothing behind.  Inside a caller's
+    transaction there is no probe: False (the default compression)."""
     import duckdb
+
+    def txid():
+        return con.execute("SELECT txid_current()").fetchall()[0][0]
     try:
-        con.execute("CREATE TABLE IF NOT EXISTS _hs_zstd_probe (v VARCHAR USING COMPRESSION zstd)")
+        if txid() == txid():  # one transaction for both: the caller's (a BEGIN would abort it)
+            return False
     except duckdb.Error:
         return False
-    con.execute("DROP TABLE IF EXISTS _hs_zstd_probe")
-    return True
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE TABLE _hs_zstd_probe (v VARCHAR USING COMPRESSION zstd)")
+        return True
+    except duckdb.Error:
+        return False
+    finally:
+        con.execute("ROLLBACK")
 
 
 def ddl(zstd: bool = False) -> list[str]:

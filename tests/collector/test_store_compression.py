@@ -67,7 +67,7 @@ def test_a_new_store_writes_the_journal_columns_with_zstd(tmp_path):
         assert seen["node"] != {"ZSTD"}  # the others are DuckDB's choice
         assert sorted(r[3] for r in stored(st, "journal")) == list(range(3000))
         names = {r[0] for r in st.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        assert "_hs_zstd_probe" not in names  # the scratch table is gone
+        assert "_hs_zstd_probe" not in names  # the scratch table was rolled back
 
 
 def test_records_read_back_byte_for_byte(tmp_path):
@@ -79,6 +79,18 @@ def test_records_read_back_byte_for_byte(tmp_path):
     want = sorted(zip(tb.column("record").to_pylist(), tb.column("hash").to_pylist(),
                       tb.column("prev").to_pylist(), tb.column("seq").to_pylist()), key=lambda r: r[3])
     assert got == [r[:3] for r in want]
+
+
+def test_the_probe_leaves_nothing_and_stays_out_of_a_callers_transaction(tmp_path):
+    con = duckdb.connect(str(tmp_path / "p.duckdb"))
+    assert schema.zstd_available(con)
+    assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("CREATE TABLE mine (x INTEGER)")
+    assert not schema.zstd_available(con)  # no probe inside it
+    con.execute("COMMIT")  # the caller's transaction went on untouched
+    assert [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()] == ["mine"]
+    con.close()
 
 
 def test_a_file_of_an_older_storage_version_gets_the_default(tmp_path):
