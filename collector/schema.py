@@ -179,8 +179,7 @@ TABLES = {
 #: collector bench's journal it was 60 % of the commit time, and zstd made
 #: the file half the size besides (docs/benchmarks.md "Journal compression").
 #: Physical only: the same rows, types and SQL.  Only where the file can
-#: hold it (DuckDB >= 1.2 writing storage version >= 1.2, see
-#: :func:`zstd_available`); existing tables keep theirs (no rewrite).
+#: hold it (:func:`zstd_available`); existing tables keep theirs (no rewrite).
 ZSTD_COLUMNS = {"journal": ("hash", "prev", "record")}
 
 
@@ -204,8 +203,8 @@ def table_body(table: str, zstd: bool = False) -> str:
 
 def zstd_available(con) -> bool:
     """Whether tables created on ``con``'s database can use zstd: DuckDB
-    refuses it (a binder error) before 1.2 and in files of an older storage
-    version.  Tried on a scratch table in a transaction that is rolled back,
+    refuses it (a binder error) in a file of an older storage version, and
+    older releases may lack it.  Tried on a scratch table in a transaction that is rolled back,
     so a process killed meanwhile leaves nothing behind.  Inside a caller's
     transaction there is no probe: False (the default compression)."""
     import duckdb
