@@ -204,9 +204,10 @@ def table_body(table: str, zstd: bool = False) -> str:
 def zstd_available(con) -> bool:
     """Whether tables created on ``con``'s database can use zstd: DuckDB
     refuses it (a binder error) in a file of an older storage version, and
-    older releases may lack it.  Tried on a scratch table in a transaction that is rolled back,
-    so a process killed meanwhile leaves nothing behind.  Inside a caller's
-    transaction there is no probe: False (the default compression)."""
+    older releases may lack it.  Tried on a scratch table in a transaction
+    that is rolled back, so a process killed meanwhile leaves nothing
+    behind.  Inside a caller's transaction there is no probe: False (the
+    default compression)."""
     import duckdb
 
     def txid():

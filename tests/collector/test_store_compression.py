@@ -94,8 +94,8 @@ def test_the_probe_leaves_nothing_and_stays_out_of_a_callers_transaction(tmp_pat
 
 
 def test_a_file_of_an_older_storage_version_gets_the_default(tmp_path):
-    """DuckDB refuses zstd in a file of storage version < 1.2 (a store made
-    by an older DuckDB): the store is created without it and works."""
+    """DuckDB refuses zstd in a file of an older storage version (a store
+    made by an older DuckDB): the store is created without it and works."""
     db = tmp_path / "old.duckdb"
     con = duckdb.connect()
     con.execute(f"ATTACH '{db}' AS o (STORAGE_VERSION 'v1.0.0')")
