@@ -32,6 +32,14 @@ def written(con, table="journal") -> dict:
     return out
 
 
+def assert_default_and_working(db):
+    """The store at ``db`` opens with no zstd column and stores rows."""
+    with Store(db) as st:
+        assert declared(st.con) == set()
+        st.commit(batch("journal", [(i, T + i * 10**9, 1) for i in range(50)]), 1)
+        assert len(stored(st, "journal")) == 50
+
+
 # ------------------------------------------------------------ pure: the DDL
 def test_without_zstd_the_body_is_the_schema_text():
     for t in schema.TABLES:
@@ -102,10 +110,7 @@ def test_a_file_of_an_older_storage_version_gets_the_default(tmp_path):
     con.execute("USE o")
     assert not schema.zstd_available(con)
     con.close()
-    with Store(db) as st:
-        assert declared(st.con) == set()
-        st.commit(batch("journal", [(i, T + i * 10**9, 1) for i in range(50)]), 1)
-        assert len(stored(st, "journal")) == 50
+    assert_default_and_working(db)
 
 
 def test_an_existing_journal_keeps_its_compression(tmp_path):
@@ -116,10 +121,7 @@ def test_an_existing_journal_keeps_its_compression(tmp_path):
     for stmt in schema.ddl(zstd=False):
         con.execute(stmt)
     con.close()
-    with Store(db) as st:
-        assert declared(st.con) == set()
-        st.commit(batch("journal", [(i, T + i * 10**9, 1) for i in range(50)]), 1)
-        assert len(stored(st, "journal")) == 50
+    assert_default_and_working(db)
 
 
 def test_a_version_1_migration_rewrites_the_journal_with_zstd(tmp_path):
