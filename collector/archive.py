@@ -71,6 +71,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_parquet(tb, path: str, fsync: bool, **options) -> None:
+    """``pq.write_table(tb, path, **options)``, then ``fdatasync`` when asked.
+
+    Written through pyarrow's native file: through a Python file object,
+    pyarrow calls back into Python for every page it writes, each time
+    waiting for the GIL that the collector's decoding loop holds (beside a
+    busy Python thread, 5.8x slower; docs/benchmarks.md "The collector and
+    the GIL, session 11").  The descriptor that syncs is opened before the
+    first byte is written, so a writeback error of those bytes is reported
+    to it (Linux reports such an error to descriptors open when it happened).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666) if fsync else None
+    try:
+        with pa.OSFile(path, "wb") as sink:
+            pq.write_table(tb, sink, **options)
+        if fd is not None:
+            os.fdatasync(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def table_files(root: str, table: str) -> list[str]:
     """Every visible Parquet file of a table, both layouts, schema file included."""
     out = []
@@ -172,8 +197,6 @@ class Archive:
         return self._executor
 
     def _write_one(self, job) -> str:
-        import pyarrow.parquet as pq
-
         d, path, tb = job
 
         def error(exc):
@@ -183,12 +206,8 @@ class Archive:
         # hidden while partial: readers skip dot files
         with replacing(path, error, tmp=os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")) as tmp:
             os.makedirs(d, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                pq.write_table(tb, fh, compression=self.compression,
-                               compression_level=1 if self.compression == "zstd" else None)
-                if self.fsync:
-                    fh.flush()
-                    os.fdatasync(fh.fileno())
+            write_parquet(tb, tmp, self.fsync, compression=self.compression,
+                          compression_level=1 if self.compression == "zstd" else None)
         return path
 
     def close(self):

@@ -53,7 +53,8 @@ import re
 from datetime import datetime, timezone
 
 from collector import schema
-from collector.archive import SCHEMA_DATE, SCHEMA_FILE, ArchiveError, _fsync_dir, file_name, partition_key
+from collector.archive import (SCHEMA_DATE, SCHEMA_FILE, ArchiveError, _fsync_dir, file_name, partition_key,
+                               write_parquet)
 
 #: Rows per row group of a compacted file: small enough that a ``node = ?``
 #: filter over files sorted by node skips most groups, large enough that a
@@ -230,11 +231,8 @@ def _compact_dir(con, table: str, d: str, files: list[str], crash=None) -> dict:
     tb = _read_partition(con, table, files)
     tmp = os.path.join(d, f"{_TMP}-{first:012d}-{last:012d}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(tb, fh, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS,
-                           write_statistics=True, **_layout_options(table, tb))
-            fh.flush()
-            os.fdatasync(fh.fileno())
+        write_parquet(tb, tmp, True, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS,
+                      write_statistics=True, **_layout_options(table, tb))
         _step(crash, "written")
         os.replace(tmp, out)
     except BaseException:

@@ -13,9 +13,11 @@ The thread switch interval is shortened to ``SWITCH_INTERVAL_S`` while a
 collector runs.  Its event loop decodes in pure Python and holds the GIL;
 the writer thread, between its many short DuckDB and Arrow calls, had to
 wait up to the default 5 ms for it each time, and the main thread then
-waited for the writer's commit.  Shorter turns let the two overlap: 1.05-1.11x
-the end-to-end rate in the same run (docs/benchmarks.md "Collector
-throughput, session 8").
+waited for the writer's commit.  Committing beside a busy Python thread took
+2.86x as long as alone at 5 ms, 1.24x at 0.5 ms and 1.09x at 20 us
+(``tests/bench/bench_gil.py``); end to end, 20 us gave 1.22x the rate
+of 0.5 ms in the same run, and 5 us no more
+(docs/benchmarks.md "The collector and the GIL, session 11").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 #: asyncio and NATS error paths; everything else is freed by reference counts).
 GC_INTERVAL_S = 10.0
 #: The thread switch interval while ingest runs (seconds; Python's default is 0.005).
-SWITCH_INTERVAL_S = 0.0005
+SWITCH_INTERVAL_S = 0.00002
 _state = {"holders": 0, "was_enabled": True, "last": 0.0, "switch": 0.005}
 _lock = threading.Lock()
 

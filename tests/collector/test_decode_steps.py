@@ -1,6 +1,7 @@
 """The span decoder's fast paths keep the exact verdicts of the checks they
 short-cut (collector/decode_spans.py), and the consumer's garbage-collection
-policy nests and restores (collector/gcpolicy.py)."""
+policy nests and restores (collector/gcpolicy.py), and the archive's cached
+partition names are the uncached ones (collector/columns.py)."""
 
 import gc
 import json
@@ -92,11 +93,36 @@ def test_gc_policy_nests_and_restores():
         assert gc.isenabled() and gc.get_freeze_count() == 0
         assert sys.getswitchinterval() == pytest.approx(0.005, rel=0.05)  # the host's setting again
         gc.disable()              # found off: left off
-        sys.setswitchinterval(0.0001)  # found shorter: left shorter
+        shorter = gcpolicy.SWITCH_INTERVAL_S / 2
+        sys.setswitchinterval(shorter)  # found shorter: left shorter
         gcpolicy.hold()
-        assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
+        assert sys.getswitchinterval() == pytest.approx(shorter, rel=0.05)
         gcpolicy.release()
-        assert not gc.isenabled() and sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
+        assert not gc.isenabled() and sys.getswitchinterval() == pytest.approx(shorter, rel=0.05)
     finally:
         (gc.enable if was else gc.disable)()
         sys.setswitchinterval(switch)
+
+
+@pytest.mark.parametrize("cluster", ["gpu1", "_hidden", ".dot", "a/b c%", "ünï", "", None, 1, True, 1.0,
+                                     ["a"], {"k": 1}])
+def test_partition_value_cached_equals_uncached(cluster, monkeypatch):
+    from collector import columns as K
+
+    monkeypatch.setattr(K, "_PARTITION_CACHE", {})
+    want = K._partition_value(cluster)
+    assert K.partition_value(cluster) == want   # filled
+    assert K.partition_value(cluster) == want   # from the cache
+    # only plain str names are cached (True == 1 == 1.0 as dict keys; lists are unhashable)
+    assert list(K._PARTITION_CACHE) == ([cluster] if type(cluster) is str else [])
+
+
+def test_partition_value_cache_is_bounded(monkeypatch):
+    from collector import columns as K
+
+    monkeypatch.setattr(K, "_PARTITION_CACHE", {})
+    monkeypatch.setattr(K, "_PARTITION_CACHE_MAX", 8)
+    for i in range(20):  # cluster names come from payloads: a flood of them must not grow memory
+        assert K.partition_value(f"c{i}") == f"c{i}"
+        assert len(K._PARTITION_CACHE) <= 8
+    assert K.partition_value("_x") == "%5Fx"
