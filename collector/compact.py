@@ -219,7 +219,6 @@ def _read_partition(con, table: str, files: list[str]):
 
 
 def _compact_dir(con, table: str, d: str, files: list[str], crash=None) -> dict:
-    import pyarrow.parquet as pq
     ranges = [_RANGE.search(os.path.basename(f)) for f in files]
     first = min(int(m.group(1)) for m in ranges)
     last = max(int(m.group(2)) for m in ranges)
