@@ -11,8 +11,9 @@ shared machine drifts):
    time the writer loses waiting for the GIL.
 2. **archive writes**: the same batches' Parquet files written through a
    Python file object (as before session 11) and through pyarrow's native
-   file (``archive.write_parquet``): wall time, and how much of it the GIL
-   was held (a pure-Python thread beside it measures what it loses).
+   file (``archive.write_parquet``): wall time, and how much of it a
+   pure-Python thread beside it could not run (an upper bound on the time
+   the writes held the GIL: both cores busy counts too).
 3. **Arrow conversion** on the event loop's thread: one array per column
    (``columns.to_arrow_columns``) against one struct array per table
    (``columns.to_arrow``).
@@ -180,7 +181,7 @@ def archive_writes(msgs, tmp, rounds):
     for k, v in res.items():
         alone_s, beside_s, held = (sum(x[i] for x in v) / len(v) for i in range(3))
         print(f"   {k:>28}: alone {alone_s / spans * 1e6:5.2f} us/span; beside it {beside_s / spans * 1e6:6.2f} "
-              f"us/span, the GIL held {held / spans * 1e6:5.2f} us/span of that")
+              f"us/span, of which the Python thread lost {held / spans * 1e6:5.2f} (the GIL, or both cores busy)")
 
 
 def arrow_conversion(msgs, rounds):
