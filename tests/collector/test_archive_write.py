@@ -14,37 +14,56 @@ from collector.columns import ARROW_SCHEMAS
 TB = pa.table({"node": ["n1", "n2", "n3"], "ts": [1, 2, 3]})
 
 
-def _open_fds():
-    return set(os.listdir("/proc/self/fd"))
+class Spy:
+    """``os.open``, ``os.close`` and ``os.fdatasync`` on files under
+    ``under``, as write_parquet calls them (not the process's whole
+    descriptor table: other threads of the test session open and close
+    descriptors meanwhile)."""
+
+    def __init__(self, monkeypatch, under):
+        self.opened, self.closed, self.synced = [], [], []
+        real_open, real_close, real_sync = os.open, os.close, os.fdatasync
+        mine = set()
+
+        def spy_open(path, flags, *a):
+            fd = real_open(path, flags, *a)
+            if str(path).startswith(str(under)):
+                mine.add(fd)
+                self.opened.append((str(path), fd, os.path.getsize(path)))
+            return fd
+
+        def spy_close(fd):
+            if fd in mine:
+                mine.discard(fd)
+                self.closed.append(fd)
+            return real_close(fd)
+
+        def spy_sync(fd):
+            if fd in mine:
+                self.synced.append(fd)
+            return real_sync(fd)
+
+        monkeypatch.setattr(os, "open", spy_open)
+        monkeypatch.setattr(os, "close", spy_close)
+        monkeypatch.setattr(os, "fdatasync", spy_sync)
+
+    def all_closed(self) -> bool:
+        return sorted(fd for _, fd, _ in self.opened) == sorted(self.closed)
 
 
 @pytest.mark.parametrize("fsync", [True, False])
 def test_write_parquet_round_trips_and_syncs_only_when_asked(tmp_path, monkeypatch, fsync):
-    synced, opened = [], []
-    real_open, real_sync = os.open, os.fdatasync
-
-    def spy_open(path, flags, *a):
-        fd = real_open(path, flags, *a)
-        opened.append((str(path), fd, os.path.getsize(path)))
-        return fd
-
-    def spy_sync(fd):
-        synced.append(fd)
-        return real_sync(fd)
-
-    monkeypatch.setattr(os, "open", spy_open)
-    monkeypatch.setattr(os, "fdatasync", spy_sync)
+    spy = Spy(monkeypatch, tmp_path)
     path = str(tmp_path / "f.parquet")
-    before = _open_fds()
     A.write_parquet(TB, path, fsync, compression="zstd")
     assert pq.read_table(path).equals(TB)
-    assert _open_fds() == before
+    assert spy.all_closed()
     if fsync:
         # the descriptor that syncs was opened on the empty file, before pyarrow wrote
-        assert [(p, size) for p, _, size in opened] == [(path, 0)]
-        assert synced == [opened[0][1]]
+        assert [(p, size) for p, _, size in spy.opened] == [(path, 0)]
+        assert spy.synced == [spy.opened[0][1]]
     else:
-        assert synced == [] and opened == []
+        assert spy.synced == [] and spy.opened == []
 
 
 def test_write_parquet_passes_options_through(tmp_path):
@@ -54,11 +73,11 @@ def test_write_parquet_passes_options_through(tmp_path):
     assert md.num_row_groups == 3 and md.row_group(0).column(0).compression == "SNAPPY"
 
 
-def test_write_parquet_failure_leaves_no_descriptor_open(tmp_path):
-    before = _open_fds()
+def test_write_parquet_failure_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    spy = Spy(monkeypatch, tmp_path)
     with pytest.raises((ValueError, pa.ArrowException)):
         A.write_parquet(TB, str(tmp_path / "f.parquet"), True, compression="no-such-codec")
-    assert _open_fds() == before
+    assert len(spy.opened) == 1 and spy.all_closed() and spy.synced == []
 
 
 def test_archive_write_error_names_the_file_and_leaves_nothing(tmp_path):

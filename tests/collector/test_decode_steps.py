@@ -114,7 +114,9 @@ def test_partition_value_cached_equals_uncached(cluster, monkeypatch):
     assert K.partition_value(cluster) == want   # filled
     assert K.partition_value(cluster) == want   # from the cache
     # only plain str names are cached (True == 1 == 1.0 as dict keys; lists are unhashable)
-    assert list(K._PARTITION_CACHE) == ([cluster] if type(cluster) is str else [])
+    if type(cluster) is str:
+        assert K._PARTITION_CACHE[cluster] == want
+    assert all(type(k) is str for k in K._PARTITION_CACHE)
 
 
 def test_partition_value_cache_is_bounded(monkeypatch):
