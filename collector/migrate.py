@@ -59,7 +59,7 @@ def run(con, db_path: str, tables: list[str]) -> None:
         finally:
             os.close(fd)
     # probed before the transaction: a refused CREATE would abort it
-    zstd = any(t in schema.ZSTD_COLUMNS for t in tables) and schema.zstd_available(con)
+    zstd = schema.zstd_for(con, tables)
     con.execute("BEGIN TRANSACTION")
     try:
         for t in tables:

@@ -227,6 +227,12 @@ def zstd_available(con) -> bool:
         con.execute("ROLLBACK")
 
 
+def zstd_for(con, tables) -> bool:
+    """Whether ``tables``, about to be created, get zstd: probed only when
+    one of them has ZSTD_COLUMNS (existing tables keep their compression)."""
+    return any(t in ZSTD_COLUMNS for t in tables) and zstd_available(con)
+
+
 def ddl(zstd: bool = False) -> list[str]:
     """CREATE TABLE IF NOT EXISTS statements for every table."""
     return [f"CREATE TABLE IF NOT EXISTS {name} ({table_body(name, zstd)})" for name in TABLES]
@@ -258,8 +264,7 @@ def create_all(con) -> None:
     have = {r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
         "AND schema_name = current_schema()").fetchall()}
-    new = set(ZSTD_COLUMNS) - have  # existing tables keep their compression: probe only for new ones
-    for stmt in ddl(bool(new) and zstd_available(con)):
+    for stmt in ddl(zstd_for(con, set(ZSTD_COLUMNS) - have)):
         con.execute(stmt)
     for added in (ADDED_COLUMNS, STORE_COLUMNS):
         for table, cols in added.items():
