@@ -11,7 +11,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast durations bench sysdeps venv clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the collector's span decoder in C (collector/_fastspans.c)
+# into the tree; a changed source is built again.
+$(STAMP): pyproject.toml setup.py collector/_fastspans.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(PY) -m pip install -q -e '.[test]'
@@ -45,4 +47,4 @@ bench: $(STAMP)
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) artifacts demo-out .pytest_cache
+	rm -rf $(VENV) artifacts demo-out .pytest_cache build collector/_fastspans*.so

@@ -22,6 +22,7 @@ archive may be shared (file names carry the instance name).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -220,7 +221,10 @@ class Collector:
                 if self.nc is None or self.nc.is_closed or self.psub is None:
                     if not await self._reconnect(st, once, idle_exit):
                         continue
-                msgs = await self._fetch(st)
+                t0 = time.perf_counter()
+                msgs = await self._fetch_settling(st)
+                if msgs:
+                    self.metrics.add_time("fetch", time.perf_counter() - t0)
                 if not msgs:
                     if await self._idle(st, once, idle_exit):
                         break
@@ -230,8 +234,7 @@ class Collector:
                 batch, arrow = build_batch(msgs, self.cfg.instance, self.cfg.keep_raw,
                                            self.cfg.max_message_bytes)
                 self.metrics.add_time("decode", time.perf_counter() - t0)
-                await self._settle(st)
-                st.pending = (loop.run_in_executor(self._writer, self._write, batch, arrow), msgs, batch)
+                await self._settle(st, functools.partial(self._submit, loop, msgs, batch, arrow))
                 gcpolicy.maybe_collect()
             await self._settle(st)
             if self.fatal is not None:
@@ -245,13 +248,44 @@ class Collector:
                     pass
         return self.metrics.snapshot()
 
-    async def _settle(self, st):
-        """Wait for the batch in flight to commit, then ack it."""
-        if st.pending is not None:
-            t0 = time.perf_counter()
-            await self._finish(st.pending)
-            st.pending = None
-            self.metrics.add_time("wait_finish", time.perf_counter() - t0)
+    def _submit(self, loop, msgs, batch, arrow):
+        return loop.run_in_executor(self._writer, self._write, batch, arrow), msgs, batch
+
+    async def _settle(self, st, then=None):
+        """Wait for the batch in flight to commit, then ack it.  ``then()``
+        submits the next batch: as soon as the one in flight has committed,
+        before its acks, so that the writer is not idle while they are sent
+        (docs/collector.md "The loop")."""
+        pending, st.pending = st.pending, None
+        if pending is None:
+            if then is not None:
+                st.pending = then()
+            return
+        t0 = time.perf_counter()
+        try:
+            await self._finish(pending, st, then)
+        except BaseException:
+            # cancelled mid-commit: run()'s finally lets that commit end, acking nothing
+            if st.pending is None:
+                st.pending = pending
+            raise
+        self.metrics.add_time("wait_finish", time.perf_counter() - t0)
+
+    async def _fetch_settling(self, st) -> list:
+        """``_fetch``, acking the batch in flight as soon as its commit is
+        over rather than after the fetch: a fetch that finds nothing waits
+        ``fetch_timeout``, and the last batch of a burst would wait with it."""
+        if st.pending is None:
+            return await self._fetch(st)
+        fetch = asyncio.ensure_future(self._fetch(st))
+        try:
+            await asyncio.wait((fetch, st.pending[0]), return_when=asyncio.FIRST_COMPLETED)
+            if st.pending[0].done():
+                await self._settle(st)
+            return await fetch
+        finally:
+            if not fetch.done():  # cancelled: unacked messages it got come back after ack_wait
+                fetch.cancel()
 
     async def _reconnect(self, st, once, idle_exit) -> bool:
         """(Re)connect and bind the consumer; False after a failure (backed off)."""
@@ -369,34 +403,24 @@ class Collector:
         self.metrics.add_time("snapshot", time.perf_counter() - t2)
         return t2 - t0
 
-    async def _finish(self, pending):
+    async def _finish(self, pending, st=None, then=None):
+        """Ack a batch once its commit succeeded (or isolate, dead-letter or
+        nak it); ``then()``, when given, submits the next batch into
+        ``st.pending`` once this one's commit is over."""
         fut, msgs, batch = pending
         try:
             took = await fut
         except Exception as exc:
-            if _is_data_error(exc) and len(msgs) > 1:
-                # The store refused some row that passed decoding: find the
-                # message(s), one commit each, and dead-letter only those.
-                log.warning("batch %s-%s refused by the store (%s); isolating the message",
-                            batch.first_seq, batch.last_seq, exc)
-                for m in msgs:
-                    await self._finish(await self._isolated(m))
-                return
-            if _is_data_error(exc):
-                batch, arrow = self._rejected(msgs[0], exc)
-                try:
-                    took = await asyncio.get_running_loop().run_in_executor(self._writer, self._write,
-                                                                           batch, arrow)
-                    exc = None
-                except Exception as exc2:
-                    exc = exc2
-            if exc is not None:
-                await self._nak_all(batch, msgs, exc)
-                if _is_fatal(exc) and self.fatal is None:
-                    self.fatal = _fatal_error(self.cfg, exc)
-                    log.error("%s", self.fatal)
-                    self.stop()
-                return
+            await self._failed(exc, msgs, batch)
+            if then is not None:
+                st.pending = then()
+            return
+        if then is not None:
+            st.pending = then()
+        await self._ack(batch, msgs, took)
+
+    async def _ack(self, batch, msgs, took):
+        """The batch is committed: its dead letters out, then its acks."""
         if batch.dead:
             await self._publish_dead(batch, msgs)
         for i, m in enumerate(msgs):
@@ -410,6 +434,32 @@ class Collector:
                 self.metrics.inc("nats_errors")
                 break
         self.metrics.batch_done(batch, took)
+
+    async def _failed(self, exc, msgs, batch):
+        """The commit of a batch failed: isolate the message the store
+        refused (and dead-letter it), or nak the batch."""
+        if _is_data_error(exc) and len(msgs) > 1:
+            # The store refused some row that passed decoding: find the
+            # message(s), one commit each, and dead-letter only those.
+            log.warning("batch %s-%s refused by the store (%s); isolating the message",
+                        batch.first_seq, batch.last_seq, exc)
+            for m in msgs:
+                await self._finish(await self._isolated(m))
+            return
+        if _is_data_error(exc):
+            batch, arrow = self._rejected(msgs[0], exc)
+            try:
+                took = await asyncio.get_running_loop().run_in_executor(self._writer, self._write, batch, arrow)
+            except Exception as exc2:
+                exc = exc2
+            else:
+                await self._ack(batch, msgs, took)
+                return
+        await self._nak_all(batch, msgs, exc)
+        if _is_fatal(exc) and self.fatal is None:
+            self.fatal = _fatal_error(self.cfg, exc)
+            log.error("%s", self.fatal)
+            self.stop()
 
     async def _isolated(self, m):
         loop = asyncio.get_running_loop()

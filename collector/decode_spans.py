@@ -13,10 +13,18 @@ the lines are what the node hashed, so they are stored verbatim.  Steps:
 Speed: this is the collector's hot loop (a few microseconds per span is the
 whole budget), so the per-record work is tuple building and type checks on
 locals; rare cases (bad timestamps, upgrades) leave the loop for a helper.
+
+The common message is decoded by ``collector._fastspans`` (C, built by
+setup.py; ``decode_traces`` tries it first).  It answers only when its rows
+are the ones ``decode_traces_py`` gives, and None for anything else (span
+events, upgrades, runs split across messages, every dead letter), so this
+file stays the reference: tests/collector/test_fastspans.py holds the two
+equal on generated, mutated and fuzzed messages.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from operator import itemgetter
 
@@ -37,6 +45,31 @@ _XGET = itemgetter(C.R_TS, C.R_DURATION_NS, C.R_EXIT, C.R_SIGNAL, C.R_TIMED_OUT,
 #: context of scripts whose hook_started is not in the same message
 _NO_CTX = ("unknown", None, None)
 _NOT_SET = object()
+#: the keys of a hook_started record's job object that _hook_rows reads, in
+#: the order _fastspans.configure wants them
+JOB_KEYS = ("job_id", "restart_count", "user", "uid", "partition", "nodelist", "account", "job_name",
+            "array_job_id", "array_task_id", "gpus", "cuda_visible_devices", "rocr_visible_devices")
+
+try:
+    from collector import _fastspans
+except ImportError:  # not built (no compiler): the same rows, from Python
+    _fastspans = None
+_fast_loads = None  # the JSON decoder _fastspans was configured with
+#: a span event's attributes as stored (span_events.attributes), in both paths
+_EVENT_JSON = functools.partial(json.dumps, sort_keys=True, ensure_ascii=False)
+
+
+def fast_decoder(loads):
+    """``_fastspans.decode`` set up to parse records with ``loads`` (the
+    decoder the Python path uses), or None when the extension is missing."""
+    global _fast_loads
+    if _fastspans is None:
+        return None
+    if _fast_loads is not loads:
+        _fastspans.configure(loads, _EVENT_JSON, {n: getattr(C, n) for n in _fastspans.names() if n != "NO_CHAIN"}
+                             | {"NO_CHAIN": NO_CHAIN}, JOB_KEYS, C.SCHEMA_VERSION, MIN_TS_NS, MAX_FUTURE_NS)
+        _fast_loads = loads
+    return _fastspans.decode
 
 
 class _Acc:
@@ -67,6 +100,26 @@ class _Acc:
 def decode_traces(payload, stream_seq, received_ns, loads, json_errors) -> Decoded:
     """Rows of one trace message; raises ``_Bad`` for a dead letter.  ``loads``
     parses a JSON array (``json_errors``: what it raises on bad input)."""
+    fast = _fastspans.decode if _fast_loads is loads and _fast_loads is not None else fast_decoder(loads)
+    got = fast(payload, stream_seq, received_ns) if fast is not None else None
+    if got is None:
+        return decode_traces_py(payload, stream_seq, received_ns, loads, json_errors)
+    n_spans, cluster, digest, n_errors, journal, events, hook_rows, script_rows, max_end = got
+    dec = Decoded(n_spans=n_spans, cluster=cluster, schema_version=C.SCHEMA_VERSION, records_digest=digest,
+                  n_journal_errors=n_errors, max_end_ns=max_end)
+    dec.rows["journal"] = journal
+    if events:
+        dec.rows["span_events"] = events
+    if hook_rows:
+        dec.rows["hook_runs"] = hook_rows
+    if script_rows:
+        dec.rows["script_runs"] = script_rows
+    return dec
+
+
+def decode_traces_py(payload, stream_seq, received_ns, loads, json_errors) -> Decoded:
+    """``decode_traces`` in Python: the reference, every dead letter and every
+    shape the C path leaves to it."""
     req = _parse(ExportTraceServiceRequest, payload)
     if not req.resource_spans:
         raise _Bad(DL_NOT_OURS, "OTLP request with no resource spans")
@@ -221,8 +274,7 @@ def _span_events(acc, events, sid, span_hook):
         if ev.name == C.E_KILLED:
             killed = True
         attrs = {kv.key: _any_value(kv.value) for kv in ev.attributes}
-        acc.events.append((sid, span_hook, span_node, ets, ev.name,
-                           json.dumps(attrs, sort_keys=True, ensure_ascii=False), eidx))
+        acc.events.append((sid, span_hook, span_node, ets, ev.name, _EVENT_JSON(attrs), eidx))
     return killed
 
 
