@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 
 # setup.py builds the collector's span decoder in C (collector/_fastspans.c)
 # into the tree; a changed source is built again.
-$(STAMP): pyproject.toml setup.py collector/_fastspans.c
+$(STAMP): pyproject.toml setup.py collector/_fastspans.c collector/fastspans_wire.h collector/fastspans_rows.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(PY) -m pip install -q -e '.[test]'

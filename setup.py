@@ -7,4 +7,5 @@ pyproject.toml.
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("collector._fastspans", ["collector/_fastspans.c"], optional=True,
+                             depends=["collector/fastspans_wire.h", "collector/fastspans_rows.h"],
                              extra_compile_args=["-O2", "-Wall", "-Wno-missing-braces"])])

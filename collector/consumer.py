@@ -5,12 +5,13 @@ Per batch (up to ``batch`` messages and 16 MiB from one pull request,
 
 1. decode every message (pure, ``collector.decode``) into one columnar batch;
    bad input becomes a dead letter, never an exception;
-2. write the batch's Parquet files (fsync), then commit the rows and the
-   stream sequence to DuckDB in one transaction (in a writer thread, so the
+2. write the batch's Parquet files (fsync) and commit the rows and the
+   stream sequence to DuckDB in one transaction (in writer threads, so the
    next batch is fetched and decoded meanwhile: DuckDB and Parquet release the
    GIL);
-3. publish each dead letter to ``contract.deadletter_subject(reason)``;
-4. ack every message of the batch.
+3. once that commit is over: hand the next batch to the writer, publish each
+   dead letter to ``contract.deadletter_subject(reason)`` (collector.outcomes)
+   and ack every message of the batch, even while a fetch is outstanding.
 
 Nothing is acked before it is committed, so a crash anywhere means
 redelivery, and redelivery inserts nothing twice (``collector.dedup`` on
@@ -29,7 +30,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from collector import gcpolicy
+from collector import gcpolicy, outcomes
 from collector.archive import Archive, file_name
 from collector.autocompact import AutoCompactor
 from collector.columns import Batch
@@ -59,12 +60,6 @@ class _VisibleFilter(logging.Filter):
 
 
 log.addFilter(_VisibleFilter())
-
-HDR_REASON = "Hookscope-Deadletter-Reason"
-HDR_DETAIL = "Hookscope-Deadletter-Detail"
-HDR_ORIG_SUBJECT = "Hookscope-Original-Subject"
-HDR_ORIG_SEQ = "Hookscope-Original-Seq"
-
 
 class ConsumerError(CollectorError):
     """The JetStream consumer could not be set up."""
@@ -470,40 +465,10 @@ class Collector:
         return rejected_batch(m, exc, self.cfg.instance, self.cfg.keep_raw)
 
     async def _nak_all(self, batch, msgs, exc):
-        """Nothing committed: ack nothing.  Nak so JetStream redelivers in a
-        second rather than after ack_wait (disk full, store locked...)."""
-        log.error("batch %s-%s not stored (%s); it will be redelivered", batch.first_seq,
-                  batch.last_seq, exc)
-        self.metrics.inc("store_errors")
-        for m in msgs:
-            try:
-                await m.nak(delay=1.0)
-            except Exception:
-                pass
+        await outcomes.nak_all(batch, msgs, exc, self.metrics)
 
     async def _publish_dead(self, batch, msgs):
-        by_seq = {}
-        for m in msgs:
-            by_seq[parse_reply(m.reply)[0]] = m
-        for reason, subj, seq in batch.dead:
-            detail = ""
-            for tables in batch.parts.values():
-                for row in tables.get("dead_letters", ()):
-                    if row[0] == seq:
-                        detail = row[3]
-            m = by_seq.get(seq)
-            hdrs = {C.HDR_MSG_ID: f"deadletter.{seq}", HDR_REASON: reason,
-                    HDR_DETAIL: detail.replace("\r", " ").replace("\n", " ")[:400],
-                    HDR_ORIG_SUBJECT: subj, HDR_ORIG_SEQ: str(seq)}
-            try:
-                await self.js.publish(C.deadletter_subject(reason), m.data if m else b"", headers=hdrs,
-                                      timeout=self.cfg.request_timeout)
-            except Exception as exc:
-                # Stored in dead_letters already; the DLQ stream copy is best effort
-                # (e.g. the payload is over the server's limit).
-                log.warning("dead letter %s (%s) not published to %s: %s", seq, reason,
-                            C.deadletter_subject(reason), exc)
-                self.metrics.inc("deadletter_publish_errors")
+        await outcomes.publish_dead(self.js, batch, msgs, self.cfg.request_timeout, self.metrics)
 
     def close(self):
         self._writer.shutdown(wait=True)
@@ -520,6 +485,9 @@ def run_collector(cfg: CollectorConfig, once: bool = False, metrics: Metrics | N
     """Blocking entry point used by the CLI: SIGTERM/SIGINT finish the batch, ack, close."""
     import signal
 
+    from collector.decode_spans import decoder_in_use
+    which, why = decoder_in_use()
+    (log.info if why is None else log.warning)("span decoder: %s%s", which, "" if why is None else f" ({why})")
     col = Collector(cfg, metrics)
     http = None
     if metrics_addr:

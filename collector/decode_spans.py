@@ -52,11 +52,21 @@ JOB_KEYS = ("job_id", "restart_count", "user", "uid", "partition", "nodelist", "
 
 try:
     from collector import _fastspans
-except ImportError:  # not built (no compiler): the same rows, from Python
+    _NOT_BUILT = None
+except ImportError as exc:  # not built (no compiler): the same rows, from Python
     _fastspans = None
+    _NOT_BUILT = str(exc)
 _fast_loads = None  # the JSON decoder _fastspans was configured with
 #: a span event's attributes as stored (span_events.attributes), in both paths
 _EVENT_JSON = functools.partial(json.dumps, sort_keys=True, ensure_ascii=False)
+
+
+def decoder_in_use():
+    """(which span decoder runs, why not the C one or None), for the collector's start-up log."""
+    if _fastspans is not None:
+        return "C (collector._fastspans), Python for the rare shapes", None
+    return "Python only", (f"collector._fastspans is not built: {_NOT_BUILT}; decoding takes about twice "
+                           "the CPU. Reinstall with gcc and the Python headers: pip install -e .")
 
 
 def fast_decoder(loads):

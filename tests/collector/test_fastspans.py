@@ -252,6 +252,8 @@ EDITS = {
     "killed attribute false": lambda r: _set_attr(_spans(r)[1].attributes, C.A_KILLED, "bool_value", False),
     "killed attribute true": lambda r: _set_attr(_spans(r)[3].attributes, C.A_KILLED, "bool_value", True),
     "span dropped all": lambda r: _spans(r).__delitem__(slice(1, None)),
+    "no spans": lambda r: _spans(r).__delitem__(slice(0, None)),
+    "no scope spans": lambda r: r.resource_spans[0].ClearField("scope_spans"),
     "spans reversed": lambda r: _spans(r).reverse(),
     "span duplicated": lambda r: _spans(r).add().CopyFrom(_spans(r)[1]),
     "link": lambda r: _spans(r)[1].links.add(),
