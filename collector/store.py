@@ -31,13 +31,40 @@ from collector.snapshot import SEAL_ROWS, SplitSnapshot, snapshot_dir
 from collector.errors import CollectorError
 
 
-#: WAL size at which the store checkpoints after a commit, and a snapshot
-#: publication before it cuts (the store sets DuckDB's own threshold to 1GB so
+#: Most WAL between two checkpoints: the store checkpoints after a commit,
+#: and before a snapshot publication cuts, once the WAL reaches its interval
+#: (``Store.checkpoint_wal_bytes``; DuckDB's own threshold is set to 1GB so
 #: that no commit checkpoints in the middle of a batch).  A checkpoint costs
-#: about the same for 16 MB as for 64 MB of WAL: at DuckDB's default, 16 MB,
-#: checkpoints took a third to a half of the commit time (docs/benchmarks.md "Bounded
-#: dedup"); the rows waiting for one stay a bounded amount of memory either way.
-CHECKPOINT_WAL_BYTES = 64 << 20
+#: about the same for 16 MB of WAL as for 64 MB (DuckDB writes the partly
+#: filled last row group of each table again, and analyses its strings): on
+#: 270,000 spans, commits took 20.4 µs/span with 64 MB and 13.2 with 256 MB,
+#: and the file was 116 against 83 MB (docs/benchmarks.md "Checkpoint
+#: interval, session 12").
+CHECKPOINT_WAL_BYTES = 256 << 20
+#: The least: rows written since the last checkpoint stay in memory
+#: (``IN_MEMORY_TABLE``, within DuckDB's memory_limit), so the interval is at
+#: most 1/CHECKPOINT_WAL_SHARE of the limit, and never below this.
+MIN_CHECKPOINT_WAL_BYTES = 64 << 20
+CHECKPOINT_WAL_SHARE = 8
+_UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def checkpoint_wal_bytes(limit_bytes: int | None) -> int:
+    """The WAL interval for DuckDB's memory limit ``limit_bytes`` (None: not known)."""
+    least = min(MIN_CHECKPOINT_WAL_BYTES, CHECKPOINT_WAL_BYTES)
+    if not limit_bytes:
+        return least
+    return max(least, min(CHECKPOINT_WAL_BYTES, limit_bytes // CHECKPOINT_WAL_SHARE))
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes of a DuckDB size setting as it prints it ("488.2 MiB", "1.8 GiB"); None if not one."""
+    num, _, unit = str(text).strip().partition(" ")
+    try:
+        return int(float(num) * _UNITS[unit.strip()])
+    except (KeyError, ValueError):
+        return None
 
 
 class StoreError(CollectorError):
@@ -96,8 +123,10 @@ class Store:
                 self.con.close()
                 raise StoreError(f"memory limit {memory_limit!r} refused by DuckDB: {exc}") from exc
         # Checkpoint after a commit (commit()) and before a publication, once
-        # the WAL reaches CHECKPOINT_WAL_BYTES, not inside a batch's commit.
+        # the WAL reaches checkpoint_wal_bytes, not inside a batch's commit.
         self.con.execute("SET checkpoint_threshold = '1GB'")
+        self.checkpoint_wal_bytes = checkpoint_wal_bytes(
+            parse_size(self.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]))
         try:
             todo = migrate.pending(self.con)
             schema.create_all(self.con)
@@ -136,12 +165,12 @@ class Store:
         except duckdb.OutOfMemoryException:
             # Under memory_limit, what DuckDB cannot evict is what was
             # written since the last CHECKPOINT: the snapshot checkpoints
-            # every CHECKPOINT_WAL_BYTES of WAL, but a burst can outgrow the
+            # every checkpoint_wal_bytes of WAL, but a burst can outgrow the
             # limit before that.  Checkpoint and try once more.
             with self._lock:
                 self.con.execute("CHECKPOINT")
             self._commit(tables, last_seq)
-        if self._wal_bytes() >= CHECKPOINT_WAL_BYTES:
+        if self._wal_bytes() >= self.checkpoint_wal_bytes:
             # Rows committed since the last CHECKPOINT live in memory (DuckDB's
             # IN_MEMORY_TABLE) until one.  The snapshot checkpoints too, but
             # its interval stretches with slow publications, and in between
@@ -219,9 +248,9 @@ class Store:
         with self._lock:
             # The cut reads committed rows through this connection: it needs
             # no CHECKPOINT.  A checkpoint keeps the WAL short and what was
-            # written evictable (see commit): once per CHECKPOINT_WAL_BYTES
+            # written evictable (see commit): once per checkpoint_wal_bytes
             # of WAL, not at every publication.
-            if self._wal_bytes() >= CHECKPOINT_WAL_BYTES:
+            if self._wal_bytes() >= self.checkpoint_wal_bytes:
                 self.con.execute("CHECKPOINT")
             try:
                 if self._split is None:
