@@ -37,8 +37,9 @@ from collector.errors import CollectorError
 #: that no commit checkpoints in the middle of a batch).  A checkpoint costs
 #: about the same for 16 MB of WAL as for 64 MB (DuckDB writes the partly
 #: filled last row group of each table again, and analyses its strings): on
-#: 270,000 spans, commits took 20.4 µs/span with 64 MB and 13.2 with 256 MB,
-#: and the file was 116 against 83 MB (docs/benchmarks.md "Checkpoint
+#: 270,000 spans, commits and the last checkpoint took 19.8 µs/span with
+#: 64 MB and 14.6 with 256 MB, and the file was 116 against 83 MB
+#: (tests/bench/bench_checkpoint.py; docs/benchmarks.md "Checkpoint
 #: interval, session 12").
 CHECKPOINT_WAL_BYTES = 256 << 20
 #: The least: rows written since the last checkpoint stay in memory
