@@ -340,13 +340,15 @@ static int event_row(msg_t *m, PyObject *sid_s, PyObject *span_hook, PyObject *s
     return rc;
 }
 
-/* _span_events: a row per event; the span's hook is its first record's, its
- * node the last one's */
+/* _span_events: a row per event; the span's hook is the first one its
+ * records name (not None), its node the last record's */
 static int span_events(msg_t *m, PyObject *sid_s, Py_ssize_t first, sl_t *evs, Py_ssize_t n) {
-    PyObject *j0 = PyList_GET_ITEM(m->journal, first);
-    PyObject *jl = PyList_GET_ITEM(m->journal, PyList_GET_SIZE(m->journal) - 1);
+    Py_ssize_t end = PyList_GET_SIZE(m->journal);
+    PyObject *jl = PyList_GET_ITEM(m->journal, end - 1), *hook = Py_None;
+    for (Py_ssize_t j = first; j < end && hook == Py_None; j++)
+        hook = PyTuple_GET_ITEM(PyList_GET_ITEM(m->journal, j), 5);
     for (Py_ssize_t i = 0; i < n; i++)
-        if (event_row(m, sid_s, PyTuple_GET_ITEM(j0, 5), PyTuple_GET_ITEM(jl, 1), evs[i], i)) return -1;
+        if (event_row(m, sid_s, hook, PyTuple_GET_ITEM(jl, 1), evs[i], i)) return -1;
     return 0;
 }
 

@@ -284,6 +284,22 @@ EDITS.update({
 })
 
 
+def test_a_span_whose_first_record_names_no_hook(fast):
+    """The span's hook for its events is the first one its records name: a
+    journal_error with a null hook ahead of the failing script's records."""
+    node = Node()
+    _, recs = node.hook(n_scripts=2, fail_index=1)
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(_encode(recs))
+    span = _spans(req)[2]  # hook, script 0, script 1 (failed: its output event)
+    assert span.events
+    err = node.record(C.K_JOURNAL_ERROR, None, recs[3][C.R_TS] - 1, reason="stuck file")
+    kv = span.attributes[-1]
+    assert kv.key == C.A_RECORDS
+    kv.value.string_value = C.canonical_json(err) + "\n" + kv.value.string_value
+    assert check(fast, req.SerializeToString())
+
+
 @pytest.mark.parametrize("edit", sorted(EDITS))
 def test_otlp_edits_agree(fast, edit):
     req = _base()
