@@ -300,6 +300,36 @@ def test_a_span_whose_first_record_names_no_hook(fast):
     assert check(fast, req.SerializeToString())
 
 
+def _extra(node, kind, hook, ts):
+    fields = {C.K_SCRIPT_SKIPPED: {C.R_INDEX: 5, C.R_PATH: "/etc/slurm/prolog.d/zz.sh", C.R_REASON: "filtered"},
+              C.K_JOURNAL_ERROR: {C.R_REASON: "truncated"},
+              C.K_SPOOL_EVICTED: {"files": 3, "bytes": 4096, "seqs": [1, 3]},
+              C.K_NODE_EVENT: {"state": "drain", "reason": "Prolog error", "source": "scontrol"}}[kind]
+    return C.canonical_json(node.record(kind, hook, ts, **fields))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inserts=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.sampled_from(
+    [C.K_SCRIPT_SKIPPED, C.K_JOURNAL_ERROR, C.K_SPOOL_EVICTED, C.K_NODE_EVENT]), st.booleans()), max_size=4),
+    events=st.lists(st.integers(0, 5), max_size=2))
+def test_spans_with_records_of_other_kinds_agree(fast, inserts, events):
+    """Records of the kinds that are stored but filed under no run, with and
+    without a hook, anywhere in a span's records, with or without events."""
+    node = Node()
+    hook_id, recs = node.hook(n_scripts=3, fail_index=2)
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(_encode(recs))
+    spans = _spans(req)
+    for si, pos, kind, named in inserts:
+        kv = spans[si % len(spans)].attributes[-1]
+        lines = kv.value.string_value.split("\n")
+        lines.insert(pos % (len(lines) + 1), _extra(node, kind, hook_id if named else None, recs[0][C.R_TS]))
+        kv.value.string_value = "\n".join(lines)
+    for si in events:
+        _event(req, span=si % len(spans), name="x.note", a=("string_value", "v"))
+    check(fast, req.SerializeToString())
+
+
 @pytest.mark.parametrize("edit", sorted(EDITS))
 def test_otlp_edits_agree(fast, edit):
     req = _base()
