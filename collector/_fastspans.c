@@ -329,7 +329,8 @@ static int event_row(msg_t *m, PyObject *sid_s, PyObject *span_hook, PyObject *s
     }
     PyObject *nm = rc ? NULL : PyUnicode_DecodeUTF8((const char *)(name.p ? name.p : ev.p), name.n, NULL);
     if (nm != NULL && ts >= (uint64_t)LO_NS && ts <= (uint64_t)m->hi && !PYSTR(nm, N_E_KILLED)) {
-        PyObject *js = PyObject_CallOneArg(DUMPS, attrs), *t = PyLong_FromUnsignedLongLong(ts), *i = PyLong_FromSsize_t(eidx);
+        PyObject *js = PyObject_CallOneArg(DUMPS, attrs), *t = PyLong_FromUnsignedLongLong(ts);
+        PyObject *i = PyLong_FromSsize_t(eidx);
         if (js && t && i) row = PyTuple_Pack(7, sid_s, span_hook, span_node, t, nm, js, i);
         Py_XDECREF(js); Py_XDECREF(t); Py_XDECREF(i);
     }

@@ -16,10 +16,10 @@ locals; rare cases (bad timestamps, upgrades) leave the loop for a helper.
 
 The common message is decoded by ``collector._fastspans`` (C, built by
 setup.py; ``decode_traces`` tries it first).  It answers only when its rows
-are the ones ``decode_traces_py`` gives, and None for anything else (span
-events, upgrades, runs split across messages, every dead letter), so this
-file stays the reference: tests/collector/test_fastspans.py holds the two
-equal on generated, mutated and fuzzed messages.
+are the ones ``decode_traces_py`` gives, and None for anything else (links,
+killed runners, upgrades, runs split across messages, node events, every
+dead letter), so this file stays the reference: tests/collector/test_fastspans.py
+holds the two equal on generated, mutated and fuzzed messages.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def fast_decoder(loads):
     if _fastspans is None:
         return None
     if _fast_loads is not loads:
-        _fastspans.configure(loads, _EVENT_JSON, {n: getattr(C, n) for n in _fastspans.names() if n != "NO_CHAIN"}
-                             | {"NO_CHAIN": NO_CHAIN}, JOB_KEYS, C.SCHEMA_VERSION, MIN_TS_NS, MAX_FUTURE_NS)
+        names = {n: NO_CHAIN if n == "NO_CHAIN" else getattr(C, n) for n in _fastspans.names()}
+        _fastspans.configure(loads, _EVENT_JSON, names, JOB_KEYS, C.SCHEMA_VERSION, MIN_TS_NS, MAX_FUTURE_NS)
         _fast_loads = loads
     return _fastspans.decode
 
