@@ -110,7 +110,7 @@ class _Acc:
 def decode_traces(payload, stream_seq, received_ns, loads, json_errors) -> Decoded:
     """Rows of one trace message; raises ``_Bad`` for a dead letter.  ``loads``
     parses a JSON array (``json_errors``: what it raises on bad input)."""
-    fast = _fastspans.decode if _fast_loads is loads and _fast_loads is not None else fast_decoder(loads)
+    fast = fast_decoder(loads)
     got = fast(payload, stream_seq, received_ns) if fast is not None else None
     if got is None:
         return decode_traces_py(payload, stream_seq, received_ns, loads, json_errors)
